@@ -1,0 +1,1 @@
+"""The `tesai` command line."""
