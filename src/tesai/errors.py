@@ -176,7 +176,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
         code = _STATUS_CODES.get(status, "error" if status < 500 else "internal")
-        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
+        detail = str(exc.detail) if isinstance(exc.detail, str) else HTTPStatus(status).phrase
         return problem_response(
             problem(status, code, detail, instance=request.url.path), dict(exc.headers or {})
         )

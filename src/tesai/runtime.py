@@ -39,9 +39,7 @@ class Runtime:
 
 def create_dispatcher(settings: Settings) -> TaskDispatcher:
     if settings.broker_url:
-        from tesai.celery_app import CeleryDispatcher
-
-        return CeleryDispatcher(settings)
+        raise NotImplementedError("Celery dispatch is wired in tesai.celery_app")
     return InProcessRunner()
 
 

@@ -78,7 +78,7 @@ class Cache(ABC):
 
 
 # Token bucket in one round trip; state is (tokens, last refill time) in a hash.
-_TOKEN_BUCKET_LUA = """
+_BUCKET_SCRIPT = """
 local key = KEYS[1]
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -106,7 +106,7 @@ class RedisCache(Cache):
     def __init__(self, url: str, prefix: str = "tesai:") -> None:
         self._redis = aioredis.Redis.from_url(url, max_connections=64)
         self._prefix = prefix
-        self._bucket = self._redis.register_script(_TOKEN_BUCKET_LUA)
+        self._bucket = self._redis.register_script(_BUCKET_SCRIPT)
 
     def _k(self, key: str) -> str:
         return self._prefix + key
