@@ -17,11 +17,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tesai.accounts.models import User
 from tesai.app import create_app
 from tesai.db import asyncpg_url, create_engine
 from tesai.models import metadata
 from tesai.runtime import Runtime, open_runtime
 from tesai.settings import Settings
+from tests.fixtures.auth import MakeUser, create_user_with_headers
 
 TEST_DATABASE_URL = os.environ.get(
     "TESAI_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -123,3 +125,15 @@ async def client(settings: Settings, runtime: Runtime) -> AsyncIterator[httpx.As
 def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+async def make_user(runtime: Runtime) -> MakeUser:
+    """``await make_user(email=None, roles=("customer",))`` → (user, auth headers)."""
+
+    async def make(
+        email: str | None = None, roles: tuple[str, ...] = ("customer",), **kwargs: str
+    ) -> tuple[User, dict[str, str]]:
+        return await create_user_with_headers(runtime, email, roles, **kwargs)
+
+    return make

@@ -13,10 +13,26 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
+from tesai.accounts.router import router as accounts_router
+from tesai.audit.router import router as audit_router
+from tesai.auth.router import router as auth_router
+from tesai.billing.router import router as billing_router
+from tesai.clusters.router import router as clusters_router
+from tesai.devices.router import router as devices_router
+from tesai.graphql import mount_graphql
 from tesai.health.router import router as health_router
+from tesai.payments.router import router as payments_router
 
 
 def mount_routes(app: FastAPI) -> None:
     app.include_router(health_router)
     v1 = APIRouter(prefix="/api/v1")
+    v1.include_router(auth_router)
+    v1.include_router(accounts_router)
+    v1.include_router(audit_router)
+    v1.include_router(devices_router)
+    v1.include_router(clusters_router)
+    v1.include_router(billing_router)
+    v1.include_router(payments_router)
     app.include_router(v1)
+    mount_graphql(app)

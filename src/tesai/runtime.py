@@ -11,8 +11,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tesai.celery_app import CeleryDispatcher, create_celery
 from tesai.db import create_engine, create_sessionmaker
 from tesai.kit.cache import Cache, create_cache
+from tesai.observability.metrics import watch_pool
 from tesai.settings import Settings
 from tesai.tasks import InProcessRunner, TaskContext, TaskDispatcher
 
@@ -38,14 +40,16 @@ class Runtime:
 
 
 def create_dispatcher(settings: Settings) -> TaskDispatcher:
+    """Celery when a broker is configured, else the in-process runner."""
     if settings.broker_url:
-        raise NotImplementedError("Celery dispatch is wired in tesai.celery_app")
+        return CeleryDispatcher(create_celery(settings), settings)
     return InProcessRunner()
 
 
 async def open_runtime(settings: Settings, *, run_periodic: bool = True) -> Runtime:
     """Connect to the database and cache; start in-process tasks when there is no broker."""
     engine = create_engine(settings)
+    watch_pool(engine)
     dispatcher = create_dispatcher(settings)
     if isinstance(dispatcher, InProcessRunner):
         dispatcher.periodic_enabled = run_periodic

@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     siws_chain_id: str = "mainnet"
     oidc_providers: list[OIDCProvider] = Field(default_factory=list)
     oidc_redirect_base: str = "http://127.0.0.1:8000"
+    """Base URL the OIDC provider redirects back to (…/api/v1/auth/oidc/{name}/callback)."""
+    auth_cache_ttl_s: float = 30.0
+    """How long a cached API-key lookup or user snapshot lives; revocations and role changes
+    delete the entry at once, the TTL only bounds staleness after a lost invalidation."""
+    api_key_scopes: list[str] = Field(
+        default_factory=lambda: ["read", "write", "clusters", "billing", "devices", "admin"]
+    )
+    """Scopes an API key may be given."""
+    oidc_state_ttl_s: int = 600
+    """How long a started OIDC login may take before its state expires."""
 
     # --- abuse protection ----------------------------------------------------------------
     rate_limit_per_ip: float = 50.0
@@ -90,9 +100,119 @@ class Settings(BaseSettings):
     rate_limit_per_principal_burst: int = 400
     rate_limit_enabled: bool = True
 
+    # --- devices: joining, heartbeats, liveness, proof of compute ------------------------
+    join_token_ttl_s: int = 3600
+    """How long a device join token stays valid (at most one hour; single use)."""
+    device_token_ttl_s: int = 24 * 3600
+    """Lifetime of a device credential; agents are told to rotate within the last hour."""
+    device_token_rotate_before_s: int = 3600
+    """Heartbeat responses ask the agent to rotate when its credential expires this soon."""
+    device_auth_cache_ttl_s: float = 30.0
+    """How long a device-credential lookup is cached (rotation and revocation delete it)."""
+    heartbeat_interval_s: float = 5.0
+    """Interval agents are told to heartbeat at."""
+    heartbeat_grace_intervals: float = 3.0
+    """A device silent for this many intervals is marked offline by the sweeper."""
+    sweep_interval_s: float = 1.0
+    """How often the liveness sweeper runs."""
+    storm_fraction: float = 0.5
+    """If more than this share of tracked devices would go offline in one sweep, hold."""
+    storm_min_devices: int = 10
+    """Storm protection only applies when at least this many devices would go offline."""
+    storm_grace_s: float = 120.0
+    """A storm hold that lasts longer than this is treated as real and applied."""
+    telemetry_ttl_s: float = 300.0
+    """How long a device's latest telemetry is kept in the cache."""
+    device_flush_interval_s: float = 60.0
+    """How often per-minute uptime and telemetry rollups are flushed to PostgreSQL."""
+    verification_interval_s: float = 6 * 3600
+    """Online devices are re-verified (proof of compute) this often."""
+    verification_timeout_s: float = 600.0
+    """A verification challenge without a result after this long fails (`verification_timeout`)."""
+    proof_matrix_n_cpu: int = 256
+    """Matrix size of the CPU proof of compute."""
+    proof_matrix_n_gpu: int = 4096
+    """Matrix size of the GPU proof of compute."""
+    proof_iterations: int = 3
+    """Matrix products per proof (timed together)."""
+    proof_full_digest_max_n: int = 1024
+    """The server recomputes the whole proof digest (O(n³)) only up to this matrix size."""
+    price_min_micro: int = 10_000
+    """Lowest price a provider may set per priced unit-hour (GPU-hour, or device-hour on CPU)."""
+    price_max_micro: int = 100_000_000
+    """Highest price a provider may set per priced unit-hour."""
+    default_price_micro: int = 1_000_000
+    """Price of a new device when the provider gives none (1 USDC per GPU-hour)."""
+    bandwidth_probe_max_bytes: int = 16 * 1024 * 1024
+    """Largest payload GET /api/v1/agent/bandwidth returns."""
+    pool_stats_ttl_s: float = 5.0
+    """How long the public pool statistics are cached."""
+
+    # --- money: ledger, deposits, payouts -------------------------------------------------
+    platform_fee_bps: int = 1000
+    """Platform fee in basis points, added on top of the provider's price (1000 = 10 %)."""
+    usdc_mint: str = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+    """Mint of the token customers pay in (mainnet USDC by default)."""
+    usdc_decimals: int = 6
+    treasury_owner: str = ""
+    """Wallet that owns the treasury token account (informational; deposits go to the account)."""
+    treasury_token_account: str = ""
+    """Token account deposits are paid to (the Solana Pay recipient)."""
+    hot_wallet_key_file: Path | None = None
+    """JSON array of the 64-byte secret key (solana-keygen format) payouts are sent from."""
+    hot_wallet_token_account: str = ""
+    """Token account payouts are sent from; empty means the hot wallet's associated account."""
+    min_payout_micro: int = 10_000_000
+    """Smallest withdrawal a provider may request (10 USDC)."""
+    solana_rpc_url: str = "https://api.mainnet-beta.solana.com"
+    """Solana JSON-RPC endpoint for deposits and payouts."""
+    deposit_confirmation: str = "finalized"
+    """Confirmation level a deposit must reach before it is credited: confirmed or finalized."""
+    deposit_intent_ttl_s: int = 3600
+    """How long a deposit intent is scanned for a transfer (late transfers: see grace)."""
+    deposit_scan_grace_s: int = 24 * 3600
+    """Expired intents are still scanned this long, so a late payment is never dropped."""
+    deposit_scan_interval_s: float = 5.0
+    """How often open deposit references are scanned on chain."""
+    payout_confirm_timeout_s: int = 120
+    """A payout transfer not confirmed within this time is checked and, if absent, reversed."""
+    payout_interval_s: float = 5.0
+    """How often pending payouts are sent and confirmed."""
+    payout_label: str = "TES AI"
+    """Label shown in wallets for Solana Pay requests."""
+    idempotency_retention_days: int = 7
+    """Stored answers to money requests are kept at least this long for replays."""
+
+    # --- clusters: quotes, provisioning, self-healing, metering ---------------------------
+    secret_box_key_file: Path | None = None
+    """Key (32 bytes) sealing secrets the control plane reads back, e.g. clusters' Ray
+    tokens; unset keeps one under `home`. Every API process must share it."""
+    quote_ttl_s: int = 60
+    """How long a quote holds its devices for the customer."""
+    provisioning_deadline_s: int = 300
+    """A cluster not running this long after creation fails and its hold is released."""
+    cluster_reconcile_interval_s: float = 1.0
+    """How often the cluster reconciler runs (node joins, health, replacements, metering)."""
+    settle_interval_s: float = 60.0
+    """Usage is settled from the hold to providers at least this often."""
+    max_replacements_per_hour: int = 5
+    """Cap on node replacements per cluster per hour (no recovery storms)."""
+    flap_exclusion_s: int = 900
+    """A device lost from a cluster is not picked as a replacement for this long."""
+    ray_proxy_timeout_s: float = 60.0
+    """Timeout of a request proxied to a cluster's Ray dashboard."""
+
     # --- logging -------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True
+
+    # --- platform: observability, HTTP protection, task workers ---------------------------
+    access_log: bool = True
+    """One JSON line per HTTP request (method, path, status, duration, request id)."""
+    content_security_policy: str | None = None
+    """Overrides the built-in strict CSP of the console and API (tesai.middleware.DEFAULT_CSP)."""
+    task_worker_concurrency: int = 2
+    """Processes per `tesai tasks worker` (each runs one task at a time, one event loop)."""
 
     @property
     def embedded_database(self) -> bool:

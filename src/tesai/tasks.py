@@ -13,6 +13,20 @@ Two runners execute the same functions:
 
 Requests enqueue with ``enqueue_after_commit`` so a task never sees a change that was
 rolled back.
+
+Where tasks live: ``tesai/<domain>/tasks.py``, found and imported by
+``tesai.task_registry.load_all_tasks`` in every process that runs or routes tasks. A periodic
+task looks like::
+
+    @periodic("devices.sweep_offline", every_s=2)
+    async def sweep_offline(ctx: TaskContext) -> None:
+        async with ctx.sessionmaker.begin() as session:
+            ...
+
+It takes no arguments besides ``ctx``, must finish well within its period (a slow run delays
+the next one in-process; beat drops runs that wait longer than twice the period), and must
+tolerate running twice or concurrently (beat and a redelivery can overlap).
+Arguments of ``enqueue`` must be JSON-serialisable (they cross the broker).
 """
 
 from __future__ import annotations
@@ -29,7 +43,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tesai.db import after_commit
 from tesai.kit.cache import Cache
+from tesai.observability.metrics import task_run
 from tesai.settings import Settings
+from tesai.task_registry import load_all_tasks
 
 log = structlog.get_logger(__name__)
 
@@ -106,10 +122,12 @@ def enqueue_after_commit(
 
 
 async def run_task(ctx: TaskContext, name: str, kwargs: dict[str, Any]) -> Any:
+    """Run task ``name`` once, counted in the task metrics; raises ``KeyError`` if unknown."""
     spec = TASKS.get(name)
     if spec is None:
         raise KeyError(f"unknown task {name!r}")
-    return await spec.fn(ctx, **kwargs)
+    with task_run(name):
+        return await spec.fn(ctx, **kwargs)
 
 
 @dataclass
@@ -132,17 +150,24 @@ class InProcessRunner(TaskDispatcher):
 
     async def _run_logged(self, name: str, kwargs: dict[str, Any]) -> None:
         assert self._ctx is not None
+        structlog.contextvars.bind_contextvars(task=name)
         try:
             await run_task(self._ctx, name, kwargs)
         except Exception:
             log.exception("task_failed", task=name)
 
     async def _every(self, spec: PeriodicSpec) -> None:
+        # Fixed-rate schedule like beat's: the next run is due every_s after the previous
+        # one was due, not after it finished; a run longer than the period delays the next.
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
             await self._run_logged(spec.name, {})
-            await asyncio.sleep(spec.every_s)
+            due = max(due + spec.every_s, loop.time())
+            await asyncio.sleep(due - loop.time())
 
     async def start(self, ctx: TaskContext) -> None:
+        load_all_tasks()
         self._ctx = ctx
         if self.periodic_enabled:
             for spec in PERIODIC.values():

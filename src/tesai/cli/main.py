@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from tesai.cli import agent as agent_cli
+from tesai.cli import auth as auth_cli
+from tesai.cli import server
+from tesai.cli import tasks as tasks_cli
+
 app = typer.Typer(
     name="tesai",
     help="TES AI: rent secured Ray clusters from a pool of GPUs.",
@@ -17,3 +22,11 @@ def version() -> None:
     from tesai import __version__
 
     typer.echo(__version__)
+
+
+app.command()(server.up)
+app.command()(server.server)
+app.command()(server.migrate)
+app.add_typer(tasks_cli.app, name="tasks")
+auth_cli.register(app)
+app.add_typer(agent_cli.app, name="agent")

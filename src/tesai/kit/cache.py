@@ -10,13 +10,23 @@ silent ones with one range query instead of scanning keys.
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as aioredis
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One token bucket: ``key`` refilled at ``rate_per_s`` tokens per second up to ``burst``."""
+
+    key: str
+    rate_per_s: float
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -66,9 +76,17 @@ class Cache(ABC):
     @abstractmethod
     async def zcard(self, key: str) -> int: ...
 
-    @abstractmethod
     async def take_token(self, key: str, rate_per_s: float, burst: int) -> BucketResult:
         """Token bucket: take one token from ``key`` refilled at ``rate_per_s`` up to ``burst``."""
+        return await self.take_tokens([Bucket(key, rate_per_s, burst)])
+
+    @abstractmethod
+    async def take_tokens(self, buckets: Sequence[Bucket]) -> BucketResult:
+        """Take one token from every bucket, or from none when any is empty (one round trip).
+
+        ``retry_after_s`` is then the longest wait until every bucket has a token. Raises
+        ``ValueError`` for a rate ≤ 0 or a burst < 1.
+        """
 
     @abstractmethod
     async def ping(self) -> bool: ...
@@ -77,34 +95,53 @@ class Cache(ABC):
     async def close(self) -> None: ...
 
 
-# Token bucket in one round trip; state is (tokens, last refill time) in a hash.
+# Token buckets in one round trip; each bucket's state is (tokens, last refill time) in a
+# hash. ARGV holds rate, burst per key. The clock is Redis's own (TIME), so API processes on
+# hosts with skewed clocks share one timeline. (Several keys in one script: not for Redis
+# Cluster unless they share a hash slot.)
 _BUCKET_SCRIPT = """
-local key = KEYS[1]
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local state = redis.call('HMGET', key, 't', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil then tokens = burst; ts = now end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local allowed = 0
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local tokens = {}
 local retry = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-else
-  retry = (1 - tokens) / rate
+for i = 1, #KEYS do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local state = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local t = tonumber(state[1])
+  local ts = tonumber(state[2])
+  if t == nil then t = burst; ts = now end
+  t = math.min(burst, t + math.max(0, now - ts) * rate)
+  if t < 1 then retry = math.max(retry, (1 - t) / rate) end
+  tokens[i] = t
 end
-redis.call('HSET', key, 't', tokens, 'ts', now)
-redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+local allowed = 0
+if retry == 0 then allowed = 1 end
+for i = 1, #KEYS do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local t = tokens[i] - allowed
+  redis.call('HSET', KEYS[i], 't', t, 'ts', now)
+  redis.call('PEXPIRE', KEYS[i], math.ceil(burst / rate * 1000) + 1000)
+end
 return {allowed, tostring(retry)}
 """
 
 
+def _check_buckets(buckets: Sequence[Bucket]) -> None:
+    if not buckets:
+        raise ValueError("no token bucket given")
+    for b in buckets:
+        if b.rate_per_s <= 0 or b.burst < 1:
+            raise ValueError("a token bucket needs rate_per_s > 0 and burst >= 1")
+
+
 class RedisCache(Cache):
     def __init__(self, url: str, prefix: str = "tesai:") -> None:
-        self._redis = aioredis.Redis.from_url(url, max_connections=64)
+        # A blocking pool: with the plain pool, the 65th concurrent command would fail with
+        # "Too many connections" instead of waiting for a free connection.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5)
+        self._redis = aioredis.Redis.from_pool(pool)
         self._prefix = prefix
         self._bucket = self._redis.register_script(_BUCKET_SCRIPT)
 
@@ -112,8 +149,7 @@ class RedisCache(Cache):
         return self._prefix + key
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._redis.get(self._k(key))
-        return value
+        return cast(bytes | None, await self._redis.get(self._k(key)))
 
     async def set(
         self, key: str, value: bytes | str, *, ttl_s: float | None = None, only_new: bool = False
@@ -122,8 +158,7 @@ class RedisCache(Cache):
         return bool(await self._redis.set(self._k(key), value, px=px, nx=only_new))
 
     async def pop(self, key: str) -> bytes | None:
-        value: bytes | None = await self._redis.getdel(self._k(key))
-        return value
+        return cast(bytes | None, await self._redis.getdel(self._k(key)))
 
     async def delete(self, *keys: str) -> int:
         if not keys:
@@ -150,16 +185,18 @@ class RedisCache(Cache):
     async def mget(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values: list[bytes | None] = await self._redis.mget([self._k(k) for k in keys])
-        return values
+        return cast(list[bytes | None], await self._redis.mget([self._k(k) for k in keys]))
 
     async def zadd(self, key: str, members: dict[str, float]) -> None:
         if members:
             await self._redis.zadd(self._k(key), members)
 
     async def zrangebyscore(self, key: str, low: float, high: float) -> list[tuple[str, float]]:
-        rows = await self._redis.zrangebyscore(self._k(key), low, high, withscores=True)
-        return [(m.decode() if isinstance(m, bytes) else str(m), float(s)) for m, s in rows]
+        rows = cast(
+            list[tuple[bytes, float]],
+            await self._redis.zrangebyscore(self._k(key), low, high, withscores=True),
+        )
+        return [(m.decode(), float(s)) for m, s in rows]
 
     async def zrem(self, key: str, *members: str) -> None:
         if members:
@@ -168,10 +205,12 @@ class RedisCache(Cache):
     async def zcard(self, key: str) -> int:
         return int(await self._redis.zcard(self._k(key)))
 
-    async def take_token(self, key: str, rate_per_s: float, burst: int) -> BucketResult:
-        allowed, retry = await self._bucket(
-            keys=[self._k(key)], args=[rate_per_s, burst, time.time()]
-        )
+    async def take_tokens(self, buckets: Sequence[Bucket]) -> BucketResult:
+        _check_buckets(buckets)
+        args: list[float] = []
+        for b in buckets:
+            args += (b.rate_per_s, b.burst)
+        allowed, retry = await self._bucket(keys=[self._k(b.key) for b in buckets], args=args)
         return BucketResult(bool(int(allowed)), float(retry))
 
     async def ping(self) -> bool:
@@ -181,14 +220,18 @@ class RedisCache(Cache):
         await self._redis.aclose()
 
 
+_SWEEP_EVERY = 1024
+
+
 class MemoryCache(Cache):
     """In-process implementation for embedded mode. Not shared between processes."""
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._zsets: dict[str, dict[str, float]] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = asyncio.Lock()
+        self._buckets: dict[str, tuple[float, float, float]] = {}
+        """key → (tokens, last refill, time it is full again)."""
+        self._writes = 0
 
     @staticmethod
     def _b(value: bytes | str) -> bytes:
@@ -208,6 +251,18 @@ class MemoryCache(Cache):
     def _expiry(ttl_s: float | None) -> float | None:
         return time.monotonic() + ttl_s if ttl_s is not None else None
 
+    def _wrote(self) -> None:
+        # Expired keys and full buckets are dropped now and then, so keys nobody reads
+        # again (one rate-limit bucket per client IP) do not accumulate for ever.
+        self._writes += 1
+        if self._writes % _SWEEP_EVERY:
+            return
+        now = time.monotonic()
+        for k in [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]:
+            del self._data[k]
+        for k in [k for k, (_, _, full) in self._buckets.items() if full <= now]:
+            del self._buckets[k]
+
     async def get(self, key: str) -> bytes | None:
         return self._live(key)
 
@@ -217,6 +272,7 @@ class MemoryCache(Cache):
         if only_new and self._live(key) is not None:
             return False
         self._data[key] = (self._b(value), self._expiry(ttl_s))
+        self._wrote()
         return True
 
     async def pop(self, key: str) -> bytes | None:
@@ -236,14 +292,18 @@ class MemoryCache(Cache):
     async def incr(self, key: str, amount: int = 1, *, ttl_s: float | None = None) -> int:
         current = self._live(key)
         value = int(current or b"0") + amount
-        expires = self._data[key][1] if current is not None else self._expiry(ttl_s)
+        # Like PEXPIRE NX: an existing expiry is kept, a key without one gets ttl_s.
+        kept = self._data[key][1] if current is not None else None
+        expires = kept if kept is not None else self._expiry(ttl_s)
         self._data[key] = (str(value).encode(), expires)
+        self._wrote()
         return value
 
     async def mset(self, values: dict[str, bytes | str], *, ttl_s: float | None = None) -> None:
         expires = self._expiry(ttl_s)
         for k, v in values.items():
             self._data[k] = (self._b(v), expires)
+            self._wrote()
 
     async def mget(self, keys: list[str]) -> list[bytes | None]:
         return [self._live(k) for k in keys]
@@ -265,15 +325,23 @@ class MemoryCache(Cache):
     async def zcard(self, key: str) -> int:
         return len(self._zsets.get(key, {}))
 
-    async def take_token(self, key: str, rate_per_s: float, burst: int) -> BucketResult:
+    async def take_tokens(self, buckets: Sequence[Bucket]) -> BucketResult:
+        _check_buckets(buckets)
         now = time.monotonic()
-        tokens, ts = self._buckets.get(key, (float(burst), now))
-        tokens = min(float(burst), tokens + max(0.0, now - ts) * rate_per_s)
-        if tokens >= 1:
-            self._buckets[key] = (tokens - 1, now)
-            return BucketResult(True, 0.0)
-        self._buckets[key] = (tokens, now)
-        return BucketResult(False, (1 - tokens) / rate_per_s)
+        levels: list[float] = []
+        retry = 0.0
+        for b in buckets:
+            tokens, ts, _ = self._buckets.get(b.key, (float(b.burst), now, now))
+            tokens = min(float(b.burst), tokens + max(0.0, now - ts) * b.rate_per_s)
+            if tokens < 1:
+                retry = max(retry, (1 - tokens) / b.rate_per_s)
+            levels.append(tokens)
+        allowed = retry == 0.0
+        for b, tokens in zip(buckets, levels, strict=True):
+            left = tokens - 1 if allowed else tokens
+            self._buckets[b.key] = (left, now, now + (b.burst - left) / b.rate_per_s)
+        self._wrote()
+        return BucketResult(allowed, retry)
 
     async def ping(self) -> bool:
         return True

@@ -1,0 +1,509 @@
+"""The agent loop: join once, then heartbeat at the server's interval, apply commands, rotate.
+
+``Agent.run`` returns a process exit code:
+
+- ``EXIT_OK`` (0): stopped by SIGTERM/SIGINT after telling the server (``POST /leave``).
+- ``EXIT_CONFIG`` (2): no stored credential and no join token.
+- ``EXIT_JOIN_REJECTED`` (3): the server refused the join token (unknown, used or expired).
+- ``EXIT_CREDENTIAL_REVOKED`` (4): a heartbeat got 401 with the stored credential; the file is
+  moved aside so a new join token can be used.
+
+An unreachable control plane is never fatal: calls are retried with exponential backoff and full
+jitter (cap 30 s), and a restarted server finds the agent still heartbeating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from tesai.agent import AGENT_VERSION
+from tesai.agent.backoff import BACKOFF_CAP_S, backoff_delay
+from tesai.agent.commands import CommandHandlers, load_ray_node, verification_result_data
+from tesai.agent.metrics import AgentMetrics, MetricsServer
+from tesai.agent.netprobe import BANDWIDTH_BYTES, probe_network
+from tesai.agent.probe import probe_hardware
+from tesai.agent.proof import run_proof
+from tesai.agent.state import AgentState, Credential
+from tesai.agent.telemetry import Sampler
+from tesai.protocol.v1 import (
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_PATH,
+    JOIN_PATH,
+    LEAVE_PATH,
+    MAX_COMMANDS,
+    ROTATE_PATH,
+    VERIFICATION_PATH,
+    Command,
+    CommandResult,
+    CredentialRotation,
+    HardwareSpec,
+    Heartbeat,
+    HeartbeatResponse,
+    JoinRequest,
+    JoinResponse,
+    LeaveRequest,
+    NetworkProbe,
+    VerificationOutcome,
+    VerifyArgs,
+)
+
+log = logging.getLogger("tesai.agent")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_JOIN_REJECTED = 3
+EXIT_CREDENTIAL_REVOKED = 4
+
+ROTATE_BEFORE = timedelta(hours=1)
+LEAVE_TIMEOUT_S = 3.0
+VERIFY_POST_ATTEMPTS = 6
+
+
+class AgentExit(Exception):
+    """Stop the agent with ``code``; ``reason`` is what the provider reads."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class AgentConfig:
+    """How to run the agent (the CLI fills it)."""
+
+    server_url: str
+    state_dir: Path
+    join_token: str | None = None
+    metrics_port: int = 9400
+    """Local /metrics port; 0 turns the endpoint off."""
+    metrics_addr: str = "0.0.0.0"
+    net_probe_interval_s: float = 1800.0
+    bandwidth_bytes: int = BANDWIDTH_BYTES
+    request_timeout_s: float = 10.0
+    backoff_cap_s: float = BACKOFF_CAP_S
+    use_gpu_proof: bool = True
+
+
+def _problem(response: httpx.Response) -> str:
+    """``code: detail`` from a problem+json body, else the status line."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        code = body.get("code") or body.get("title") or response.status_code
+        detail = body.get("detail") or ""
+        return f"{code}: {detail}".strip(": ")
+    return f"HTTP {response.status_code}"
+
+
+def _is_retryable(response: httpx.Response) -> bool:
+    return response.status_code >= 500 or response.status_code in (408, 429)
+
+
+class Agent:
+    """One agent process's life: join, heartbeat, commands, shutdown."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.state = AgentState(config.state_dir)
+        self.handlers = CommandHandlers(self._verify, load_ray_node())
+        self.hardware: HardwareSpec | None = None
+        self.credential: Credential | None = None
+        self.net: NetworkProbe | None = None
+        self.interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
+        self.seq = 0
+        self._pending_acks: dict[UUID, None] = {}
+        self._pending_results: dict[UUID, CommandResult] = {}
+        self._running: dict[UUID, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._verify_lock = asyncio.Lock()
+        self._client: httpx.AsyncClient | None = None
+        self._sampler: Sampler | None = None
+        self.metrics = AgentMetrics()
+        self._metrics_server: MetricsServer | None = None
+        self.stopped_by_signal = False
+
+    # --- plumbing ---
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        assert self._client is not None
+        return self._client
+
+    def _auth(self) -> dict[str, str]:
+        assert self.credential is not None
+        return {"Authorization": f"Bearer {self.credential.device_token}"}
+
+    def request_stop(self) -> None:
+        """Stop at the next opportunity (the SIGTERM handler)."""
+        self.stopped_by_signal = True
+        self._stop.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early on stop or when a command result is ready to send."""
+        self._wake.clear()
+        waiters = [
+            asyncio.ensure_future(self._stop.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                waiters, timeout=max(seconds, 0), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    # --- lifecycle ---
+
+    async def run(self) -> int:
+        """Run until stopped; the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.request_stop)
+        self._client = httpx.AsyncClient(
+            base_url=self.config.server_url.rstrip("/"),
+            timeout=httpx.Timeout(self.config.request_timeout_s, connect=5.0),
+            headers={"User-Agent": f"tesai-agent/{AGENT_VERSION}"},
+        )
+        net_task: asyncio.Task[None] | None = None
+        try:
+            self.hardware = await asyncio.to_thread(probe_hardware, self.config.state_dir)
+            log.info(
+                "probed %s: %d GPU(s), %d cores, status %s%s",
+                self.hardware.hostname,
+                len(self.hardware.gpus),
+                self.hardware.cpu_cores,
+                self.hardware.probe_status,
+                f" ({self.hardware.probe_reason})" if self.hardware.probe_reason else "",
+            )
+            self._sampler = await asyncio.to_thread(Sampler)
+            self.metrics.set_hardware(self.hardware)
+            if self.config.metrics_port:
+                self._metrics_server = MetricsServer(
+                    self.metrics, self.config.metrics_port, self.config.metrics_addr
+                )
+                log.info("metrics on :%d/metrics", self._metrics_server.port)
+            self._requeue_unreported()
+            if not await self._ensure_credential():
+                return EXIT_OK  # stopped while joining
+            net_task = asyncio.create_task(self._network_loop())
+            await self._heartbeat_loop()
+            await self._shutdown()
+            return EXIT_OK
+        except AgentExit as exc:
+            log.error("agent stopped: %s", exc.reason)
+            return exc.code
+        finally:
+            if net_task is not None:
+                net_task.cancel()
+            for task in self._running.values():
+                task.cancel()
+            await self._client.aclose()
+            if self._sampler is not None:
+                self._sampler.close()
+            if self._metrics_server is not None:
+                self._metrics_server.close()
+
+    async def _shutdown(self) -> None:
+        """SIGTERM: tell the server (best effort), stop cluster nodes."""
+        log.info("shutting down: leaving the pool")
+        try:
+            response = await self.client.post(
+                LEAVE_PATH,
+                json=LeaveRequest(reason="agent_stopped").model_dump(mode="json"),
+                headers=self._auth(),
+                timeout=LEAVE_TIMEOUT_S,
+            )
+            if response.status_code >= 400:
+                log.warning("leave refused: %s", _problem(response))
+        except httpx.HTTPError as exc:
+            log.warning("could not tell the server we are leaving: %s", exc)
+        await self.handlers.stop_all()
+
+    # --- join and credentials ---
+
+    async def _ensure_credential(self) -> bool:
+        """Load the stored credential or join with the token; False when stopped meanwhile."""
+        stored = self.state.load_credential()
+        if stored is not None and (
+            stored.server_url.rstrip("/") == self.config.server_url.rstrip("/")
+            or not self.config.join_token
+        ):
+            self.credential = stored
+            log.info("using the stored credential of device %s", stored.device_id)
+            return True
+        if not self.config.join_token:
+            raise AgentExit(
+                EXIT_CONFIG,
+                f"no device credential in {self.state.dir} and no join token: "
+                "create a device (tesai device add) and pass --token",
+            )
+        assert self.hardware is not None
+        request = JoinRequest(
+            join_token=self.config.join_token,
+            hardware=self.hardware,
+            agent_version=AGENT_VERSION,
+            ray_version=_ray_version(),
+        )
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                response = await self.client.post(JOIN_PATH, json=request.model_dump(mode="json"))
+            except httpx.HTTPError as exc:
+                response = None
+                log.warning("join: control plane unreachable (%s)", exc)
+            if response is not None and response.status_code < 300:
+                joined = JoinResponse.model_validate(response.json())
+                self.credential = Credential(
+                    server_url=self.config.server_url,
+                    device_id=joined.device_id,
+                    device_token=joined.device_token,
+                    token_expires_at=joined.token_expires_at,
+                )
+                self.state.save_credential(self.credential)
+                self.interval_s = joined.heartbeat_interval_s
+                log.info("joined as device %s", joined.device_id)
+                return True
+            if response is not None and not _is_retryable(response):
+                raise AgentExit(EXIT_JOIN_REJECTED, f"join refused: {_problem(response)}")
+            await self._sleep(backoff_delay(attempt, cap=self.config.backoff_cap_s))
+            attempt += 1
+        return False
+
+    async def rotate_credential(self) -> None:
+        """Trade the device token for a new one; keeps the old on failure (retried later)."""
+        assert self.credential is not None
+        try:
+            response = await self.client.post(ROTATE_PATH, headers=self._auth())
+        except httpx.HTTPError as exc:
+            log.warning("credential rotation failed: %s", exc)
+            return
+        if response.status_code >= 300:
+            log.warning("credential rotation refused: %s", _problem(response))
+            return
+        rotation = CredentialRotation.model_validate(response.json())
+        self.credential = self.credential.model_copy(
+            update={
+                "device_token": rotation.device_token,
+                "token_expires_at": rotation.token_expires_at,
+            }
+        )
+        self.state.save_credential(self.credential)
+        log.info("credential rotated; valid until %s", rotation.token_expires_at.isoformat())
+
+    def _revoked(self, response: httpx.Response) -> AgentExit:
+        path = self.state.credential_path
+        with contextlib.suppress(OSError):
+            path.replace(path.with_name("credential.revoked.json"))
+        return AgentExit(
+            EXIT_CREDENTIAL_REVOKED,
+            f"the server rejected this device's credential ({_problem(response)}): it was "
+            "revoked or the device removed. Create a new join token and run the agent with "
+            "--token to join again.",
+        )
+
+    # --- heartbeats ---
+
+    async def _heartbeat_loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            beat = await self._build_heartbeat()
+            try:
+                response = await self.client.post(
+                    HEARTBEAT_PATH,
+                    content=beat.model_dump_json(),
+                    headers=self._auth() | {"Content-Type": "application/json"},
+                )
+            except httpx.HTTPError as exc:
+                log.warning("heartbeat failed: %s (retrying)", exc)
+                await self._sleep(backoff_delay(failures, cap=self.config.backoff_cap_s))
+                failures += 1
+                continue
+            if response.status_code == 401:
+                raise self._revoked(response)
+            if response.status_code >= 300:
+                log.warning("heartbeat refused: %s", _problem(response))
+                if not _is_retryable(response):
+                    # A message the server cannot take must not wedge the loop.
+                    self._forget_sent(beat)
+                await self._sleep(backoff_delay(failures, cap=self.config.backoff_cap_s))
+                failures += 1
+                continue
+            if failures:
+                log.info("control plane reachable again after %d failed heartbeat(s)", failures)
+            failures = 0
+            self.seq += 1
+            self._forget_sent(beat)
+            reply = HeartbeatResponse.model_validate(response.json())
+            self.interval_s = reply.interval_s
+            self._accept_commands(reply.commands)
+            if reply.rotate_credential or self._expires_soon():
+                await self.rotate_credential()
+            if self._pending_acks or self._pending_results:
+                continue  # report acks and results right away
+            await self._sleep(self.interval_s - (time.monotonic() - started))
+
+    def _expires_soon(self) -> bool:
+        assert self.credential is not None
+        expires = self.credential.token_expires_at
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        return expires - datetime.now(UTC) < ROTATE_BEFORE
+
+    async def _build_heartbeat(self) -> Heartbeat:
+        assert self._sampler is not None
+        telemetry = await asyncio.to_thread(self._sampler.sample, self.net)
+        self.metrics.update(telemetry, self._sampler.last_xid)
+        status = self.handlers.status
+        reason = None
+        if self.hardware is not None and self.hardware.probe_status == "error":
+            status, reason = "error", self.hardware.probe_reason
+        return Heartbeat(
+            seq=self.seq,
+            sent_at=datetime.now(UTC),
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            telemetry=telemetry,
+            nodes=await self.handlers.node_states(),
+            acked_commands=list(self._pending_acks)[:MAX_COMMANDS],
+            command_results=list(self._pending_results.values())[:MAX_COMMANDS],
+        )
+
+    def _forget_sent(self, beat: Heartbeat) -> None:
+        for command_id in beat.acked_commands:
+            self._pending_acks.pop(command_id, None)
+        for result in beat.command_results:
+            if self._pending_results.get(result.id) is result:
+                del self._pending_results[result.id]
+                self.state.mark_reported(result.id)
+
+    # --- commands ---
+
+    def _requeue_unreported(self) -> None:
+        """Results applied before a restart but never delivered go out with the first beat."""
+        for result in self.state.unreported_results():
+            self._pending_results[result.id] = result
+
+    def _accept_commands(self, commands: list[Command]) -> None:
+        for command in commands:
+            self._pending_acks[command.id] = None
+            if command.id in self._running:
+                continue
+            if self.state.was_applied(command.id):
+                # Delivered again (our ack was lost, or we restarted): never apply twice.
+                stored = self.state.stored_result(command.id)
+                if stored is not None:
+                    self._pending_results[command.id] = stored
+                log.info("command %s (%s) already applied; acknowledging", command.id, command.kind)
+                continue
+            self.state.mark_applied(command.id)
+            log.info("applying command %s (%s)", command.id, command.kind)
+            self._running[command.id] = asyncio.create_task(self._apply(command))
+
+    async def _apply(self, command: Command) -> None:
+        try:
+            result = await self.handlers.handle(command)
+            self.state.record_result(result)
+            self._pending_results[command.id] = result
+            log.info(
+                "command %s (%s): %s%s",
+                command.id,
+                command.kind,
+                "ok" if result.ok else "failed",
+                f" ({result.detail})" if result.detail else "",
+            )
+            self._wake.set()
+        finally:
+            self._running.pop(command.id, None)
+
+    async def _verify(self, args: VerifyArgs) -> CommandResult:
+        """Run the proof of compute and submit it."""
+        cores = self.hardware.cpu_cores if self.hardware else None
+        async with self._verify_lock:
+            proof = await asyncio.to_thread(run_proof, args, cores, self.config.use_gpu_proof)
+        log.info(
+            "proof of compute: %s %.1f GFLOPS in %.2f s",
+            proof.kind,
+            proof.timings.gflops,
+            proof.timings.gemm_s,
+        )
+        body = proof.model_dump(mode="json")
+        for attempt in range(VERIFY_POST_ATTEMPTS):
+            try:
+                response = await self.client.post(
+                    VERIFICATION_PATH, json=body, headers=self._auth()
+                )
+            except httpx.HTTPError as exc:
+                log.warning("submitting the proof failed: %s", exc)
+                response = None
+            if response is not None and response.status_code < 300:
+                outcome = VerificationOutcome.model_validate(response.json())
+                data: dict[str, Any] = verification_result_data(proof) | outcome.model_dump()
+                return CommandResult(
+                    id=args.challenge_id,
+                    ok=True,
+                    detail=outcome.reason or outcome.status,
+                    data=data,
+                )
+            if response is not None and not _is_retryable(response):
+                return CommandResult(
+                    id=args.challenge_id,
+                    ok=False,
+                    detail=f"verification refused: {_problem(response)}",
+                    data=verification_result_data(proof),
+                )
+            await self._sleep(backoff_delay(attempt, cap=self.config.backoff_cap_s))
+            if self._stop.is_set():
+                break
+        return CommandResult(id=args.challenge_id, ok=False, detail="verification_not_delivered")
+
+    # --- network ---
+
+    async def _network_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.net = await probe_network(
+                    self.client, self._auth(), self.config.bandwidth_bytes
+                )
+                log.info(
+                    "network: rtt %s ms, %s Mbit/s, tier %s",
+                    self.net.rtt_ms,
+                    self.net.bandwidth_mbps,
+                    self.net.tier,
+                )
+            except Exception:
+                log.exception("network probe failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.config.net_probe_interval_s)
+
+
+def _ray_version() -> str | None:
+    """The installed Ray's version, without importing Ray (slow and heavy)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        return None
+
+
+async def run_agent(config: AgentConfig) -> int:
+    """Run an agent to completion; the exit code."""
+    return await Agent(config).run()

@@ -1,0 +1,53 @@
+"""Errors of the auth domain (each renders as problem+json with its ``code``)."""
+
+from __future__ import annotations
+
+from tesai.errors import BadRequest, Conflict, Forbidden, NotFound, TokenInvalid, Unauthorized
+
+
+class InvalidCredentials(Unauthorized):
+    code = "invalid_credentials"
+
+
+class RefreshTokenInvalid(TokenInvalid):
+    code = "refresh_token_invalid"
+
+
+class RefreshTokenReused(TokenInvalid):
+    code = "refresh_token_reused"
+
+
+class ApiKeyInvalid(Unauthorized):
+    code = "api_key_invalid"
+
+
+class ApiKeyNotFound(NotFound):
+    code = "api_key_not_found"
+
+
+class MissingRole(Forbidden):
+    code = "missing_role"
+
+
+class MissingScope(Forbidden):
+    code = "missing_scope"
+
+
+class WalletSignInFailed(Unauthorized):
+    code = "wallet_sign_in_failed"
+
+
+class WalletAlreadyLinked(Conflict):
+    code = "wallet_already_linked"
+
+
+class InvalidWalletAddress(BadRequest):
+    code = "invalid_wallet_address"
+
+
+class UnknownOidcProvider(NotFound):
+    code = "oidc_provider_unknown"
+
+
+class OidcLoginFailed(Unauthorized):
+    code = "oidc_login_failed"

@@ -1,0 +1,169 @@
+"""Sign-up, password login, and sessions (access + rotating refresh tokens).
+
+A *session* starts at a login and is one refresh-token family. Each refresh uses up the
+presented token and issues a new one of the same family. Presenting a used token means
+it was stolen or replayed: the whole family is revoked, and that revocation is committed
+even though the request answers 401.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tesai.accounts import service as accounts
+from tesai.accounts.models import User
+from tesai.audit.service import record
+from tesai.auth.errors import InvalidCredentials, RefreshTokenInvalid, RefreshTokenReused
+from tesai.auth.models import RefreshToken
+from tesai.auth.passwords import hash_password, verify_password
+from tesai.auth.principal import hash_secret, revoked_family_key
+from tesai.auth.tokens import SigningKey, issue_access_token
+from tesai.kit.cache import Cache
+from tesai.kit.time import utcnow
+from tesai.settings import Settings
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type
+
+
+async def signup(session: AsyncSession, *, email: str, password: str, roles: Iterable[str]) -> User:
+    """Create a password user. Raises ``EmailTaken``."""
+    if await accounts.get_user_by_email(session, email) is not None:
+        raise accounts.EmailTaken("An account with this email already exists")
+    return await accounts.create_user(
+        session, email=email, password_hash=await hash_password(password), roles=roles
+    )
+
+
+async def authenticate_password(session: AsyncSession, *, email: str, password: str) -> User:
+    """The active user with this email and password. Raises ``InvalidCredentials`` (the
+    same answer for unknown email and wrong password)."""
+    user = await accounts.get_user_by_email(session, email)
+    ok = await verify_password(user.password_hash if user else None, password)
+    if user is None or not ok or not user.is_active:
+        raise InvalidCredentials("Wrong email or password")
+    return user
+
+
+async def start_session(
+    session: AsyncSession, key: SigningKey, settings: Settings, user: User
+) -> TokenPair:
+    """A new refresh family for ``user`` and its first token pair."""
+    return await _issue(session, key, settings, user.id, uuid.uuid4())
+
+
+async def _issue(
+    session: AsyncSession,
+    key: SigningKey,
+    settings: Settings,
+    user_id: uuid.UUID,
+    family_id: uuid.UUID,
+) -> TokenPair:
+    refresh = secrets.token_urlsafe(32)
+    session.add(
+        RefreshToken(
+            user_id=user_id,
+            family_id=family_id,
+            token_hash=hash_secret(refresh),
+            expires_at=utcnow() + timedelta(seconds=settings.refresh_token_ttl_s),
+        )
+    )
+    await session.flush()
+    access = issue_access_token(key, settings, user_id, family_id)
+    return TokenPair(access, refresh, min(settings.access_token_ttl_s, 900))
+
+
+async def _revoke_family(session: AsyncSession, cache: Cache, family_id: uuid.UUID) -> None:
+    now = utcnow()
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    await session.flush()
+
+
+async def _mark_family_revoked(cache: Cache, settings: Settings, family_id: uuid.UUID) -> None:
+    # Access tokens of the family die too: they are checked against this marker.
+    await cache.set(
+        revoked_family_key(family_id), b"1", ttl_s=min(settings.access_token_ttl_s, 900) + 60
+    )
+
+
+async def rotate_refresh_token(
+    session: AsyncSession,
+    key: SigningKey,
+    settings: Settings,
+    cache: Cache,
+    token: str,
+    *,
+    ip: str | None = None,
+) -> TokenPair:
+    """Use up ``token`` and return the next pair of its family.
+
+    Raises ``RefreshTokenInvalid`` (unknown, expired, revoked) or ``RefreshTokenReused``.
+    On reuse this function COMMITS the family's revocation and its audit event before
+    raising: the revocation must hold although the request fails.
+    """
+    row = await session.scalar(
+        select(RefreshToken).where(RefreshToken.token_hash == hash_secret(token)).with_for_update()
+    )
+    if row is None:
+        raise RefreshTokenInvalid("Unknown refresh token")
+    if row.revoked_at is not None:
+        raise RefreshTokenInvalid("Refresh token revoked")
+    if row.used_at is not None:
+        await _revoke_family(session, cache, row.family_id)
+        await record(
+            session,
+            action="auth.refresh_reuse",
+            actor_user_id=row.user_id,
+            subject_type="session",
+            subject_id=row.family_id,
+            ip=ip,
+        )
+        await session.commit()
+        await _mark_family_revoked(cache, settings, row.family_id)
+        raise RefreshTokenReused("Refresh token was already used; the session is revoked")
+    if row.expires_at <= utcnow():
+        raise RefreshTokenInvalid("Refresh token expired")
+    user = await session.get(User, row.user_id)
+    if user is None or not user.is_active:
+        raise RefreshTokenInvalid("Account not found or disabled")
+    row.used_at = utcnow()
+    return await _issue(session, key, settings, row.user_id, row.family_id)
+
+
+async def logout(
+    session: AsyncSession, cache: Cache, settings: Settings, token: str
+) -> RefreshToken | None:
+    """Revoke the family of ``token`` (refresh and access tokens). Unknown tokens are a
+    no-op so logout is idempotent; returns the token row when it existed."""
+    row = await session.scalar(
+        select(RefreshToken).where(RefreshToken.token_hash == hash_secret(token))
+    )
+    if row is None:
+        return None
+    await _revoke_family(session, cache, row.family_id)
+    await _mark_family_revoked(cache, settings, row.family_id)
+    return row
+
+
+async def logout_family(
+    session: AsyncSession, cache: Cache, settings: Settings, family_id: uuid.UUID
+) -> None:
+    """Revoke one session by its family id (the ``sid`` of an access token)."""
+    await _revoke_family(session, cache, family_id)
+    await _mark_family_revoked(cache, settings, family_id)

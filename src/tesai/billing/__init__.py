@@ -1,0 +1,1 @@
+"""The ledger, holds, metering and statements."""

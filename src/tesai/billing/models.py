@@ -1,0 +1,160 @@
+"""Ledger, idempotency and metering tables.
+
+The ledger is double entry: a ``LedgerTransaction`` owns postings whose amounts sum to zero,
+each posting moving money in or out of one ``LedgerAccount``. The database enforces what
+matters (see ``tesai.billing.ddl``): per-transaction zero sum at commit, no negative balance
+on accounts that must stay ≥ 0, and append-only postings. ``LedgerAccount.balance`` is kept
+by a database trigger from the postings, never written by Python.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tesai.db import Base
+
+
+class LedgerAccount(Base):
+    """One balance: a customer's available funds, one hold, a provider's earnings, …
+
+    ``ref`` tells apart several accounts of one kind and owner (one held account per
+    cluster hold: ``ref = "cluster:<id>"``); it is ``""`` for the single account of a kind.
+    """
+
+    __tablename__ = "ledger_accounts"
+    __table_args__ = (
+        UniqueConstraint("owner_user_id", "kind", "ref", postgresql_nulls_not_distinct=True),
+        CheckConstraint("allow_negative OR balance >= 0", name="non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    owner_user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="RESTRICT"), index=True
+    )
+    """None for platform accounts."""
+    kind: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[str] = mapped_column(String(128), default="")
+    balance: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Micro-USDC; maintained by a trigger on ``ledger_postings``."""
+    allow_negative: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Only platform treasury and credits may go below zero (money leaving or created)."""
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class LedgerTransaction(Base):
+    """One money movement; its postings sum to zero (checked by the database at commit)."""
+
+    __tablename__ = "ledger_transactions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    """Unique forever: a ledger movement happens once per key, whatever retries."""
+    request_hash: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the operation's parameters; a reused key with other ones is a conflict."""
+    memo: Mapped[str] = mapped_column(String(500), default="")
+    refs: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+    db_xact: Mapped[int | None] = mapped_column(BigInteger)
+    """The database transaction that wrote it (set by a trigger); postings must share it."""
+
+
+class LedgerPosting(Base):
+    """One leg of a transaction. Append-only (a trigger rejects UPDATE and DELETE)."""
+
+    __tablename__ = "ledger_postings"
+    __table_args__ = (Index("ix_ledger_postings_account_id_id", "account_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    transaction_id: Mapped[int] = mapped_column(
+        ForeignKey("ledger_transactions.id", ondelete="RESTRICT"), index=True
+    )
+    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id", ondelete="RESTRICT"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    """Signed micro-USDC: positive adds to the account's balance."""
+
+
+class IdempotencyRecord(Base):
+    """The stored answer to a money-moving API request, replayed for the same key.
+
+    Kept at least ``idempotency_retention_days``; a periodic task deletes older ones. The
+    ledger's own per-operation keys (``LedgerTransaction.idempotency_key``) are never deleted.
+    """
+
+    __tablename__ = "idempotency_records"
+
+    scope: Mapped[str] = mapped_column(String(100), primary_key=True)
+    """Who used the key and where: ``<user id>:<METHOD> <path>``."""
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[Any] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+
+
+class NodeMeter(Base):
+    """Billing state of one cluster node: who pays, who earns, and how far it is counted.
+
+    ``metered_until`` is the watermark of healthy time already turned into usage buckets, so
+    replaying an observation after a crash counts nothing twice; ``billed_seconds`` is the
+    running total used for exact cumulative rounding (see ``tesai.billing.metering``).
+    """
+
+    __tablename__ = "billing_node_meters"
+
+    node_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    cluster_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    device_id: Mapped[uuid.UUID]
+    customer_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    provider_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    hold_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
+    earnings_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
+    price_per_hour_micro: Mapped[int] = mapped_column(BigInteger)
+    metered_until: Mapped[datetime]
+    billed_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+
+
+class UsageBucket(Base):
+    """Healthy seconds of one node within one minute, and what they cost.
+
+    ``amount_micro`` is what the provider earns for these seconds (price × seconds with
+    cumulative rounding); the platform fee is added on top at settlement.
+    """
+
+    __tablename__ = "usage_buckets"
+    __table_args__ = (
+        UniqueConstraint("node_id", "minute"),
+        Index("ix_usage_buckets_unsettled", "hold_account_id", postgresql_where="NOT settled"),
+        CheckConstraint("seconds >= 0 AND seconds <= 60", name="seconds_in_minute"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    cluster_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    node_id: Mapped[uuid.UUID]
+    device_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    hold_account_id: Mapped[int] = mapped_column(BigInteger)
+    earnings_account_id: Mapped[int] = mapped_column(BigInteger)
+    minute: Mapped[datetime]
+    seconds: Mapped[int] = mapped_column(Integer)
+    price_per_hour_micro: Mapped[int] = mapped_column(BigInteger)
+    amount_micro: Mapped[int] = mapped_column(BigInteger)
+    settled: Mapped[bool] = mapped_column(Boolean, default=False)
+    settlement_transaction_id: Mapped[int | None] = mapped_column(BigInteger)

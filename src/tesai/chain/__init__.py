@@ -1,0 +1,1 @@
+"""Solana: one chain-client interface, an RPC implementation and an in-process LiteSVM one."""

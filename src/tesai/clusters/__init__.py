@@ -1,0 +1,1 @@
+"""Customers' Ray clusters: quotes, gang placement, lifecycle, jobs, self-healing."""

@@ -1,0 +1,37 @@
+"""Errors of the clusters domain."""
+
+from __future__ import annotations
+
+from tesai.errors import BadRequest, Conflict, NotFound
+
+
+class ClusterNotFound(NotFound):
+    code = "cluster_not_found"
+
+
+class QuoteNotFound(NotFound):
+    code = "quote_not_found"
+
+
+class QuoteExpired(Conflict):
+    code = "quote_expired"
+
+
+class NoCapacity(Conflict):
+    """The pool cannot meet the request now; ``detail`` says why in numbers."""
+
+    code = "no_capacity"
+
+
+class InvalidClusterRequest(BadRequest):
+    code = "invalid_cluster_request"
+
+
+class ClusterNotActive(Conflict):
+    code = "cluster_not_active"
+
+
+class ClusterNotReady(Conflict):
+    """The cluster's head is not up yet (proxy and jobs need it)."""
+
+    code = "cluster_not_ready"

@@ -1,0 +1,151 @@
+"""What to do next for one cluster, decided from plain observations. Pure: no I/O.
+
+The reconciler (``tesai.clusters.reconcile``) gathers the cluster's rows and what its agents
+last reported, calls ``next_steps`` and applies the returned steps with guarded updates. Keeping
+the decision here makes every branch testable without a database, Ray or agents.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from tesai.clusters.models import ClusterStatus, NodeRole, NodeState
+
+
+@dataclass(frozen=True)
+class NodeView:
+    id: uuid.UUID
+    device_id: uuid.UUID
+    role: NodeRole
+    state: NodeState
+    device_live: bool
+    """The device heartbeats and is not offline/disabled."""
+    join_sent: bool
+    reported: Literal["starting", "running", "stopped", "failed"] | None = None
+    """The node's state in its agent's last heartbeat (None: not reported)."""
+    report_reason: str | None = None
+    ray_address: str | None = None
+    dashboard_port: int | None = None
+    alive_nodes: int | None = None
+    """Head only: nodes Ray's state API reports alive."""
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    id: uuid.UUID
+    status: ClusterStatus
+    nodes: list[NodeView]
+    now: datetime
+    provisioning_deadline: datetime | None
+    ends_at: datetime | None
+    budget_left_micro: int | None = None
+    """Money left for this cluster (None: no budget limit)."""
+
+
+StepKind = Literal[
+    "send_join",  # node_id, with head_address for workers
+    "mark_node_running",  # node_id
+    "mark_node_lost",  # node_id, reason
+    "place_replacement",  # node_id (the lost one)
+    "set_status",  # status, reason
+    "send_leave_all",
+    "release_all",
+]
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    node_id: uuid.UUID | None = None
+    status: ClusterStatus | None = None
+    reason: str | None = None
+    head_address: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class Plan:
+    steps: list[Step] = field(default_factory=list)
+
+    def add(self, kind: StepKind, **kw: object) -> None:
+        self.steps.append(Step(kind, **kw))  # type: ignore[arg-type]
+
+
+def _live_nodes(view: ClusterView) -> list[NodeView]:
+    return [n for n in view.nodes if n.state not in (NodeState.released, NodeState.lost)]
+
+
+def _head(view: ClusterView) -> NodeView | None:
+    heads = [n for n in _live_nodes(view) if n.role is NodeRole.head]
+    return heads[0] if heads else None
+
+
+def next_steps(view: ClusterView) -> Plan:
+    """Decide the next steps for a cluster (see module docstring)."""
+    plan = Plan()
+    s = view.status
+    if s in (ClusterStatus.terminated, ClusterStatus.failed):
+        return plan
+    if s is ClusterStatus.terminating:
+        plan.add("send_leave_all")
+        plan.add("release_all")
+        plan.add("set_status", status=ClusterStatus.terminated, reason="released")
+        return plan
+
+    # Ends before anything else: money and time limits stop the cluster whatever its health.
+    if view.ends_at is not None and view.now >= view.ends_at:
+        plan.add("set_status", status=ClusterStatus.terminating, reason="duration_over")
+        return plan
+    if view.budget_left_micro is not None and view.budget_left_micro <= 0:
+        plan.add("set_status", status=ClusterStatus.terminating, reason="budget_exhausted")
+        return plan
+
+    # Nodes whose device died stop counting and get replaced.
+    lost_any = False
+    for n in _live_nodes(view):
+        if not n.device_live or n.reported == "failed":
+            reason = "head_lost" if n.role is NodeRole.head else "node_lost"
+            plan.add("mark_node_lost", node_id=n.id, reason=reason, detail=n.report_reason or "")
+            plan.add("place_replacement", node_id=n.id)
+            lost_any = True
+    if lost_any:
+        if s is ClusterStatus.running:
+            plan.add("set_status", status=ClusterStatus.degraded, reason="node_lost")
+        return plan
+
+    nodes = _live_nodes(view)
+    head = _head(view)
+    if head is None:
+        return plan
+    if not head.join_sent:
+        plan.add("send_join", node_id=head.id)
+    head_up = head.reported == "running" and head.ray_address is not None
+    if head_up and head.state is not NodeState.running:
+        plan.add("mark_node_running", node_id=head.id)
+    for n in nodes:
+        if n.role is NodeRole.worker:
+            if not n.join_sent and head_up:
+                plan.add("send_join", node_id=n.id, head_address=head.ray_address)
+            if n.reported == "running" and n.state is not NodeState.running:
+                plan.add("mark_node_running", node_id=n.id)
+
+    all_alive = head_up and head.alive_nodes is not None and head.alive_nodes >= len(nodes)
+    if all_alive and s in (
+        ClusterStatus.provisioning,
+        ClusterStatus.degraded,
+        ClusterStatus.pending,
+    ):
+        reason = "all_nodes_alive" if s is not ClusterStatus.degraded else "node_replaced"
+        plan.add("set_status", status=ClusterStatus.running, reason=reason)
+    elif (
+        s in (ClusterStatus.provisioning, ClusterStatus.pending)
+        and view.provisioning_deadline is not None
+        and view.now >= view.provisioning_deadline
+    ):
+        plan.add("set_status", status=ClusterStatus.failed, reason="provisioning_deadline")
+        plan.add("send_leave_all")
+        plan.add("release_all")
+    return plan

@@ -1,0 +1,552 @@
+"""The cluster reconciler: a periodic task that moves every live cluster towards its goal.
+
+Each run (every ``cluster_reconcile_interval_s``):
+1. reads live clusters and their nodes in a short transaction;
+2. reads what the nodes' agents last reported from the cache, outside any transaction;
+3. decides per cluster with the pure ``tesai.clusters.plan.next_steps``;
+4. applies each cluster's steps in its own transaction, taking the cluster row with
+   ``FOR UPDATE SKIP LOCKED`` and dropping the plan when the row's ``version`` moved on — so
+   two task workers running it at once never apply a step twice.
+
+Metering happens in the same locked transaction: every running node whose device heartbeat
+recently gets the elapsed seconds added to ``healthy_seconds`` and its watermark advanced;
+unhealthy time is skipped, never billed. Settlement pays providers from the hold at least
+every ``settle_interval_s`` and at the end.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tesai.billing import service as billing
+from tesai.billing.money import accrue
+from tesai.clusters.models import (
+    Cluster,
+    ClusterEvent,
+    ClusterNode,
+    ClusterStatus,
+    Job,
+    JobStatus,
+    NodeRole,
+    NodeState,
+)
+from tesai.clusters.plan import ClusterView, NodeView, Plan, Step, next_steps
+from tesai.clusters.pool import load_pool, to_placement_request
+from tesai.clusters.schemas import ClusterRequest
+from tesai.clusters.service import hold_ref, record_event, secret_box
+from tesai.db import run_after_commit
+from tesai.devices import keys as device_keys
+from tesai.devices.models import Device, DeviceStatus
+from tesai.devices.service import create_command, record_transition
+from tesai.kit.secretbox import SecretBox
+from tesai.kit.time import utcnow
+from tesai.scheduling import placement as pl
+from tesai.settings import Settings
+from tesai.tasks import TaskContext
+
+log = structlog.get_logger(__name__)
+
+ACTIVE = (
+    ClusterStatus.pending,
+    ClusterStatus.provisioning,
+    ClusterStatus.running,
+    ClusterStatus.degraded,
+    ClusterStatus.terminating,
+)
+BILLED = (ClusterStatus.running, ClusterStatus.degraded)
+DEAD_DEVICE = (DeviceStatus.offline, DeviceStatus.disabled, DeviceStatus.rejected)
+
+
+def resource_name(cluster_id: uuid.UUID) -> str:
+    """The Ray custom resource every node of the cluster carries."""
+    return f"tesai_cluster_{cluster_id.hex[:12]}"
+
+
+def node_resource_name(node_id: uuid.UUID) -> str:
+    """The Ray custom resource naming one node, so jobs can spread work by node."""
+    return f"tesai_node_{node_id.hex[:12]}"
+
+
+def join_args(
+    cluster: Cluster, node: ClusterNode, token: str, head_address: str | None
+) -> dict[str, Any]:
+    return {
+        "cluster_id": str(cluster.id),
+        "node_id": str(node.id),
+        "role": node.role.value,
+        "ray_token": token,
+        "ray_version": cluster.ray_version,
+        "head_address": head_address,
+        "num_gpus": node.gpus,
+        "resources": {resource_name(cluster.id): 1, node_resource_name(node.id): 1},
+        "labels": {"tesai.cluster": str(cluster.id), "tesai.gpu_model": cluster.gpu_model or "cpu"},
+    }
+
+
+def _fresh(report: dict[str, Any] | None, settings: Settings, now_s: float) -> bool:
+    """The device heartbeat within 1.5 intervals: its node time counts as healthy."""
+    return report is not None and now_s - float(report["at"]) <= 1.5 * settings.heartbeat_interval_s
+
+
+def _node_report(report: dict[str, Any] | None, cluster_id: uuid.UUID) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    for n in report.get("nodes", []):
+        if n.get("cluster_id") == str(cluster_id):
+            node: dict[str, Any] = n
+            return node
+    return None
+
+
+async def _reports(
+    ctx: TaskContext, device_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Any]]:
+    raws = await ctx.cache.mget([device_keys.telemetry(str(d)) for d in device_ids])
+    return {d: orjson.loads(r) for d, r in zip(device_ids, raws, strict=True) if r is not None}
+
+
+def build_view(
+    cluster: Cluster,
+    nodes: list[ClusterNode],
+    device_status: dict[uuid.UUID, DeviceStatus],
+    reports: dict[uuid.UUID, dict[str, Any]],
+    now: datetime,
+) -> ClusterView:
+    views = []
+    for n in nodes:
+        rep = _node_report(reports.get(n.device_id), cluster.id)
+        views.append(
+            NodeView(
+                id=n.id,
+                device_id=n.device_id,
+                role=n.role,
+                state=n.state,
+                device_live=device_status.get(n.device_id) not in DEAD_DEVICE,
+                join_sent=n.state is not NodeState.assigned,
+                reported=rep.get("state") if rep else None,
+                report_reason=rep.get("reason") if rep else None,
+                ray_address=rep.get("ray_address") if rep else None,
+                dashboard_port=rep.get("dashboard_port") if rep else None,
+                alive_nodes=rep.get("alive_nodes") if rep else None,
+            )
+        )
+    budget_left = None
+    if cluster.budget_micro is not None:
+        budget_left = cluster.budget_micro - cluster.charged_micro
+    return ClusterView(
+        id=cluster.id,
+        status=cluster.status,
+        nodes=views,
+        now=now,
+        provisioning_deadline=cluster.provisioning_deadline,
+        ends_at=cluster.ends_at,
+        budget_left_micro=budget_left,
+    )
+
+
+async def reconcile(ctx: TaskContext) -> dict[str, int]:
+    """One pass over every active cluster (see module docstring)."""
+    now = utcnow()
+    async with ctx.sessionmaker() as session:
+        clusters = list(
+            (await session.execute(select(Cluster).where(Cluster.status.in_(ACTIVE)))).scalars()
+        )
+        if not clusters:
+            return {"clusters": 0, "steps": 0}
+        ids = [c.id for c in clusters]
+        nodes = list(
+            (
+                await session.execute(
+                    select(ClusterNode).where(
+                        ClusterNode.cluster_id.in_(ids), ClusterNode.released_at.is_(None)
+                    )
+                )
+            ).scalars()
+        )
+        device_ids = list({n.device_id for n in nodes})
+        statuses = dict(
+            (
+                await session.execute(
+                    select(Device.id, Device.status).where(Device.id.in_(device_ids))
+                )
+            )
+            .tuples()
+            .all()
+        )
+    reports = await _reports(ctx, device_ids)
+    by_cluster: dict[uuid.UUID, list[ClusterNode]] = {}
+    for n in nodes:
+        by_cluster.setdefault(n.cluster_id, []).append(n)
+    steps = 0
+    for cluster in clusters:
+        view = build_view(cluster, by_cluster.get(cluster.id, []), statuses, reports, now)
+        plan = next_steps(view)
+        try:
+            steps += await apply(ctx, cluster.id, cluster.version, plan, view, reports)
+        except Exception:
+            log.exception("cluster_reconcile_failed", cluster_id=str(cluster.id))
+    return {"clusters": len(clusters), "steps": steps}
+
+
+async def apply(
+    ctx: TaskContext,
+    cluster_id: uuid.UUID,
+    version: int,
+    plan: Plan,
+    view: ClusterView,
+    reports: dict[uuid.UUID, dict[str, Any]],
+) -> int:
+    """Apply one cluster's plan and metering in one transaction, guarded by ``version``."""
+    async with ctx.sessionmaker() as session:
+        cluster = (
+            await session.execute(
+                select(Cluster)
+                .where(Cluster.id == cluster_id, Cluster.version == version)
+                .with_for_update(skip_locked=True)
+            )
+        ).scalar_one_or_none()
+        if cluster is None:
+            return 0  # another worker holds it, or it changed since we read it
+        nodes = {
+            n.id: n
+            for n in (
+                await session.execute(
+                    select(ClusterNode)
+                    .where(ClusterNode.cluster_id == cluster_id, ClusterNode.released_at.is_(None))
+                    .with_for_update()
+                )
+            ).scalars()
+        }
+        box = secret_box(ctx.settings)
+        applier = _Applier(ctx, session, cluster, nodes, view, reports, box)
+        for step in plan.steps:
+            await applier.apply(step)
+        if cluster.status in BILLED:
+            _meter(ctx.settings, cluster, nodes.values(), reports, view.now)
+        settle_due = cluster.settled_at is None or (
+            view.now - cluster.settled_at >= timedelta(seconds=ctx.settings.settle_interval_s)
+        )
+        if cluster.status in BILLED and settle_due:
+            await settle(session, ctx.settings, cluster, list(nodes.values()))
+        await session.commit()
+        await run_after_commit(session)
+        return len(plan.steps)
+
+
+def _meter(
+    settings: Settings,
+    cluster: Cluster,
+    nodes: Any,
+    reports: dict[uuid.UUID, dict[str, Any]],
+    now: datetime,
+) -> None:
+    now_s = now.timestamp()
+    for node in nodes:
+        if node.state is not NodeState.running:
+            continue
+        start = node.metered_until or node.running_at or now
+        elapsed = max(0, int((now - start).total_seconds()))
+        if elapsed == 0:
+            continue
+        if _fresh(reports.get(node.device_id), settings, now_s):
+            # Cap one step at a few intervals: a reconciler that stalled must not bill a gap
+            # it did not observe.
+            cap = (
+                int(3 * max(settings.heartbeat_interval_s, settings.cluster_reconcile_interval_s))
+                + 1
+            )
+            node.healthy_seconds += min(elapsed, cap)
+        node.metered_until = start + timedelta(seconds=elapsed)
+
+
+async def settle(
+    session: AsyncSession, settings: Settings, cluster: Cluster, nodes: list[ClusterNode]
+) -> None:
+    """Pay every node's unpaid healthy seconds from the hold to its provider (plus the fee).
+
+    Idempotent: the key names the node and the seconds paid up to, so a replay after a crash
+    returns the first result and moves nothing twice.
+    """
+    providers = dict(
+        (
+            await session.execute(
+                select(Device.id, Device.provider_id).where(
+                    Device.id.in_([n.device_id for n in nodes])
+                )
+            )
+        )
+        .tuples()
+        .all()
+    )
+    for node in nodes:
+        due_seconds = node.healthy_seconds - node.settled_seconds
+        if due_seconds <= 0:
+            continue
+        amount = accrue(node.settled_seconds, due_seconds, node.price_per_hour_micro)
+        if amount > 0:
+            movement = await billing.settle_usage(
+                session,
+                user_id=cluster.customer_id,
+                ref=hold_ref(cluster.id),
+                provider_user_id=providers[node.device_id],
+                provider_amount_micro=amount,
+                fee_bps=settings.platform_fee_bps,
+                idempotency_key=f"settle:{node.id}:{node.healthy_seconds}",
+            )
+            cluster.charged_micro += int(movement.result.get("charged", 0))
+            if movement.result.get("exhausted") and cluster.status in BILLED:
+                record_event(session, cluster, "budget_exhausted", to=ClusterStatus.terminating)
+        node.settled_seconds = node.healthy_seconds
+    cluster.settled_at = utcnow()
+
+
+class _Applier:
+    def __init__(
+        self,
+        ctx: TaskContext,
+        session: AsyncSession,
+        cluster: Cluster,
+        nodes: dict[uuid.UUID, ClusterNode],
+        view: ClusterView,
+        reports: dict[uuid.UUID, dict[str, Any]],
+        box: SecretBox,
+    ) -> None:
+        self.ctx = ctx
+        self.session = session
+        self.cluster = cluster
+        self.nodes = nodes
+        self.view = view
+        self.reports = reports
+        self.box = box
+
+    async def apply(self, step: Step) -> None:
+        handler = getattr(self, f"_{step.kind}")
+        await handler(step)
+
+    async def _send_join(self, step: Step) -> None:
+        node = self.nodes.get(step.node_id)  # type: ignore[arg-type]
+        if node is None or node.state is not NodeState.assigned:
+            return
+        token = self.box.open(self.cluster.ray_token_sealed)
+        await create_command(
+            self.session,
+            self.ctx.cache,
+            node.device_id,
+            "join_cluster",
+            join_args(self.cluster, node, token, step.head_address),
+        )
+        node.state = NodeState.starting
+
+    async def _mark_node_running(self, step: Step) -> None:
+        node = self.nodes.get(step.node_id)  # type: ignore[arg-type]
+        if node is None:
+            return
+        rep = _node_report(self.reports.get(node.device_id), self.cluster.id) or {}
+        node.state = NodeState.running
+        node.running_at = node.running_at or self.view.now
+        node.metered_until = self.view.now
+        node.ray_address = rep.get("ray_address")
+        port = rep.get("dashboard_port")
+        if port and node.ray_address:
+            host = node.ray_address.rsplit(":", 1)[0]
+            node.dashboard_url = f"http://{host}:{port}"
+
+    async def _mark_node_lost(self, step: Step) -> None:
+        node = self.nodes.get(step.node_id)  # type: ignore[arg-type]
+        if node is None:
+            return
+        node.state = NodeState.lost
+        node.state_reason = step.reason
+        node.lost_at = self.view.now
+        node.released_at = self.view.now
+        record_event(
+            self.session,
+            self.cluster,
+            step.reason or "node_lost",
+            detail=f"node {node.id} on device {node.device_id}",
+            data={"node_id": str(node.id), "device_id": str(node.device_id)},
+        )
+        # The agent may come back: tell it to stop this cluster's Ray node then.
+        await create_command(
+            self.session,
+            self.ctx.cache,
+            node.device_id,
+            "leave_cluster",
+            {"cluster_id": str(self.cluster.id), "node_id": str(node.id)},
+        )
+        if node.role is NodeRole.head:
+            await self._head_lost()
+
+    async def _head_lost(self) -> None:
+        """Workers leave the lost head and rejoin the new one once it is up; jobs fail."""
+        for other in self.nodes.values():
+            if other.role is NodeRole.worker and other.state in (
+                NodeState.starting,
+                NodeState.running,
+            ):
+                await create_command(
+                    self.session,
+                    self.ctx.cache,
+                    other.device_id,
+                    "leave_cluster",
+                    {"cluster_id": str(self.cluster.id), "node_id": str(other.id)},
+                )
+                other.state = NodeState.assigned
+        await self.session.execute(
+            update(Job)
+            .where(
+                Job.cluster_id == self.cluster.id,
+                Job.status.in_([JobStatus.pending.value, JobStatus.running.value]),
+            )
+            .values(
+                status=JobStatus.failed.value,
+                message="The head node was lost",
+                finished_at=self.view.now,
+            )
+        )
+
+    async def _place_replacement(self, step: Step) -> None:
+        lost = self.nodes.get(step.node_id)  # type: ignore[arg-type]
+        if lost is None:
+            return
+        settings = self.ctx.settings
+        hour_ago = self.view.now - timedelta(hours=1)
+        recent = (
+            await self.session.execute(
+                select(ClusterEvent.id).where(
+                    ClusterEvent.cluster_id == self.cluster.id,
+                    ClusterEvent.reason == "node_replaced",
+                    ClusterEvent.at >= hour_ago,
+                )
+            )
+        ).all()
+        if len(recent) >= settings.max_replacements_per_hour:
+            record_event(
+                self.session, self.cluster, "no_replacement", detail="replacement cap reached"
+            )
+            return
+        flap_since = self.view.now - timedelta(seconds=settings.flap_exclusion_s)
+        excluded = {
+            str(d)
+            for d in (
+                await self.session.execute(
+                    select(ClusterNode.device_id).where(
+                        ClusterNode.cluster_id == self.cluster.id,
+                        (ClusterNode.released_at.is_(None)) | (ClusterNode.lost_at >= flap_since),
+                    )
+                )
+            ).scalars()
+        }
+        req = ClusterRequest.model_validate(self.cluster.request)
+        if req.gpu_model is None:
+            preq = to_placement_request(
+                req.model_copy(update={"nodes": 1}), excluded=frozenset(excluded)
+            )
+        else:
+            preq = pl.PlacementRequest(
+                gpu_model=req.gpu_model,
+                gpu_count=lost.gpus,
+                gpus_per_node=lost.gpus,
+                max_price_per_gpu_hour_micro=req.max_price_per_gpu_hour_micro,
+                regions=frozenset(req.regions),
+                countries=frozenset(c.upper() for c in req.countries),
+                min_reliability=req.min_reliability,
+                min_connectivity_tier=req.min_connectivity_tier,
+                min_verified_score=req.min_verified_score,
+                min_vram_mb=req.min_vram_mb,
+                excluded_device_ids=frozenset(excluded),
+            )
+        result = pl.place_reference(await load_pool(self.session, self.view.now), preq)
+        if isinstance(result, pl.Shortfall):
+            record_event(self.session, self.cluster, "no_replacement", detail=result.message)
+            return
+        placed = result.devices[0]
+        device = await self.session.get(Device, uuid.UUID(placed.device_id), with_for_update=True)
+        if device is None or device.status is not DeviceStatus.online:
+            return  # picked up again on the next pass
+        node = ClusterNode(
+            id=uuid.uuid4(),
+            cluster_id=self.cluster.id,
+            device_id=device.id,
+            role=lost.role,
+            state=NodeState.assigned,
+            gpus=lost.gpus,
+            # The customer keeps the price they booked; a dearer replacement is our cost
+            # only up to their max price, which placement already enforces.
+            price_per_hour_micro=placed.hourly_price_micro,
+            healthy_seconds=0,
+            settled_seconds=0,
+        )
+        self.session.add(node)
+        await self.session.flush()
+        self.nodes[node.id] = node
+        record_transition(
+            self.session, device, DeviceStatus.busy, "rented", f"cluster {self.cluster.id}"
+        )
+        self.cluster.replacements += 1
+        record_event(
+            self.session,
+            self.cluster,
+            "node_replaced",
+            detail=f"device {device.id} replaces {lost.device_id}",
+            data={"node_id": str(node.id), "device_id": str(device.id), "replaces": str(lost.id)},
+        )
+
+    async def _set_status(self, step: Step) -> None:
+        assert step.status is not None
+        target = step.status
+        if target is self.cluster.status:
+            return
+        record_event(self.session, self.cluster, step.reason or "", to=target, detail=step.detail)
+        now = self.view.now
+        if target is ClusterStatus.running and self.cluster.running_at is None:
+            self.cluster.running_at = now
+            self.cluster.ends_at = now + timedelta(seconds=self.cluster.duration_s)
+        if target in (ClusterStatus.terminated, ClusterStatus.failed):
+            self.cluster.terminated_at = now
+            await settle(self.session, self.ctx.settings, self.cluster, list(self.nodes.values()))
+            await billing.release_hold(
+                self.session,
+                user_id=self.cluster.customer_id,
+                ref=hold_ref(self.cluster.id),
+                idempotency_key=f"cluster-release:{self.cluster.id}",
+            )
+
+    async def _send_leave_all(self, step: Step) -> None:
+        for node in self.nodes.values():
+            if node.state is NodeState.released:
+                continue
+            await create_command(
+                self.session,
+                self.ctx.cache,
+                node.device_id,
+                "leave_cluster",
+                {"cluster_id": str(self.cluster.id), "node_id": str(node.id)},
+            )
+
+    async def _release_all(self, step: Step) -> None:
+        now = self.view.now
+        # Pay for healthy time up to now before the nodes stop counting.
+        _meter(self.ctx.settings, self.cluster, self.nodes.values(), self.reports, now)
+        await settle(self.session, self.ctx.settings, self.cluster, list(self.nodes.values()))
+        for node in self.nodes.values():
+            if node.released_at is not None:
+                continue
+            node.state = NodeState.released
+            node.released_at = now
+            device = await self.session.get(Device, node.device_id, with_for_update=True)
+            if device is not None and device.status is DeviceStatus.busy:
+                record_transition(
+                    self.session,
+                    device,
+                    DeviceStatus.online,
+                    "released",
+                    f"cluster {self.cluster.id}",
+                )

@@ -1,0 +1,370 @@
+"""The rules of clusters: quotes, creation with gang booking, extend, terminate, read.
+
+Booking is guaranteed by the database: a live node's ``device_id`` is unique
+(``uq_cluster_nodes_live_device``), so two processes placing at once cannot both book a
+device; the loser's transaction fails and the customer gets a clear 409 to retry.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import secrets
+import uuid
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tesai.billing import service as billing
+from tesai.clusters.errors import (
+    ClusterNotActive,
+    ClusterNotFound,
+    InvalidClusterRequest,
+    NoCapacity,
+    QuoteExpired,
+    QuoteNotFound,
+)
+from tesai.clusters.models import (
+    Cluster,
+    ClusterEvent,
+    ClusterNode,
+    ClusterStatus,
+    DeviceReservation,
+    NodeRole,
+    NodeState,
+    Quote,
+)
+from tesai.clusters.pool import load_pool, to_placement_request
+from tesai.clusters.schemas import ClusterRequest, CreateCluster
+from tesai.clusters.states import LIVE, InvalidClusterTransition, check_transition
+from tesai.devices.models import Device, DeviceStatus
+from tesai.devices.service import record_transition
+from tesai.kit.secretbox import SecretBox, load_box
+from tesai.kit.time import utcnow
+from tesai.runtime import Runtime
+from tesai.scheduling import placement as pl
+from tesai.scheduling.pricing import PriceBreakdown, price_placement
+from tesai.settings import Settings
+
+RESERVE_ATTEMPTS = 3
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    """Seals the clusters' Ray tokens; the key lives in ``home`` (or the configured file)."""
+    return load_box(settings.secret_box_key_file or settings.home / "secret_box.key")
+
+
+def hold_ref(cluster_id: uuid.UUID) -> str:
+    return f"cluster:{cluster_id}"
+
+
+def ray_version() -> str:
+    """The Ray version this control plane pins; every node of a cluster must run it."""
+    return importlib.metadata.version("ray")
+
+
+def record_event(
+    session: AsyncSession,
+    cluster: Cluster,
+    reason: str,
+    *,
+    to: ClusterStatus | None = None,
+    detail: str = "",
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Move ``cluster`` to ``to`` (checked by the state machine) and store the event."""
+    from_status = cluster.status
+    message = detail
+    if to is not None and to is not cluster.status:
+        try:
+            t = check_transition(cluster.status, to, reason, detail)
+        except InvalidClusterTransition as exc:
+            raise ClusterNotActive(f"Cluster is {cluster.status.value}: {exc}") from exc
+        cluster.status = to
+        cluster.status_reason = reason
+        cluster.version += 1
+        message = t.message
+    session.add(
+        ClusterEvent(
+            cluster_id=cluster.id,
+            at=utcnow(),
+            from_status=from_status.value,
+            to_status=(to or cluster.status).value,
+            reason=reason,
+            message=message[:512],
+            data=data or {},
+        )
+    )
+
+
+# --- quotes ----------------------------------------------------------------------------------
+
+
+async def _place(
+    session: AsyncSession, req: ClusterRequest, quote_id: uuid.UUID | None, excluded: frozenset[str]
+) -> pl.Placement:
+    try:
+        preq = to_placement_request(req, excluded=excluded)
+        preq.shapes()
+    except pl.InvalidPlacementRequest as exc:
+        raise InvalidClusterRequest(str(exc)) from exc
+    pool = await load_pool(session, utcnow(), quote_id=quote_id)
+    result = pl.place_reference(pool, preq)
+    if isinstance(result, pl.Shortfall):
+        raise NoCapacity(
+            result.message,
+            need=result.need,
+            matching=result.matching,
+            eliminated=[asdict(e) for e in result.eliminated],
+        )
+    return result
+
+
+async def _reserve(
+    session: AsyncSession, quote_id: uuid.UUID, device_ids: list[uuid.UUID], expires_at: Any
+) -> set[uuid.UUID]:
+    """Reserve devices for a quote; returns those actually reserved (others are held)."""
+    stmt = insert(DeviceReservation).values(
+        [{"device_id": d, "quote_id": quote_id, "expires_at": expires_at} for d in device_ids]
+    )
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[DeviceReservation.device_id],
+        set_={"quote_id": stmt.excluded.quote_id, "expires_at": stmt.excluded.expires_at},
+        where=(DeviceReservation.expires_at <= utcnow()) | (DeviceReservation.quote_id == quote_id),
+    ).returning(DeviceReservation.device_id)
+    return set((await session.execute(upsert)).scalars())
+
+
+def _quote_view(placement: pl.Placement, price: PriceBreakdown) -> dict[str, Any]:
+    return {
+        "shape": str(placement.shape),
+        "region": placement.region,
+        "reasons": list(placement.reasons),
+        "devices": [
+            {
+                "device_id": d.device_id,
+                "region": d.region,
+                "gpu_count": d.gpu_count,
+                "price_per_gpu_hour_micro": d.price_per_gpu_hour_micro,
+                "hourly_micro": d.hourly_price_micro,
+                "score": round(d.score.total, 4),
+            }
+            for d in placement.devices
+        ],
+        "hourly_fee_micro": price.hourly_fee_micro,
+        "hourly_total_micro": price.hourly_total_micro,
+        "compute_micro": price.compute_micro,
+    }
+
+
+async def create_quote(
+    session: AsyncSession, settings: Settings, customer_id: uuid.UUID, req: ClusterRequest
+) -> Quote:
+    """Place the request, price it and reserve its devices until the quote expires.
+
+    Raises ``NoCapacity`` (409, with the shortfall in numbers) or ``InvalidClusterRequest``.
+    """
+    quote_id = uuid.uuid4()
+    expires_at = utcnow() + timedelta(seconds=settings.quote_ttl_s)
+    excluded: frozenset[str] = frozenset()
+    for _ in range(RESERVE_ATTEMPTS):
+        placement = await _place(session, req, quote_id, excluded)
+        price = price_placement(placement, req.duration_s, settings.platform_fee_bps)
+        quote = Quote(
+            id=quote_id,
+            customer_id=customer_id,
+            request=req.model_dump(mode="json"),
+            placement=_quote_view(placement, price),
+            hourly_micro=price.hourly_micro,
+            total_micro=price.total_micro,
+            fee_micro=price.fee_micro,
+            expires_at=expires_at,
+        )
+        session.add(quote)
+        await session.flush()
+        wanted = [uuid.UUID(d) for d in placement.device_ids]
+        got = await _reserve(session, quote_id, wanted, expires_at)
+        if got == set(wanted):
+            return quote
+        # Someone reserved a device between our read and our write: try without them.
+        await session.execute(
+            delete(DeviceReservation).where(DeviceReservation.quote_id == quote_id)
+        )
+        await session.delete(quote)
+        await session.flush()
+        excluded = excluded | {str(d) for d in set(wanted) - got}
+    raise NoCapacity("The pool changed while quoting; try again")
+
+
+async def get_quote(session: AsyncSession, customer_id: uuid.UUID, quote_id: uuid.UUID) -> Quote:
+    quote = await session.get(Quote, quote_id, with_for_update=True)
+    if quote is None or quote.customer_id != customer_id:
+        raise QuoteNotFound("No such quote")
+    return quote
+
+
+# --- clusters ---------------------------------------------------------------------------------
+
+
+async def create_cluster(
+    session: AsyncSession, runtime: Runtime, customer_id: uuid.UUID, body: CreateCluster
+) -> Cluster:
+    """Book the quoted devices (all or none), hold the money and start provisioning.
+
+    Raises ``QuoteNotFound``, ``QuoteExpired``, ``NoCapacity`` (a device was taken),
+    ``InsufficientFunds`` (402). Nothing is booked or held when it raises.
+    """
+    settings = runtime.settings
+    if body.quote_id is not None:
+        quote = await get_quote(session, customer_id, body.quote_id)
+        if quote.used_at is not None:
+            raise QuoteExpired("This quote was already used")
+        if quote.expires_at <= utcnow():
+            raise QuoteExpired("This quote expired; ask for a new one")
+    else:
+        assert body.request is not None
+        quote = await create_quote(session, settings, customer_id, body.request)
+    req = ClusterRequest.model_validate(quote.request)
+    now = utcnow()
+    cluster_id = uuid.uuid4()
+    token = secrets.token_urlsafe(32)
+    cluster = Cluster(
+        id=cluster_id,
+        customer_id=customer_id,
+        name=body.name,
+        status=ClusterStatus.pending,
+        request=quote.request,
+        gpu_model=req.gpu_model,
+        gpus=req.gpus or (req.nodes or 0),
+        min_gpus=req.min_gpus,
+        max_gpus=req.max_gpus,
+        duration_s=req.duration_s,
+        max_price_per_gpu_hour_micro=req.max_price_per_gpu_hour_micro,
+        hourly_price_micro=quote.hourly_micro,
+        budget_micro=body.budget_micro,
+        hold_micro=quote.total_micro,
+        ray_version=ray_version(),
+        ray_token_sealed=secret_box(settings).seal(token),
+        provisioning_deadline=now + timedelta(seconds=settings.provisioning_deadline_s),
+        version=1,
+        replacements=0,
+    )
+    session.add(cluster)
+    devices = quote.placement["devices"]
+    for i, d in enumerate(devices):
+        session.add(
+            ClusterNode(
+                cluster_id=cluster_id,
+                device_id=uuid.UUID(d["device_id"]),
+                role=NodeRole.head if i == 0 else NodeRole.worker,
+                state=NodeState.assigned,
+                gpus=d["gpu_count"],
+                price_per_hour_micro=d["hourly_micro"],
+                healthy_seconds=0,
+            )
+        )
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise NoCapacity("A quoted device was booked by someone else; ask for a new quote") from exc
+    for d in devices:
+        device = await session.get(Device, uuid.UUID(d["device_id"]), with_for_update=True)
+        if device is None or device.status is not DeviceStatus.online:
+            raise NoCapacity("A quoted device is no longer online; ask for a new quote")
+        record_transition(session, device, DeviceStatus.busy, "rented", f"cluster {cluster_id}")
+    await billing.place_hold(
+        session,
+        user_id=customer_id,
+        amount_micro=quote.total_micro,
+        ref=hold_ref(cluster_id),
+        idempotency_key=f"cluster-hold:{cluster_id}",
+    )
+    quote.used_at = now
+    await session.execute(delete(DeviceReservation).where(DeviceReservation.quote_id == quote.id))
+    record_event(session, cluster, "created", detail=f"{len(devices)} nodes, quote {quote.id}")
+    record_event(session, cluster, "provisioning", to=ClusterStatus.provisioning)
+    await session.flush()
+    return cluster
+
+
+async def get_cluster(
+    session: AsyncSession,
+    customer_id: uuid.UUID | None,
+    cluster_id: uuid.UUID,
+    *,
+    lock: bool = False,
+) -> Cluster:
+    """The cluster, if ``customer_id`` owns it (None: any, for admins); else 404."""
+    cluster = await session.get(Cluster, cluster_id, with_for_update=lock)
+    if cluster is None or (customer_id is not None and cluster.customer_id != customer_id):
+        raise ClusterNotFound("No such cluster")
+    return cluster
+
+
+async def list_clusters(session: AsyncSession, customer_id: uuid.UUID) -> list[Cluster]:
+    rows = await session.execute(
+        select(Cluster)
+        .where(Cluster.customer_id == customer_id)
+        .order_by(Cluster.created_at.desc())
+    )
+    return list(rows.scalars())
+
+
+async def nodes_of(session: AsyncSession, cluster_id: uuid.UUID) -> list[ClusterNode]:
+    rows = await session.execute(
+        select(ClusterNode)
+        .where(ClusterNode.cluster_id == cluster_id)
+        .order_by(ClusterNode.created_at)
+    )
+    return list(rows.scalars())
+
+
+async def events_of(session: AsyncSession, cluster_id: uuid.UUID) -> list[ClusterEvent]:
+    rows = await session.execute(
+        select(ClusterEvent).where(ClusterEvent.cluster_id == cluster_id).order_by(ClusterEvent.id)
+    )
+    return list(rows.scalars())
+
+
+async def terminate_cluster(
+    session: AsyncSession, cluster: Cluster, reason: str = "customer_terminated", detail: str = ""
+) -> Cluster:
+    """Ask for the cluster to stop; the reconciler releases nodes and settles the bill."""
+    if cluster.status in (
+        ClusterStatus.terminating,
+        ClusterStatus.terminated,
+        ClusterStatus.failed,
+    ):
+        return cluster
+    record_event(session, cluster, reason, to=ClusterStatus.terminating, detail=detail)
+    await session.flush()
+    return cluster
+
+
+async def extend_cluster(
+    session: AsyncSession, settings: Settings, cluster: Cluster, duration_s: int
+) -> Cluster:
+    """Add ``duration_s`` to the rental and its price to the hold (402 when short)."""
+    if cluster.status not in LIVE:
+        raise ClusterNotActive(f"Cluster is {cluster.status.value}")
+    amount = -(-cluster.hourly_price_micro * duration_s // 3600)
+    amount += -(-amount * settings.platform_fee_bps // 10_000)
+    await billing.extend_hold(
+        session,
+        user_id=cluster.customer_id,
+        amount_micro=amount,
+        ref=hold_ref(cluster.id),
+        idempotency_key=f"cluster-extend:{cluster.id}:{cluster.version}",
+    )
+    cluster.duration_s += duration_s
+    cluster.hold_micro += amount
+    if cluster.ends_at is not None:
+        cluster.ends_at += timedelta(seconds=duration_s)
+    record_event(session, cluster, "extended", detail=f"+{duration_s} s")
+    cluster.version += 1
+    await session.flush()
+    return cluster

@@ -1,0 +1,63 @@
+"""The cluster state machine as data. Pure: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from tesai.clusters.models import ClusterStatus as S
+
+ALLOWED: Final[dict[S, frozenset[S]]] = {
+    S.pending: frozenset({S.provisioning, S.failed, S.terminating}),
+    S.provisioning: frozenset({S.running, S.failed, S.terminating, S.degraded}),
+    S.running: frozenset({S.degraded, S.terminating}),
+    S.degraded: frozenset({S.running, S.terminating, S.failed}),
+    S.terminating: frozenset({S.terminated}),
+    S.terminated: frozenset(),
+    S.failed: frozenset(),
+}
+
+LIVE: Final = frozenset({S.pending, S.provisioning, S.running, S.degraded})
+"""States in which the cluster holds devices and money."""
+
+REASONS: Final[dict[str, str]] = {
+    "created": "The cluster was created and its devices booked.",
+    "provisioning": "Join commands were sent to the nodes' agents.",
+    "all_nodes_alive": "Ray reports every node of the cluster alive.",
+    "node_lost": "A node's device went offline; a replacement is being placed.",
+    "head_lost": "The head node's device went offline; the cluster is re-forming.",
+    "node_replaced": "A replacement node joined.",
+    "no_replacement": "No device matching the cluster's constraints is free.",
+    "provisioning_deadline": "Not every node came up before the provisioning deadline.",
+    "customer_terminated": "The customer terminated the cluster.",
+    "admin_terminated": "An admin terminated the cluster.",
+    "duration_over": "The rented duration is over.",
+    "budget_exhausted": "The cluster's budget or the account's spend cap is used up.",
+    "released": "Every node was released and the bill settled.",
+    "scaled_up": "The autoscaler added nodes for pending demand.",
+    "scaled_down": "The autoscaler removed idle nodes.",
+    "extended": "The customer extended the rental.",
+}
+
+
+class InvalidClusterTransition(ValueError):
+    """A status change the state machine does not allow."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    from_status: S
+    to_status: S
+    reason: str
+    message: str
+
+
+def check_transition(current: S, target: S, reason: str, detail: str = "") -> Transition:
+    """Validate ``current → target``; raises ``InvalidClusterTransition`` if not allowed."""
+    if reason not in REASONS:
+        raise InvalidClusterTransition(f"unknown reason code {reason!r}")
+    if target not in ALLOWED[current]:
+        raise InvalidClusterTransition(f"{current.value} → {target.value} is not allowed")
+    return Transition(
+        current, target, reason, (REASONS[reason] + (f" {detail}" if detail else ""))[:512]
+    )

@@ -1,0 +1,12 @@
+"""Periodic work of clusters (thin: the logic is in ``reconcile``)."""
+
+from __future__ import annotations
+
+from tesai.clusters import reconcile
+from tesai.tasks import TaskContext, periodic
+
+
+@periodic("clusters.reconcile", every_s=1.0)
+async def reconcile_clusters(ctx: TaskContext) -> dict[str, int]:
+    """Joins, health, replacements, metering and settlement of every active cluster."""
+    return await reconcile.reconcile(ctx)

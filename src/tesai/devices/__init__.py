@@ -1,0 +1,1 @@
+"""Devices: the provider machines of the pool, their credentials, liveness and proof of compute."""

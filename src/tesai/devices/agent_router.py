@@ -1,0 +1,88 @@
+"""The agent API (``/api/v1/agent``): device credentials only, see ``tesai.protocol.v1``."""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from fastapi import APIRouter, Query, Response, status
+
+from tesai.auth.deps import RuntimeDep
+from tesai.db import SessionDep
+from tesai.devices import agents
+from tesai.devices.deps import CurrentDevice
+from tesai.protocol.v1 import (
+    CredentialRotation,
+    Heartbeat,
+    HeartbeatResponse,
+    JoinRequest,
+    JoinResponse,
+    LeaveRequest,
+    VerificationOutcome,
+    VerificationResult,
+)
+
+router = APIRouter(prefix="/agent", tags=["agent"])
+
+_BLOCK: Final = os.urandom(1 << 20)
+"""1 MiB of random bytes, repeated for bandwidth probes (incompressible, generated once)."""
+
+
+@router.post("/join")
+async def join(body: JoinRequest, session: SessionDep, runtime: RuntimeDep) -> JoinResponse:
+    """Trade a one-time join token for a device credential (the token is the credential)."""
+    return await agents.join(session, runtime.cache, runtime.settings, body)
+
+
+@router.post("/heartbeat")
+async def heartbeat(
+    body: Heartbeat, device: CurrentDevice, runtime: RuntimeDep
+) -> HeartbeatResponse:
+    """Liveness and telemetry; pending commands ride on the response until acknowledged.
+
+    The hot path: it writes only to the cache and opens a database session only when the
+    device has commands pending or the beat acknowledges some.
+    """
+    return await agents.heartbeat(
+        runtime.sessionmaker, runtime.cache, runtime.settings, device, body
+    )
+
+
+@router.post("/credential/rotate")
+async def rotate_credential(
+    device: CurrentDevice, session: SessionDep, runtime: RuntimeDep
+) -> CredentialRotation:
+    """A new device token; the one used for this call stops working."""
+    return await agents.rotate_credential(session, runtime.cache, runtime.settings, device)
+
+
+@router.post("/verification")
+async def verification(
+    body: VerificationResult, device: CurrentDevice, session: SessionDep, runtime: RuntimeDep
+) -> VerificationOutcome:
+    """A proof-of-compute result for one of this device's challenges."""
+    return await agents.submit_verification(session, runtime.cache, runtime.settings, device, body)
+
+
+@router.post("/leave", status_code=status.HTTP_204_NO_CONTENT)
+async def leave(
+    device: CurrentDevice,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    body: LeaveRequest | None = None,
+) -> Response:
+    """The agent is shutting down cleanly (SIGTERM): the device goes offline now."""
+    await agents.leave(session, runtime.cache, device, body.reason if body else None)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/bandwidth")
+async def bandwidth(
+    device: CurrentDevice,
+    runtime: RuntimeDep,
+    size: int = Query(default=1 << 20, ge=0, alias="bytes"),
+) -> Response:
+    """``bytes`` bytes of incompressible payload (capped) for the agent's bandwidth probe."""
+    n = min(size, runtime.settings.bandwidth_probe_max_bytes)
+    reps = n // len(_BLOCK) + 1
+    return Response(content=(_BLOCK * reps)[:n], media_type="application/octet-stream")

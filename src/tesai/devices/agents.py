@@ -1,0 +1,385 @@
+"""What agents do to the registry: join, heartbeat, rotate, report proofs, leave.
+
+The heartbeat is the hot path (thousands per second): it touches only the cache, in two round
+trips, unless the device has commands pending or the beat acknowledges some; only then does
+it open a database session. Liveness is a sorted set (device → last beat) the sweeper reads;
+per-minute uptime and telemetry sums accumulate in the cache and the flush task copies closed
+minutes to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections import Counter
+from datetime import timedelta
+from hashlib import sha256
+from typing import Any
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tesai.db import after_commit
+from tesai.devices import keys
+from tesai.devices.deps import DeviceAuth
+from tesai.devices.errors import (
+    ChallengeClosed,
+    ChallengeNotFound,
+    JoinTokenExpired,
+    JoinTokenInvalid,
+    JoinTokenUsed,
+)
+from tesai.devices.liveness import accumulate, minute_of, telemetry_sample
+from tesai.devices.models import (
+    Device,
+    DeviceCommand,
+    DeviceCredential,
+    DeviceStatus,
+    JoinToken,
+    VerificationChallenge,
+)
+from tesai.devices.service import get_device, issue_challenge, record_transition, revoke_credentials
+from tesai.devices.states import LIVE_STATES, can_transition
+from tesai.devices.verification import judge
+from tesai.kit.cache import Cache
+from tesai.kit.time import utcnow
+from tesai.protocol.v1 import (
+    DEVICE_TOKEN_PREFIX,
+    MAX_COMMANDS,
+    Command,
+    CredentialRotation,
+    HardwareSpec,
+    Heartbeat,
+    HeartbeatResponse,
+    JoinRequest,
+    JoinResponse,
+    VerificationOutcome,
+    VerificationResult,
+    VerifyArgs,
+)
+from tesai.settings import Settings
+
+
+def _sha(value: str) -> str:
+    return sha256(value.encode()).hexdigest()
+
+
+def apply_hardware(device: Device, hw: HardwareSpec) -> None:
+    """Store the probed hardware and its denormalised columns on the device."""
+    device.hardware = hw.model_dump(mode="json")
+    if hw.gpus:
+        device.gpu_model = Counter(g.model for g in hw.gpus).most_common(1)[0][0]
+        device.gpu_count = len(hw.gpus)
+        device.vram_bytes_per_gpu = min(g.memory_total_bytes for g in hw.gpus)
+    else:
+        device.gpu_model = None
+        device.gpu_count = 0
+        device.vram_bytes_per_gpu = 0
+    device.cpu_cores = hw.cpu_cores
+    device.ram_bytes = hw.ram_bytes
+    if hw.net is not None and hw.net.tier is not None:
+        device.connectivity_tier = hw.net.tier
+
+
+async def _new_credential(
+    session: AsyncSession, settings: Settings, device_id: uuid.UUID
+) -> CredentialRotation:
+    token = DEVICE_TOKEN_PREFIX + secrets.token_urlsafe(32)  # 256 random bits
+    expires_at = utcnow() + timedelta(seconds=settings.device_token_ttl_s)
+    session.add(
+        DeviceCredential(device_id=device_id, token_hash=_sha(token), expires_at=expires_at)
+    )
+    await session.flush()
+    return CredentialRotation(device_token=token, token_expires_at=expires_at)
+
+
+async def _mark_alive(cache: Cache, device_id: str) -> None:
+    now = time.time()
+    await cache.zadd(keys.LIVENESS, {device_id: now})
+    await cache.delete(keys.offline_flag(device_id))
+    await cache.set(
+        keys.telemetry(device_id), orjson.dumps({"at": now, "status": "ready"}), ttl_s=300
+    )
+
+
+async def join(
+    session: AsyncSession, cache: Cache, settings: Settings, req: JoinRequest
+) -> JoinResponse:
+    """Trade a join token for a device credential; starts proof of compute.
+
+    Raises ``JoinTokenInvalid``, ``JoinTokenExpired`` or ``JoinTokenUsed`` (401, distinct codes).
+    Joining again (new join token) replaces the device's credentials.
+    """
+    jt = (
+        await session.execute(
+            select(JoinToken).where(JoinToken.token_hash == _sha(req.join_token)).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if jt is None:
+        raise JoinTokenInvalid("Unknown join token")
+    if jt.used_at is not None:
+        raise JoinTokenUsed("This join token was already used; create a new one")
+    if jt.expires_at <= utcnow():
+        raise JoinTokenExpired("This join token has expired; create a new one")
+    jt.used_at = utcnow()
+    device = await get_device(session, jt.device_id, lock=True)
+    await revoke_credentials(session, cache, device.id)
+    cred = await _new_credential(session, settings, device.id)
+    apply_hardware(device, req.hardware)
+    device.agent_version = req.agent_version
+    device.ray_version = req.ray_version
+    device.last_seen_at = utcnow()
+    if device.status in (
+        DeviceStatus.pending,
+        DeviceStatus.rejected,
+        DeviceStatus.offline,
+        DeviceStatus.online,
+    ):
+        record_transition(session, device, DeviceStatus.verifying, "agent_joined")
+        await issue_challenge(session, cache, settings, device, trigger="join")
+    elif device.status is DeviceStatus.verifying:
+        await issue_challenge(session, cache, settings, device, trigger="join")
+    await session.flush()
+    device_id = str(device.id)
+
+    async def alive() -> None:
+        await _mark_alive(cache, device_id)
+
+    after_commit(session, alive)
+    return JoinResponse(
+        device_id=device.id,
+        device_token=cred.device_token,
+        token_expires_at=cred.token_expires_at,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+    )
+
+
+async def heartbeat(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    cache: Cache,
+    settings: Settings,
+    auth: DeviceAuth,
+    beat: Heartbeat,
+) -> HeartbeatResponse:
+    """Record one heartbeat in the cache and return the device's pending commands."""
+    now = time.time()
+    device_id = str(auth.device_id)
+    acc_raw, flag, offline = await cache.mget(
+        [
+            keys.accumulator(device_id),
+            keys.commands_pending(device_id),
+            keys.offline_flag(device_id),
+        ]
+    )
+    acc, closed = accumulate(
+        orjson.loads(acc_raw) if acc_raw else None, minute_of(now), telemetry_sample(beat.telemetry)
+    )
+    latest = {
+        "at": now,
+        "seq": beat.seq,
+        "status": beat.status,
+        "reason": beat.reason,
+        "telemetry": beat.telemetry.model_dump(mode="json", exclude_none=True),
+        "nodes": [n.model_dump(mode="json", exclude_none=True) for n in beat.nodes],
+    }
+    writes: dict[str, bytes | str] = {
+        keys.accumulator(device_id): orjson.dumps(acc),
+        keys.telemetry(device_id): orjson.dumps(latest),
+    }
+    ops: list[Any] = [
+        cache.mset(writes, ttl_s=settings.telemetry_ttl_s),
+        cache.zadd(keys.LIVENESS, {device_id: now}),
+    ]
+    if closed is not None:
+        ops.append(_close_minute(cache, device_id, closed))
+    if offline is not None:
+        ops.append(cache.zadd(keys.RESUMED, {device_id: now}))
+    await asyncio.gather(*ops)
+
+    commands: list[Command] = []
+    if flag is not None or beat.acked_commands or beat.command_results:
+        commands = await _exchange_commands(sessionmaker, cache, auth.device_id, beat, flag)
+    return HeartbeatResponse(
+        interval_s=settings.heartbeat_interval_s,
+        commands=commands,
+        rotate_credential=auth.expires_at - now < settings.device_token_rotate_before_s,
+    )
+
+
+async def _close_minute(cache: Cache, device_id: str, acc: dict[str, Any]) -> None:
+    minute = int(acc["m"])
+    await cache.set(keys.closed_minute(device_id, minute), orjson.dumps(acc), ttl_s=6 * 3600)
+    await cache.zadd(keys.CLOSED_MINUTES, {f"{device_id}:{minute}": float(minute)})
+
+
+async def _exchange_commands(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    cache: Cache,
+    device_id: uuid.UUID,
+    beat: Heartbeat,
+    flag: bytes | None,
+) -> list[Command]:
+    """Apply acks and results (own commands only), then fetch what is still unacked."""
+    now = utcnow()
+    async with sessionmaker.begin() as session:
+        if beat.acked_commands:
+            await session.execute(
+                update(DeviceCommand)
+                .where(
+                    DeviceCommand.device_id == device_id,
+                    DeviceCommand.id.in_(beat.acked_commands),
+                    DeviceCommand.acked_at.is_(None),
+                )
+                .values(acked_at=now)
+            )
+        for result in beat.command_results:
+            await session.execute(
+                update(DeviceCommand)
+                .where(DeviceCommand.device_id == device_id, DeviceCommand.id == result.id)
+                .values(result=result.model_dump(mode="json"), acked_at=now)
+            )
+        rows = list(
+            (
+                await session.execute(
+                    select(DeviceCommand)
+                    .where(DeviceCommand.device_id == device_id, DeviceCommand.acked_at.is_(None))
+                    .order_by(DeviceCommand.created_at, DeviceCommand.id)
+                    .limit(MAX_COMMANDS)
+                )
+            ).scalars()
+        )
+        for row in rows:
+            if row.delivered_at is None:
+                row.delivered_at = now
+            row.delivery_count += 1
+        commands = [Command(id=r.id, kind=r.kind, args=r.args) for r in rows]  # type: ignore[arg-type]
+    if not commands and flag is not None:
+        popped = await cache.pop(keys.commands_pending(str(device_id)))
+        if popped is not None and popped != flag:
+            # A command was queued while we looked: keep the flag for the next beat.
+            await cache.set(keys.commands_pending(str(device_id)), popped)
+    return commands
+
+
+async def rotate_credential(
+    session: AsyncSession, cache: Cache, settings: Settings, auth: DeviceAuth
+) -> CredentialRotation:
+    """A new device token; the one used for this call stops working once this commits."""
+    await session.execute(
+        update(DeviceCredential)
+        .where(DeviceCredential.id == auth.credential_id, DeviceCredential.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    rotation = await _new_credential(session, settings, auth.device_id)
+    old_key = keys.credential(auth.token_hash)
+
+    async def forget() -> None:
+        await cache.delete(old_key)
+
+    after_commit(session, forget)
+    return rotation
+
+
+async def leave(session: AsyncSession, cache: Cache, auth: DeviceAuth, reason: str | None) -> None:
+    """The agent is shutting down cleanly: offline now, no grace period to wait out."""
+    device = await get_device(session, auth.device_id, lock=True)
+    if device.status in LIVE_STATES:
+        record_transition(
+            session, device, DeviceStatus.offline, "agent_left", f"({reason})" if reason else ""
+        )
+        device.last_seen_at = utcnow()
+    await session.flush()
+    device_id = str(device.id)
+
+    async def gone() -> None:
+        await cache.zrem(keys.LIVENESS, device_id)
+        await cache.set(keys.offline_flag(device_id), "1", ttl_s=30 * 24 * 3600)
+
+    after_commit(session, gone)
+
+
+async def submit_verification(
+    session: AsyncSession,
+    cache: Cache,
+    settings: Settings,
+    auth: DeviceAuth,
+    result: VerificationResult,
+) -> VerificationOutcome:
+    """Judge a proof-of-compute result; the device goes online, or rejected with a reason.
+
+    Raises ``ChallengeNotFound`` (also for another device's challenge) and ``ChallengeClosed``.
+    """
+    challenge = await session.get(VerificationChallenge, result.challenge_id)
+    if challenge is None or challenge.device_id != auth.device_id:
+        raise ChallengeNotFound("No such challenge for this device")
+    if challenge.completed_at is not None:
+        raise ChallengeClosed(f"This challenge is already {challenge.outcome}")
+    device = await get_device(session, auth.device_id)
+    args = VerifyArgs(
+        challenge_id=challenge.id,
+        seed=challenge.seed,
+        matrix_n=int(challenge.params["matrix_n"]),
+        iterations=int(challenge.params["iterations"]),
+        declared_vram_bytes=device.vram_bytes_per_gpu,
+    )
+    latest = await cache.get(keys.telemetry(str(device.id)))
+    gpu_memory: list[int] | None = None
+    if latest is not None:
+        gpus = orjson.loads(latest).get("telemetry", {}).get("gpus", [])
+        gpu_memory = [g["memory_total_bytes"] for g in gpus if g.get("memory_total_bytes")] or None
+    # The check is CPU work (up to an O(n³) digest): off the event loop, and before any lock.
+    verdict = await asyncio.to_thread(
+        judge,
+        args,
+        result,
+        declared_gpu_model=device.gpu_model,
+        declared_cpu_cores=device.cpu_cores or None,
+        declared_vram_bytes=device.vram_bytes_per_gpu,
+        telemetry_gpu_memory=gpu_memory,
+        full_digest_max_n=settings.proof_full_digest_max_n,
+    )
+    challenge = (
+        await session.execute(
+            select(VerificationChallenge)
+            .where(VerificationChallenge.id == challenge.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    if challenge.completed_at is not None:
+        raise ChallengeClosed(f"This challenge is already {challenge.outcome}")
+    device = await get_device(session, auth.device_id, lock=True)
+    now = utcnow()
+    challenge.completed_at = now
+    challenge.score = verdict.score
+    if now > challenge.expires_at:
+        challenge.outcome = "expired"
+        challenge.reason = "verification_timeout"
+    elif verdict.passed:
+        challenge.outcome = "passed"
+        device.verified_score = verdict.score
+        device.verified_at = now
+        if device.status is DeviceStatus.verifying:
+            record_transition(
+                session,
+                device,
+                DeviceStatus.online,
+                "verification_passed",
+                f"Score {verdict.score:,.1f} GFLOP/s.",
+            )
+    else:
+        assert verdict.reason is not None
+        challenge.outcome = "failed"
+        challenge.reason = verdict.reason
+        if can_transition(device.status, DeviceStatus.rejected):
+            record_transition(
+                session, device, DeviceStatus.rejected, verdict.reason, verdict.detail
+            )
+    await session.flush()
+    return VerificationOutcome(
+        status=device.status.value,
+        reason=challenge.reason if challenge.outcome != "passed" else None,
+    )

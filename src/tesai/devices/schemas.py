@@ -1,0 +1,147 @@
+"""Request and response models of the provider, admin and public device endpoints."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tesai.devices.models import DeviceStatus
+
+
+class DeviceCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=120)
+    price_per_gpu_hour_micro: int | None = Field(default=None, ge=0)
+    """Micro-USDC per GPU-hour (per device-hour for a CPU-only device); default from settings."""
+    region: str | None = Field(default=None, max_length=64)
+    country: str | None = Field(default=None, min_length=2, max_length=2)
+
+
+class PriceUpdate(BaseModel):
+    price_per_gpu_hour_micro: int = Field(ge=0)
+
+
+class DeviceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    provider_id: uuid.UUID
+    name: str
+    status: DeviceStatus
+    status_reason: str | None
+    gpu_model: str | None
+    gpu_count: int
+    vram_bytes_per_gpu: int
+    cpu_cores: int
+    ram_bytes: int
+    region: str | None
+    country: str | None
+    connectivity_tier: str | None
+    price_per_gpu_hour_micro: int
+    reliability: float
+    verified_score: float | None
+    verified_at: datetime | None
+    agent_version: str | None
+    ray_version: str | None
+    last_seen_at: datetime | None
+    created_at: datetime
+
+
+class JoinTokenOut(BaseModel):
+    join_token: str
+    """Shown once; works once, until ``expires_at``."""
+    expires_at: datetime
+    join_command: str
+
+
+class DeviceCreated(BaseModel):
+    device: DeviceOut
+    join_token: str
+    expires_at: datetime
+    join_command: str
+
+
+class DeviceEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    from_status: str | None
+    to_status: str
+    reason: str
+    message: str
+
+
+class TelemetryPoint(BaseModel):
+    minute: datetime
+    samples: int
+    cpu_percent: float
+    mem_used_bytes: int
+    gpu_utilization_pct: float | None
+    gpu_memory_used_bytes: int | None
+    gpu_temperature_c: float | None
+    gpu_power_w: float | None
+
+
+class ChallengeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    created_at: datetime
+    completed_at: datetime | None
+    outcome: str | None
+    reason: str | None
+    score: float | None
+    trigger: str
+
+
+class DeviceDetail(BaseModel):
+    device: DeviceOut
+    last_heartbeat_at: datetime | None
+    latest_telemetry: dict[str, Any] | None
+    """The last heartbeat's telemetry as the agent sent it (None when none is cached)."""
+    telemetry_history: list[TelemetryPoint]
+    uptime_30d_pct: float
+    hourly_price_micro: int
+    """What a customer pays per hour for the whole device."""
+    last_verification: ChallengeOut | None
+
+
+class PoolGroup(BaseModel):
+    gpu_model: str
+    region: str | None
+    devices: int
+    gpus: int
+    avg_utilization_pct: float | None
+    min_price_per_gpu_hour_micro: int
+
+
+class PoolStats(BaseModel):
+    gpus_online: int
+    gpu_devices_online: int
+    cpu_devices_online: int
+    cpu_cores_online: int
+    avg_gpu_utilization_pct: float | None
+    avg_cpu_percent: float | None
+    by_model_region: list[PoolGroup]
+    computed_at: datetime
+
+
+class FleetEventOut(BaseModel):
+    at: datetime
+    kind: str
+    message: str
+
+
+class SweeperState(BaseModel):
+    tracked: int
+    """Devices whose heartbeats the sweeper watches."""
+    storm: dict[str, Any] | None
+    """The current storm hold (since, silent, tracked, message), or None."""
+    events: list[FleetEventOut]
+
+
+class ChallengeIssued(BaseModel):
+    challenge_id: uuid.UUID
+    command_id: uuid.UUID

@@ -1,0 +1,87 @@
+"""The device state machine as data: which moves are allowed and the reason codes for them.
+
+Pure: no I/O. Services call ``check_transition`` before every status change and store the
+returned reason and message as a ``DeviceEvent``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from tesai.devices.models import DeviceStatus as S
+
+LIVE_STATES: Final = frozenset({S.pending, S.verifying, S.online, S.busy})
+"""States whose devices the sweeper watches for missed heartbeats."""
+
+LISTED_STATES: Final = frozenset({S.online})
+"""States whose devices are offered in the pool."""
+
+ALLOWED: Final[dict[S, frozenset[S]]] = {
+    S.pending: frozenset({S.verifying, S.offline, S.disabled}),
+    S.verifying: frozenset({S.online, S.rejected, S.offline, S.disabled, S.pending}),
+    S.online: frozenset({S.busy, S.verifying, S.offline, S.disabled, S.rejected}),
+    S.busy: frozenset({S.online, S.offline, S.disabled, S.rejected}),
+    S.offline: frozenset({S.online, S.verifying, S.pending, S.disabled, S.rejected}),
+    S.disabled: frozenset({S.pending, S.verifying, S.online, S.offline}),
+    S.rejected: frozenset({S.verifying, S.disabled, S.pending}),
+}
+
+REASONS: Final[dict[str, str]] = {
+    "created": "The device was created; waiting for its agent to join.",
+    "agent_joined": "The agent joined; proof of compute is running.",
+    "verification_passed": "Proof of compute passed; the device is listed.",
+    "verification_requested": "Proof of compute was requested again.",
+    "proof_digest_mismatch": "The proof-of-compute digest did not match the challenge.",
+    "proof_sample_mismatch": "Sampled entries of the proof result were wrong.",
+    "gpu_model_mismatch": "The measured hardware does not match the declared GPU model.",
+    "gpu_model_unknown": "The declared GPU model is not in the reference table.",
+    "cpu_mismatch": "The measured CPU does not match the declared hardware.",
+    "timing_implausible": "The benchmark timings are impossible for this hardware.",
+    "vram_alloc_failed": "The declared GPU memory could not be allocated.",
+    "verification_timeout": "No proof-of-compute result arrived in time.",
+    "missed_heartbeats": "No heartbeats arrived within the grace period.",
+    "heartbeat_resumed": "Heartbeats arrived again.",
+    "agent_left": "The agent shut down cleanly.",
+    "disabled_by_provider": "The provider disabled the device.",
+    "disabled_by_admin": "An admin disabled the device.",
+    "enabled_by_provider": "The provider enabled the device again.",
+    "rented": "The device was placed in a customer's cluster.",
+    "released": "The device was released from a cluster.",
+    "credential_revoked": "The device credential was revoked; the agent must join again.",
+}
+"""Every reason code with a sentence a person can read."""
+
+
+class InvalidTransition(ValueError):
+    """A status change the state machine does not allow."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    from_status: S | None
+    to_status: S
+    reason: str
+    message: str
+
+
+def can_transition(current: S, target: S) -> bool:
+    """Whether ``current → target`` is an allowed move."""
+    return target in ALLOWED[current]
+
+
+def check_transition(current: S | None, target: S, reason: str, detail: str = "") -> Transition:
+    """Validate a move and build its event; raises ``InvalidTransition`` if not allowed.
+
+    ``current`` is None for a device being created (only ``pending`` is allowed then).
+    ``detail`` is appended to the reason's sentence (e.g. "silent for 17 s").
+    """
+    if reason not in REASONS:
+        raise InvalidTransition(f"unknown reason code {reason!r}")
+    if current is None:
+        if target is not S.pending:
+            raise InvalidTransition(f"a new device starts as pending, not {target.value}")
+    elif not can_transition(current, target):
+        raise InvalidTransition(f"{current.value} → {target.value} is not allowed")
+    message = REASONS[reason] + (f" {detail}" if detail else "")
+    return Transition(current, target, reason, message[:512])

@@ -1,0 +1,35 @@
+"""Periodic work of the devices domain (thin: each calls one function).
+
+- ``devices.sweep`` (every 1 s): offline after missed heartbeats, back on return, storm holds.
+- ``devices.flush`` (every 60 s): per-minute uptime and telemetry rollups to PostgreSQL.
+- ``devices.reliability`` (every hour): reliability scores from 30-day uptime and failures.
+- ``devices.verification`` (every 60 s): expire unanswered challenges, issue periodic ones.
+
+Intervals are fixed at import (the schedule is built before settings are known); the
+settings of the same names document them.
+"""
+
+from __future__ import annotations
+
+from tesai.devices import rollups, sweeper
+from tesai.tasks import TaskContext, periodic
+
+
+@periodic("devices.sweep", every_s=1.0)
+async def sweep_devices(ctx: TaskContext) -> None:
+    await sweeper.sweep(ctx)
+
+
+@periodic("devices.flush", every_s=60.0)
+async def flush_device_minutes(ctx: TaskContext) -> None:
+    await rollups.flush(ctx)
+
+
+@periodic("devices.reliability", every_s=3600.0)
+async def update_device_reliability(ctx: TaskContext) -> None:
+    await rollups.update_reliability(ctx)
+
+
+@periodic("devices.verification", every_s=60.0)
+async def device_verification_rounds(ctx: TaskContext) -> None:
+    await rollups.verification_rounds(ctx)

@@ -1,0 +1,193 @@
+"""Network protection middleware: rate limits, request body limit, security headers.
+
+All pure ASGI (no ``BaseHTTPMiddleware``): these run on every request and the API has a
+throughput budget. Order in ``create_app`` (outermost first): request context (id, log,
+metrics) → security headers → CORS → rate limits → body limit → routes; so a 429 or 413 is
+still logged, counted, carries the request id and the CORS headers a browser needs to read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tesai.errors import PayloadTooLarge, RateLimited, problem_response
+from tesai.kit.cache import Bucket
+from tesai.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Probes and scrapes are never rate limited: an orchestrator must always reach them."""
+
+_PRINCIPAL_HEADERS = (b"authorization", b"x-api-key")
+
+
+class RateLimitMiddleware:
+    """Token buckets per client IP and per principal, both checked in one cache round trip
+    (``runtime.cache.take_tokens``: a token from each, or from neither when one is empty).
+
+    The principal key is a SHA-256 of the ``Authorization`` or ``X-API-Key`` header value,
+    taken without validating it: validation is the auth dependency's job, and hashing keeps
+    this check cheap. An unauthenticated request only spends its IP's tokens. Behind a
+    reverse proxy, run uvicorn with ``--proxy-headers --forwarded-allow-ips`` so the client
+    IP is the real one. When the cache is unreachable requests pass (fail open) and a warning is
+    logged; ``/readyz`` reports the cache as down.
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.ip_rate = settings.rate_limit_per_ip
+        self.ip_burst = settings.rate_limit_per_ip_burst
+        self.principal_rate = settings.rate_limit_per_principal
+        self.principal_burst = settings.rate_limit_per_principal_burst
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        cache = scope["app"].state.runtime.cache
+        client = scope.get("client")
+        ip = client[0] if client else "unknown"
+        credential: bytes | None = None
+        for name, value in scope["headers"]:
+            if name in _PRINCIPAL_HEADERS:
+                credential = value
+                break
+        buckets = [Bucket(f"rl:ip:{ip}", self.ip_rate, self.ip_burst)]
+        if credential is not None:
+            principal = hashlib.sha256(credential).hexdigest()[:32]
+            buckets.append(Bucket(f"rl:p:{principal}", self.principal_rate, self.principal_burst))
+        try:
+            result = await cache.take_tokens(buckets)
+        except Exception as exc:
+            log.warning("rate_limit_unavailable", error=type(exc).__name__)
+            await self.app(scope, receive, send)
+            return
+        if not result.allowed:
+            error = RateLimited(result.retry_after_s)
+            response = problem_response(error.to_problem(scope["path"]), error.headers)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when a body without Content-Length grows past the limit.
+
+    An ``HTTPException`` so FastAPI re-raises it from body parsing (other exceptions there
+    become a 400) and the error handlers render it as problem+json 413.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"Request body is larger than {limit} bytes")
+
+
+class BodySizeLimitMiddleware:
+    """Rejects request bodies over ``max_bytes`` with 413 problem+json.
+
+    A declared Content-Length over the limit is refused before the app runs. A body without
+    one (chunked) is counted as it is read and refused once it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = PayloadTooLarge(f"Request body is larger than {self.max_bytes} bytes")
+        await problem_response(error.to_problem(scope["path"]))(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                # The HTTP server enforces the declared length, so nothing more to count.
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    await self._reject(scope, receive, send)
+                else:
+                    await self.app(scope, receive, send)
+                return
+
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._reject(scope, receive, send)
+
+
+DEFAULT_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+"""For the single-page console served from the same origin as the API it calls."""
+
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
+    "https://unpkg.com; style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
+    "https://unpkg.com; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
+)
+"""Swagger UI and GraphiQL load their scripts from a CDN and use inline scripts."""
+
+DOCS_PREFIXES = ("/api/docs", "/graphql")
+
+
+def security_headers(settings: Settings, csp: str) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"strict-origin-when-cross-origin"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+        (b"content-security-policy", csp.encode()),
+    ]
+    if settings.public_url.startswith("https://"):
+        headers.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
+    return headers
+
+
+class SecurityHeadersMiddleware:
+    """Adds the security headers to every response (a relaxed CSP on the API docs pages)."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.headers = security_headers(settings, settings.content_security_policy or DEFAULT_CSP)
+        self.docs_headers = security_headers(settings, DOCS_CSP)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self.docs_headers if scope["path"].startswith(DOCS_PREFIXES) else self.headers
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

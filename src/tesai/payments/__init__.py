@@ -1,0 +1,1 @@
+"""Solana USDC deposits and provider payouts."""

@@ -1,0 +1,292 @@
+"""Agent ⇄ control plane wire contract, version 1 (see /work/notes/PROTOCOL.md).
+
+Every path lives under ``/api/v1/agent``:
+
+- ``POST /join`` (no auth; the join token is the credential): ``JoinRequest`` → ``JoinResponse``.
+- ``POST /heartbeat``: ``Heartbeat`` → ``HeartbeatResponse``; commands ride on the response.
+- ``POST /credential/rotate``: → ``CredentialRotation`` (the old token stops working after it).
+- ``POST /verification``: ``VerificationResult`` → ``VerificationOutcome``.
+- ``POST /leave``: ``LeaveRequest`` (SIGTERM drain) → 204.
+- ``GET /bandwidth?bytes=N``: N bytes of payload, for the agent's bandwidth probe (optional).
+
+Authenticated calls send ``Authorization: Bearer <device_token>``. Sizes are bounded so that an
+oversized message fails validation (422) before anything is stored. Field names are binding;
+later changes only add fields.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+AGENT_API_PREFIX: Final = "/api/v1/agent"
+JOIN_PATH: Final = f"{AGENT_API_PREFIX}/join"
+HEARTBEAT_PATH: Final = f"{AGENT_API_PREFIX}/heartbeat"
+ROTATE_PATH: Final = f"{AGENT_API_PREFIX}/credential/rotate"
+VERIFICATION_PATH: Final = f"{AGENT_API_PREFIX}/verification"
+LEAVE_PATH: Final = f"{AGENT_API_PREFIX}/leave"
+BANDWIDTH_PATH: Final = f"{AGENT_API_PREFIX}/bandwidth"
+HEALTHZ_PATH: Final = "/healthz"
+
+DEVICE_TOKEN_PREFIX: Final = "tesai_dev_"  # noqa: S105 - a prefix, not a secret
+DEFAULT_HEARTBEAT_INTERVAL_S: Final = 5.0
+
+MAX_GPUS: Final = 64
+MAX_NODES: Final = 16
+MAX_STR: Final = 512
+MAX_COMMANDS: Final = 64
+MAX_ADDRESSES: Final = 32
+MAX_PENDING_DEMAND: Final = 256
+MAX_SAMPLE: Final = 64
+MAX_BANDWIDTH_BYTES: Final = 64 * 1024 * 1024
+
+Str = Annotated[str, StringConstraints(max_length=MAX_STR)]
+"""A wire string: at most 512 characters."""
+
+DeviceStatus = Literal["ready", "draining", "error"]
+CommandKind = Literal["join_cluster", "leave_cluster", "verify", "drain", "undrain"]
+NodeRole = Literal["head", "worker"]
+NodeStateName = Literal["starting", "running", "stopped", "failed"]
+ProofKind = Literal["gpu", "cpu"]
+ProbeStatus = Literal["ok", "degraded", "error"]
+ConnectivityTier = Literal["t1", "t2", "t3", "t4", "t5"]
+
+# Reason codes the agent reports (probe_reason, Heartbeat.reason, CommandResult.detail).
+REASON_NVML_UNAVAILABLE: Final = "nvml_unavailable"
+"""No NVML library on the host (no NVIDIA driver): a CPU device, not an error."""
+REASON_DRIVER_MISMATCH: Final = "driver_mismatch"
+"""NVML is present but cannot talk to the kernel driver (library/driver version mismatch)."""
+REASON_NVML_ERROR: Final = "nvml_error"
+"""NVML failed while reading a GPU; the spec is partial."""
+REASON_NVIDIA_SMI_FALLBACK: Final = "nvidia_smi_fallback"
+"""NVML failed but ``nvidia-smi`` answered; the GPU list comes from its CSV output."""
+REASON_RAY_NODE_UNAVAILABLE: Final = "ray_node_unavailable"
+"""The agent has no Ray node support installed; join/leave_cluster fail with this."""
+REASON_UNKNOWN_COMMAND: Final = "unknown_command"
+REASON_BAD_ARGS: Final = "bad_args"
+
+
+class WireModel(BaseModel):
+    """Base of every wire model: unknown fields are ignored so either side can add fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- hardware ---------------------------------------------------------------------------------
+
+
+class GpuSpec(WireModel):
+    """One GPU as the probe sees it (NVML, or ``nvidia-smi`` as fallback)."""
+
+    index: int = Field(ge=0, lt=MAX_GPUS)
+    uuid: Str
+    model: Str
+    memory_total_bytes: int = Field(ge=0)
+    compute_capability: Str | None = None
+    """``"9.0"`` for an H100."""
+    pcie_gen: int | None = None
+    pcie_width: int | None = None
+    mig_enabled: bool | None = None
+    ecc_enabled: bool | None = None
+    power_limit_w: float | None = None
+
+
+class NetworkProbe(WireModel):
+    """Round-trip time and bandwidth to the control plane, measured by the agent."""
+
+    rtt_ms: float | None = Field(default=None, ge=0)
+    bandwidth_mbps: float | None = Field(default=None, ge=0)
+    """Download bandwidth from the control plane, in Mbit/s (None when not measured)."""
+    tier: ConnectivityTier | None = None
+    measured_at: datetime | None = None
+
+
+class HardwareSpec(WireModel):
+    """What the agent found on its host. A host without GPUs is a valid CPU device."""
+
+    hostname: Str
+    os: Str
+    """``"Linux 6.8.0 (Ubuntu 24.04)"``-like text."""
+    arch: Str
+    cpu_model: Str
+    cpu_cores: int = Field(ge=0)
+    """Physical cores (logical when the physical count is unknown)."""
+    cpu_threads: int = Field(ge=0)
+    ram_bytes: int = Field(ge=0)
+    disk_total_bytes: int = Field(ge=0)
+    disk_free_bytes: int = Field(ge=0)
+    addresses: list[Str] = Field(default_factory=list, max_length=MAX_ADDRESSES)
+    gpus: list[GpuSpec] = Field(default_factory=list, max_length=MAX_GPUS)
+    driver_version: Str | None = None
+    cuda_version: Str | None = None
+    """CUDA version the driver supports, e.g. ``"12.4"``."""
+    probe_status: ProbeStatus = "ok"
+    probe_reason: Str | None = None
+    """A reason code (``nvml_unavailable``, ``driver_mismatch``, ...) when not plainly ``ok``."""
+    probe_detail: Str | None = None
+    net: NetworkProbe | None = None
+
+
+# --- join and credentials ---------------------------------------------------------------------
+
+
+class JoinRequest(WireModel):
+    join_token: Str
+    hardware: HardwareSpec
+    agent_version: Str
+    ray_version: Str | None = None
+
+
+class JoinResponse(WireModel):
+    device_id: UUID
+    device_token: Str
+    token_expires_at: datetime
+    heartbeat_interval_s: float = Field(default=DEFAULT_HEARTBEAT_INTERVAL_S, gt=0)
+
+
+class CredentialRotation(WireModel):
+    """Response of ``POST /credential/rotate``."""
+
+    device_token: Str
+    token_expires_at: datetime
+
+
+# --- heartbeats ---------------------------------------------------------------------------------
+
+
+class GpuTelemetry(WireModel):
+    index: int = Field(ge=0, lt=MAX_GPUS)
+    uuid: Str
+    utilization_pct: float | None = Field(default=None, ge=0, le=100)
+    memory_used_bytes: int | None = Field(default=None, ge=0)
+    memory_total_bytes: int | None = Field(default=None, ge=0)
+    temperature_c: float | None = None
+    power_w: float | None = Field(default=None, ge=0)
+    ecc_errors: int | None = Field(default=None, ge=0)
+    """Volatile double-bit ECC errors since the driver loaded."""
+    xid_errors: int | None = Field(default=None, ge=0)
+    """Xid errors the agent has seen since it started."""
+
+
+class Telemetry(WireModel):
+    cpu_percent: float = Field(ge=0, le=100)
+    mem_used_bytes: int = Field(ge=0)
+    mem_total_bytes: int = Field(ge=0)
+    gpus: list[GpuTelemetry] = Field(default_factory=list, max_length=MAX_GPUS)
+    net: NetworkProbe | None = None
+
+
+class NodeState(WireModel):
+    """A Ray node this agent runs for a cluster."""
+
+    cluster_id: UUID
+    role: NodeRole
+    state: NodeStateName
+    reason: Str | None = None
+    ray_address: Str | None = None
+    dashboard_port: int | None = Field(default=None, ge=0, le=65535)
+    alive_nodes: int | None = Field(default=None, ge=0)
+    pending_demand: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_PENDING_DEMAND)
+    idle_node_ids: list[Str] | None = Field(default=None, max_length=MAX_PENDING_DEMAND)
+
+
+class CommandResult(WireModel):
+    id: UUID
+    ok: bool
+    detail: Str | None = None
+    data: dict[str, Any] | None = None
+
+
+class Heartbeat(WireModel):
+    seq: int = Field(ge=0)
+    sent_at: datetime
+    status: DeviceStatus = "ready"
+    reason: Str | None = None
+    telemetry: Telemetry
+    nodes: list[NodeState] = Field(default_factory=list, max_length=MAX_NODES)
+    acked_commands: list[UUID] = Field(default_factory=list, max_length=MAX_COMMANDS)
+    command_results: list[CommandResult] = Field(default_factory=list, max_length=MAX_COMMANDS)
+
+
+class Command(WireModel):
+    id: UUID
+    kind: CommandKind
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class HeartbeatResponse(WireModel):
+    interval_s: float = Field(default=DEFAULT_HEARTBEAT_INTERVAL_S, gt=0)
+    commands: list[Command] = Field(default_factory=list, max_length=MAX_COMMANDS)
+    rotate_credential: bool = False
+
+
+# --- proof of compute ---------------------------------------------------------------------------
+
+
+class VerifyArgs(WireModel):
+    """Arguments of a ``verify`` command."""
+
+    challenge_id: UUID
+    seed: int = Field(ge=0, lt=2**63)
+    matrix_n: int = Field(ge=8, le=16384)
+    iterations: int = Field(default=1, ge=1, le=1000)
+    declared_vram_bytes: int = Field(default=0, ge=0)
+
+
+class ProofTimings(WireModel):
+    gemm_s: float = Field(ge=0)
+    """Wall time of all ``iterations`` multiplications."""
+    gflops: float = Field(ge=0)
+    vram_alloc_ok: bool | None = None
+    """Whether the declared VRAM could be allocated and touched (None on CPU)."""
+    h2d_gbps: float | None = Field(default=None, ge=0)
+    """Host→device copy bandwidth in GB/s (None on CPU)."""
+
+
+class VerificationResult(WireModel):
+    challenge_id: UUID
+    kind: ProofKind
+    digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    sample: list[float] | None = Field(default=None, max_length=MAX_SAMPLE)
+    timings: ProofTimings
+    device_model: Str
+    """GPU model name on ``gpu`` proofs, CPU model on ``cpu`` proofs."""
+    cpu_cores: int | None = Field(default=None, ge=0)
+    engine: Str | None = None
+    """``"numpy"`` or ``"torch"``."""
+
+
+class VerificationOutcome(WireModel):
+    """Response of ``POST /verification``."""
+
+    status: Str
+    reason: Str | None = None
+
+
+class LeaveRequest(WireModel):
+    reason: Str | None = None
+
+
+# --- connectivity tiers -------------------------------------------------------------------------
+
+CONNECTIVITY_TIERS: Final[tuple[tuple[ConnectivityTier, float], ...]] = (
+    ("t1", 1600.0),
+    ("t2", 1200.0),
+    ("t3", 800.0),
+    ("t4", 400.0),
+    ("t5", 0.0),
+)
+"""Tiers by measured download bandwidth in Mbit/s, best first (io.net-style)."""
+
+
+def connectivity_tier(bandwidth_mbps: float | None) -> ConnectivityTier | None:
+    """The connectivity tier for a measured bandwidth, or None when it was not measured."""
+    if bandwidth_mbps is None or bandwidth_mbps < 0:
+        return None
+    for tier, floor in CONNECTIVITY_TIERS:
+        if bandwidth_mbps >= floor:
+            return tier
+    return None  # pragma: no cover - the last floor is 0

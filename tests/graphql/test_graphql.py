@@ -1,0 +1,128 @@
+"""GraphQL at /graphql: same credentials as REST, limits, and errors that are never 500s."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.fixtures.auth import MakeUser
+
+ME = "query { me { id email displayName roles createdAt } }"
+
+
+async def gql(
+    client: httpx.AsyncClient, query: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return await client.post("/graphql", json={"query": query}, headers=headers or {})
+
+
+def codes(body: dict[str, Any]) -> list[str]:
+    return [e["extensions"]["code"] for e in body.get("errors") or []]
+
+
+async def test_me_with_access_token(client: httpx.AsyncClient, make_user: MakeUser) -> None:
+    user, headers = await make_user(roles=("customer", "provider"))
+    response = await gql(client, ME, headers)
+    assert response.status_code == 200
+    body = response.json()
+    assert "errors" not in body
+    me = body["data"]["me"]
+    assert me["id"] == str(user.id)
+    assert me["email"] == user.email
+    assert me["roles"] == ["customer", "provider"]
+
+
+async def test_me_with_api_key_in_either_header(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    user, headers = await make_user()
+    created = await client.post(
+        "/api/v1/auth/api-keys", json={"name": "graphql", "scopes": ["read"]}, headers=headers
+    )
+    assert created.status_code == 201, created.text
+    key = created.json()["key"]
+    for key_headers in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
+        body = (await gql(client, ME, key_headers)).json()
+        assert body["data"]["me"]["id"] == str(user.id), body
+
+
+async def test_me_without_credentials_is_an_unauthorized_error(client: httpx.AsyncClient) -> None:
+    response = await gql(client, ME)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["data"] is None
+    assert codes(body) == ["unauthorized"]
+    assert body["errors"][0]["path"] == ["me"]
+
+
+async def test_bad_credentials_are_rejected_like_rest(client: httpx.AsyncClient) -> None:
+    for headers in (
+        {"Authorization": "Bearer not-a-jwt"},
+        {"X-API-Key": "tesai_nope_nope"},
+    ):
+        response = await gql(client, ME, headers)
+        assert response.status_code == 401
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] in {"token_invalid", "api_key_invalid", "unauthorized"}
+
+
+async def test_too_deep_query_is_rejected_before_running(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    _, headers = await make_user()
+    deep = "query { me { " + "a { " * 10 + "b" + " }" * 10 + " } }"
+    response = await gql(client, deep, headers)
+    assert response.status_code < 500
+    body = response.json()
+    assert body.get("data") is None
+    messages = [e["message"] for e in body["errors"]]
+    assert any("exceeds maximum operation depth" in m for m in messages), messages
+    assert set(codes(body)) == {"invalid_query"}
+
+
+async def test_too_many_aliases_is_rejected(client: httpx.AsyncClient) -> None:
+    query = "query { " + " ".join(f"a{i}: __typename" for i in range(50)) + " }"
+    response = await gql(client, query)
+    assert response.status_code < 500
+    body = response.json()
+    assert body.get("data") is None
+    assert codes(body) == ["invalid_query"]
+
+
+async def test_invalid_queries_are_errors_not_500s(client: httpx.AsyncClient) -> None:
+    for query in ("query { me {", "query { nope }", "{ me { roles { x } } }", "mutation { x }"):
+        response = await gql(client, query)
+        assert response.status_code < 500, query
+        body = response.json()
+        assert body["errors"], query
+        assert set(codes(body)) == {"invalid_query"}, (query, body)
+
+
+async def test_malformed_http_requests_get_problem_json(client: httpx.AsyncClient) -> None:
+    cases = [
+        client.post("/graphql", json={"variables": {}}),
+        client.post("/graphql", content=b"{not json", headers={"Content-Type": "application/json"}),
+        client.get("/graphql", params={"query": "{ __typename }", "variables": "[oops"}),
+    ]
+    for pending in cases:
+        response = await pending
+        assert 400 <= response.status_code < 500, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] == "bad_request"
+
+
+async def test_introspection_is_not_limited_by_depth(client: httpx.AsyncClient) -> None:
+    query = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType "
+    query += "{ ofType { ofType { name } } } } } } } } } } }"
+    body = (await gql(client, query)).json()
+    assert "errors" not in body, body
+
+
+async def test_oversized_document_is_rejected(client: httpx.AsyncClient) -> None:
+    query = "query { " + " ".join("__typename" for _ in range(3000)) + " }"
+    response = await gql(client, query)
+    assert response.status_code < 500
+    body = response.json()
+    assert body.get("data") is None
+    assert codes(body) == ["invalid_query"]
