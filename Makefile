@@ -42,8 +42,10 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+## Every benchmark under bench/ (bench/_*.py are shared helpers); figures: docs/benchmarks.md.
 bench: install
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

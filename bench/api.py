@@ -7,6 +7,8 @@ user up and creates an API key through the API, then drives both endpoints with 
 
     (a) GET /api/v1/auth/me   with X-API-Key   (authentication, rate limit, JSON body)
     (b) GET /healthz          no credentials   (the same middleware stack, no work)
+    (c) GET /healthz of a bare FastAPI app (bench/_bare_app.py), same uvicorn workers:
+        what this machine gives at best, for scale; not part of the goal
 
 Goal (issue 2, acceptance 7): (a) ≥ 6,000 req/s with p99 ≤ 30 ms, and (a)/(b) ≥ 0.6.
 Misses are reported, not fatal; the script fails only when the run itself is broken
@@ -25,6 +27,7 @@ import collections
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,9 @@ from _util import (
     wrk,
 )
 
+AUTH = "GET /api/v1/auth/me (X-API-Key)"
+EMPTY = "GET /healthz (no auth)"
+BARE = "GET /healthz, bare FastAPI (baseline)"
 GOAL_RPS = 6000.0
 GOAL_P99_MS = 30.0
 GOAL_RATIO = 0.6
@@ -113,6 +119,17 @@ def profile_worker(pid: int, url: str, key: str, args: argparse.Namespace) -> st
     return "\n".join(lines)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the server's workers have used so far."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def fmt(name: str, r: LoadResult) -> str:
     return (
         f"{name:<38} {r.rps:>9,.0f} req/s   p50 {r.p50_ms:6.2f} ms   p90 {r.p90_ms:6.2f} ms   "
@@ -131,6 +148,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
+    where = machine()  # before the run, so the load average shows what else was running
     port = free_port()
     prefix = f"tesai-bench-{os.getpid()}:"
     home = tempfile.mkdtemp(prefix="tesai-bench-home-")
@@ -158,29 +176,41 @@ def main() -> int:
             if broker:
                 env["TESAI_BROKER_URL"] = broker
                 env["TESAI_TASK_QUEUE_PREFIX"] = f"tesai-bench-{os.getpid()}"
-            with server_process(argv, env, port) as server:
+            bare_port = free_port()
+            bare_argv = [sys.executable, "-m", "uvicorn", "_bare_app:app", "--port"]
+            bare_argv += [str(bare_port), "--workers", str(args.workers), "--no-access-log"]
+            bare_env = {"PYTHONPATH": str(Path(__file__).resolve().parent)}
+            with (
+                server_process(argv, env, port) as server,
+                server_process(bare_argv, bare_env, bare_port, ready_path="/healthz") as bare,
+            ):
                 key = create_api_key(server.base_url)
                 targets = {
-                    "GET /api/v1/auth/me (X-API-Key)": (
-                        server.base_url + "/api/v1/auth/me",
-                        {"X-API-Key": key},
-                    ),
-                    "GET /healthz (no auth)": (server.base_url + "/healthz", {}),
+                    AUTH: (server.base_url + "/api/v1/auth/me", {"X-API-Key": key}, server),
+                    EMPTY: (server.base_url + "/healthz", {}, server),
+                    BARE: (bare.base_url + "/healthz", {}, bare),
                 }
-                # Warm both paths (JIT-free, but caches, pools and connections fill).
-                for url, headers in targets.values():
+                # Warm every path (caches, pools and connections fill).
+                for url, headers, _ in targets.values():
                     wrk(url, headers=headers, connections=args.connections, duration_s=2)
                 rounds: dict[str, list[LoadResult]] = {name: [] for name in targets}
+                cpu_us: dict[str, list[float]] = {name: [] for name in targets}
+                workers = {server: server.worker_pids(), bare: bare.worker_pids()}
                 for i in range(args.rounds):
-                    for name, (url, headers) in targets.items():
+                    for name, (url, headers, owner) in targets.items():
+                        cpu_before = cpu_seconds(workers[owner])
                         result = wrk(
                             url,
                             headers=headers,
                             connections=args.connections,
                             duration_s=args.duration,
                         )
+                        cpu_after = cpu_seconds(workers[owner])
+                        cpu_us[name].append(
+                            1e6 * (cpu_after - cpu_before) / max(1, result.requests)
+                        )
                         if result.non_2xx or result.socket_errors:
-                            print(server.log_tail(), file=sys.stderr)
+                            print(owner.log_tail(), file=sys.stderr)
                             raise RuntimeError(
                                 f"{name}: {result.non_2xx} non-2xx answers, "
                                 f"{result.socket_errors} socket errors"
@@ -189,10 +219,9 @@ def main() -> int:
                         print(f"round {i + 1}: {fmt(name, result)}", file=sys.stderr)
                 profile = None
                 if args.profile:
-                    pids = server.worker_pids()
-                    url, headers = targets["GET /api/v1/auth/me (X-API-Key)"]
+                    pids = workers[server]
                     profile = (
-                        profile_worker(pids[0], url, headers["X-API-Key"], args)
+                        profile_worker(pids[0], targets[AUTH][0], key, args)
                         if pids
                         else "no worker process found"
                     )
@@ -200,8 +229,8 @@ def main() -> int:
         delete_redis_prefix(prefix)
         shutil.rmtree(home, ignore_errors=True)
 
-    auth_name, empty_name = list(rounds)
-    auth, empty = median_result(rounds[auth_name]), median_result(rounds[empty_name])
+    auth, empty, base = (median_result(rounds[n]) for n in (AUTH, EMPTY, BARE))
+    auth_cpu, empty_cpu, base_cpu = (statistics.median(cpu_us[n]) for n in (AUTH, EMPTY, BARE))
     ratio = auth.rps / empty.rps
     verdict = {
         "throughput": auth.rps >= GOAL_RPS,
@@ -212,28 +241,40 @@ def main() -> int:
         print(
             json.dumps(
                 {
-                    "machine": machine(),
+                    "machine": where,
                     "workers": args.workers,
                     "connections": args.connections,
                     "rounds": args.rounds,
                     "duration_s": args.duration,
                     "authenticated": auth.__dict__,
                     "empty": empty.__dict__,
+                    "bare_fastapi": base.__dict__,
                     "ratio": ratio,
+                    "worker_cpu_us_per_request": {
+                        "authenticated": auth_cpu,
+                        "empty": empty_cpu,
+                        "bare_fastapi": base_cpu,
+                    },
                     "goals_met": verdict,
                 },
                 indent=2,
             )
         )
     else:
-        print(f"machine: {machine()}")
+        print(f"machine: {where}")
         print(
             f"tesai server --workers {args.workers}; wrk -t1 -c{args.connections} "
             f"-d{args.duration:g}s; median of {args.rounds} alternating rounds"
         )
-        print(fmt(auth_name, auth))
-        print(fmt(empty_name, empty))
+        for name, result, cpu in ((AUTH, auth, auth_cpu), (EMPTY, empty, empty_cpu)):
+            print(f"{fmt(name, result)}   worker CPU {cpu:5,.0f} µs/req")
+        print(f"{fmt(BARE, base)}   worker CPU {base_cpu:5,.0f} µs/req")
         print(f"ratio authenticated/empty: {ratio:.2f}")
+        print(
+            f"CPU ceilings with {args.workers} busy cores: authenticated "
+            f"{args.workers * 1e6 / auth_cpu:,.0f}, empty {args.workers * 1e6 / empty_cpu:,.0f}, "
+            f"bare FastAPI {args.workers * 1e6 / base_cpu:,.0f} req/s"
+        )
         print(
             "goals: "
             + ", ".join(

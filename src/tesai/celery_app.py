@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from celery import Celery, signals
+from celery import Celery, Task, signals
 from kombu import Exchange, Queue
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -117,11 +117,13 @@ def create_celery(settings: Settings) -> Celery:
 
 
 def _register(app: Celery, name: str, settings: Settings) -> None:
-    def run(**kwargs: Any) -> None:
-        _run_in_worker(settings, app, name, kwargs)
+    def run(task: Task[Any, Any], /, **kwargs: Any) -> None:
+        request = task.request
+        redelivered = bool((request.delivery_info or {}).get("redelivered"))
+        _run_in_worker(settings, app, name, str(request.id), redelivered, kwargs)
 
     run.__name__ = run.__qualname__ = name.replace(".", "_")
-    app.task(name=name, ignore_result=True)(run)
+    app.task(name=name, bind=True, ignore_result=True)(run)
 
 
 @dataclass
@@ -168,11 +170,21 @@ def _close_process() -> None:
     proc.loop.close()
 
 
-def _run_in_worker(settings: Settings, app: Celery, name: str, kwargs: dict[str, Any]) -> None:
+def _run_in_worker(
+    settings: Settings,
+    app: Celery,
+    name: str,
+    task_id: str,
+    redelivered: bool,
+    kwargs: dict[str, Any],
+) -> None:
     # Normally opened by worker_process_init; opened here for the solo pool, which has none.
     proc = _process or _open_process(settings, app)
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(task=name)
+    structlog.contextvars.bind_contextvars(task=name, task_id=task_id)
+    if redelivered:
+        # A previous delivery was not acknowledged: its worker died or lost the broker.
+        log.warning("task_redelivered")
     # A failure propagates to Celery, which logs it (with the bound task name) and acks.
     proc.loop.run_until_complete(run_task(proc.ctx, name, kwargs))
 

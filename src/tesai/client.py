@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,19 @@ class TesaiClient:
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header of this client (empty without a token)."""
+        return self._headers()
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A streamed response (logs, follow mode); raises ``ApiError`` on an error status."""
+        with self._http.stream(method, path, headers=self._headers(), **kwargs) as response:
+            if not response.is_success:
+                response.read()
+                _raise_for_problem(response)
+            yield response
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     auth_cache_ttl_s: float = 30.0
     """How long a cached API-key lookup or user snapshot lives; revocations and role changes
     delete the entry at once, the TTL only bounds staleness after a lost invalidation."""
+    auth_local_cache_ttl_s: float = 1.0
+    """How long each API process also keeps an API-key lookup in its own memory (skipping
+    the Redis round trip). A revocation takes effect at once in the process that handled it
+    and within this many seconds in the others; 0 turns the local cache off."""
     api_key_scopes: list[str] = Field(
         default_factory=lambda: ["read", "write", "clusters", "billing", "devices", "admin"]
     )
@@ -107,6 +111,12 @@ class Settings(BaseSettings):
     """Lifetime of a device credential; agents are told to rotate within the last hour."""
     device_token_rotate_before_s: int = 3600
     """Heartbeat responses ask the agent to rotate when its credential expires this soon."""
+    device_auth_local_cache_ttl_s: float = 1.0
+    """How long each API process also keeps a device-credential lookup in memory; revocation
+    applies at once in the process that did it and within this many seconds elsewhere."""
+    device_token_renew_grace_s: int = 7 * 24 * 3600
+    """An expired (never revoked) device token may still rotate itself this long after expiry,
+    so an agent switched off for days rejoins without a new join token."""
     device_auth_cache_ttl_s: float = 30.0
     """How long a device-credential lookup is cached (rotation and revocation delete it)."""
     heartbeat_interval_s: float = 5.0
@@ -213,6 +223,12 @@ class Settings(BaseSettings):
     """Overrides the built-in strict CSP of the console and API (tesai.middleware.DEFAULT_CSP)."""
     task_worker_concurrency: int = 2
     """Processes per `tesai tasks worker` (each runs one task at a time, one event loop)."""
+
+    # --- embedded mode (`tesai up`) -------------------------------------------------------
+    admin_email: str = "admin@example.com"
+    """Email of the local administrator `tesai up` creates on first start."""
+    admin_password: SecretStr | None = None
+    """Its password; unset generates one, printed once and kept in `home`/admin-password."""
 
     @property
     def embedded_database(self) -> bool:

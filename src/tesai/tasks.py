@@ -24,8 +24,8 @@ task looks like::
             ...
 
 It takes no arguments besides ``ctx``, must finish well within its period (a slow run delays
-the next one in-process; beat drops runs that wait longer than twice the period), and must
-tolerate running twice or concurrently (beat and a redelivery can overlap).
+the next one in-process; beat drops runs that wait longer than twice the period, at least
+5 s), and must tolerate running twice or concurrently (beat and a redelivery can overlap).
 Arguments of ``enqueue`` must be JSON-serialisable (they cross the broker).
 """
 

@@ -20,7 +20,11 @@ H100_HOST: dict[str, Any] = {
         {
             "name": "NVIDIA H100 80GB HBM3",
             "uuid": "GPU-5b3a7c1e-9d2f-4e8b-a1c6-0f7e2d9b4a31",
-            "memory": {"total": 85520809984, "used": 4194304 * 130, "free": 85520809984 - 4194304 * 130},
+            "memory": {
+                "total": 85520809984,
+                "used": 4194304 * 130,
+                "free": 85520809984 - 4194304 * 130,
+            },
             "cc": (9, 0),
             "pcie_gen": 5,
             "pcie_width": 16,

@@ -25,8 +25,12 @@ def test_dcgm_metrics_endpoint() -> None:
             disk_total_bytes=1,
             disk_free_bytes=1,
             gpus=[
-                GpuSpec(index=0, uuid="GPU-aaa", model="NVIDIA H100 80GB HBM3",
-                        memory_total_bytes=80 * GiB)
+                GpuSpec(
+                    index=0,
+                    uuid="GPU-aaa",
+                    model="NVIDIA H100 80GB HBM3",
+                    memory_total_bytes=80 * GiB,
+                )
             ],
         )
     )

@@ -26,7 +26,10 @@ def test_probe_on_this_host_is_a_valid_cpu_device(tmp_path) -> None:
     assert spec.cpu_threads >= spec.cpu_cores
     assert spec.ram_bytes > 256 * 1024 * 1024
     assert spec.disk_total_bytes >= spec.disk_free_bytes > 0
-    assert spec.hostname and spec.os and spec.arch and spec.cpu_model
+    assert spec.hostname
+    assert spec.os
+    assert spec.arch
+    assert spec.cpu_model
     # What the agent sends at join survives the wire.
     assert HardwareSpec.model_validate_json(spec.model_dump_json()) == spec
 
@@ -90,7 +93,8 @@ def test_nvidia_smi_takes_over_when_nvml_fails(monkeypatch: pytest.MonkeyPatch) 
     nvml = RecordedNvml(H100_HOST, init_error=NVML_ERROR_LIB_RM_VERSION_MISMATCH)
     reading, status, reason, detail = probe_gpus(nvml)
     assert (status, reason) == ("degraded", "nvidia_smi_fallback")
-    assert detail is not None and detail.startswith("driver_mismatch")
+    assert detail is not None
+    assert detail.startswith("driver_mismatch")
     assert len(reading.gpus) == 2
 
 
@@ -103,7 +107,8 @@ def test_telemetry_from_recorded_nvml() -> None:
     assert (gpus[0].ecc_errors, gpus[0].xid_errors) == (0, 0)
     assert (gpus[1].ecc_errors, gpus[1].xid_errors) == (2, 3)
     (mig,) = read_nvml_telemetry(RecordedNvml(A100_MIG_HOST))
-    assert mig.utilization_pct is None and mig.ecc_errors is None
+    assert mig.utilization_pct is None
+    assert mig.ecc_errors is None
     assert mig.temperature_c == 45.0
 
 
@@ -119,16 +124,20 @@ def test_host_telemetry_on_this_machine() -> None:
 
 
 # Output of `nvidia-smi --query-gpu=<SMI_SPEC_FIELDS> --format=csv,noheader,nounits`.
-H100_SMI_CSV = """\
-0, GPU-5b3a7c1e-9d2f-4e8b-a1c6-0f7e2d9b4a31, NVIDIA H100 80GB HBM3, 81559, 550.54.15, 9.0, 5, 16, Disabled, Enabled, 700.00
-1, GPU-c2d81f44-27aa-4b0e-9e55-6a3f1b8d7c02, NVIDIA H100 80GB HBM3, 81559, 550.54.15, 9.0, 5, 16, Disabled, Enabled, 700.00
-"""
+H100_SMI_CSV = "".join(
+    f"{i}, {uuid}, NVIDIA H100 80GB HBM3, 81559, 550.54.15, 9.0, 5, 16, Disabled, Enabled, 700.00\n"
+    for i, uuid in enumerate(
+        ["GPU-5b3a7c1e-9d2f-4e8b-a1c6-0f7e2d9b4a31", "GPU-c2d81f44-27aa-4b0e-9e55-6a3f1b8d7c02"]
+    )
+)
 
 # The same query with `--format=csv` (header and units) on a consumer card.
-RTX_SMI_CSV_WITH_HEADER = """\
-index, uuid, name, memory.total [MiB], driver_version, compute_cap, pcie.link.gen.current, pcie.link.width.current, mig.mode.current, ecc.mode.current, power.limit [W]
-0, GPU-11112222-3333-4444-5555-666677778888, NVIDIA GeForce RTX 4090, 24564 MiB, 550.54.15, 8.9, 4, 16, [N/A], [N/A], 450.00 W
-"""
+RTX_SMI_CSV_WITH_HEADER = (
+    "index, uuid, name, memory.total [MiB], driver_version, compute_cap, pcie.link.gen.current, "
+    "pcie.link.width.current, mig.mode.current, ecc.mode.current, power.limit [W]\n"
+    "0, GPU-11112222-3333-4444-5555-666677778888, NVIDIA GeForce RTX 4090, 24564 MiB, "
+    "550.54.15, 8.9, 4, 16, [N/A], [N/A], 450.00 W\n"
+)
 
 
 def test_nvidia_smi_csv_parser() -> None:
@@ -150,15 +159,21 @@ def test_nvidia_smi_csv_parser_with_header_units_and_na() -> None:
     (g,) = parse_nvidia_smi_csv(RTX_SMI_CSV_WITH_HEADER)
     assert g.model == "NVIDIA GeForce RTX 4090"
     assert g.memory_total_bytes == 24564 * 1024 * 1024
-    assert g.mig_enabled is None and g.ecc_enabled is None
+    assert g.mig_enabled is None
+    assert g.ecc_enabled is None
     assert g.power_limit_w == 450.0
 
 
 def test_nvidia_smi_cuda_version_and_telemetry() -> None:
     header = "| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4     |"
     assert probe.parse_nvidia_smi_cuda(header) == "12.4"
-    text = "0, GPU-aa, 87, 520, 81559, 61, 512.34, 0\n1, GPU-bb, [N/A], 0, 81559, 33, 71.00, [N/A]\n"
+    text = (
+        "0, GPU-aa, 87, 520, 81559, 61, 512.34, 0\n1, GPU-bb, [N/A], 0, 81559, 33, 71.00, [N/A]\n"
+    )
     a, b = parse_nvidia_smi_telemetry(text)
-    assert a.utilization_pct == 87.0 and a.memory_used_bytes == 520 * 1024 * 1024
-    assert a.power_w == pytest.approx(512.34) and a.ecc_errors == 0
-    assert b.utilization_pct is None and b.ecc_errors is None
+    assert a.utilization_pct == 87.0
+    assert a.memory_used_bytes == 520 * 1024 * 1024
+    assert a.power_w == pytest.approx(512.34)
+    assert a.ecc_errors == 0
+    assert b.utilization_pct is None
+    assert b.ecc_errors is None

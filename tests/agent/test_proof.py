@@ -20,19 +20,23 @@ def test_digest_is_reproducible_and_matches_the_servers_recomputation() -> None:
     args = _args()
     first = run_cpu_proof(args, cpu_cores=2)
     second = run_proof(args, cpu_cores=2)  # no torch/CUDA here: the CPU path
-    assert second.kind == "cpu" and second.engine == "numpy"
+    assert second.kind == "cpu"
+    assert second.engine == "numpy"
     assert first.digest == second.digest == proof.expected_digest(args.seed, args.matrix_n)
     assert first.sample == second.sample
-    assert first.timings.gflops > 0 and first.timings.gemm_s > 0
+    assert first.timings.gflops > 0
+    assert first.timings.gemm_s > 0
     assert run_cpu_proof(_args(seed=1235)).digest != first.digest
 
 
 def test_the_result_is_exact_so_any_summation_order_gives_the_same_digest() -> None:
     a, b = proof.seeded_matrices(99, 96)
     exact = a.astype(np.float64) @ b.astype(np.float64)
-    reversed_order = (a[:, ::-1].astype(np.float32) @ b[::-1, :].astype(np.float32))
-    assert proof.result_digest(a @ b) == proof.result_digest(exact) == proof.result_digest(
-        reversed_order
+    reversed_order = a[:, ::-1].astype(np.float32) @ b[::-1, :].astype(np.float32)
+    assert (
+        proof.result_digest(a @ b)
+        == proof.result_digest(exact)
+        == proof.result_digest(reversed_order)
     )
 
 
@@ -70,8 +74,12 @@ def test_server_check_rejects_a_wrong_or_missing_sample() -> None:
     assert _check(wrong, args, full_digest_max_n=0).reason == "wrong_sample"
     # A result computed for another seed fails the sampled check even without the full digest.
     other = run_cpu_proof(_args(seed=args.seed + 1), cpu_cores=2)
-    assert _check(other.model_copy(update={"challenge_id": args.challenge_id}), args,
-                  full_digest_max_n=0).reason == "wrong_sample"
+    assert (
+        _check(
+            other.model_copy(update={"challenge_id": args.challenge_id}), args, full_digest_max_n=0
+        ).reason
+        == "wrong_sample"
+    )
     assert _check(honest.model_copy(update={"sample": None}), args).reason == "missing_sample"
     nan = honest.model_copy(update={"sample": [float("nan")] * len(honest.sample)})
     assert _check(nan, args).reason == "wrong_sample"

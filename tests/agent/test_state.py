@@ -83,11 +83,26 @@ async def test_cluster_commands_without_ray_support_fail_with_a_reason(tmp_path:
     join = Command(id=uuid.uuid4(), kind="join_cluster", args={"cluster_id": str(uuid.uuid4())})
     result = await agent.handlers.handle(join)
     assert not result.ok
-    assert result.detail is not None and result.detail.startswith("ray_node_unavailable")
+    assert result.detail is not None
+    assert result.detail.startswith("ray_node_unavailable")
 
 
 async def test_a_verify_command_with_bad_args_fails_without_running(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
     bad = Command(id=uuid.uuid4(), kind="verify", args={"seed": "nope"})
     result = await agent.handlers.handle(bad)
-    assert not result.ok and result.detail is not None and result.detail.startswith("bad_args")
+    assert not result.ok
+    assert result.detail is not None
+    assert result.detail.startswith("bad_args")
+
+
+async def test_cluster_commands_reach_the_hosts_ray_node_module(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    assert agent.handlers.ray_node is not None  # tesai.agent.ray_node is installed here
+    cluster = str(uuid.uuid4())
+    leave = Command(id=uuid.uuid4(), kind="leave_cluster", args={"cluster_id": cluster})
+    result = await agent.handlers.handle(leave)
+    assert result.ok, result.detail
+    assert result.data is not None
+    assert (result.data["cluster_id"], result.data["state"]) == (cluster, "stopped")
+    assert await agent.handlers.node_states() == []

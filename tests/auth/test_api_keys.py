@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -13,9 +14,10 @@ from sqlalchemy import select
 from tesai.app import create_app
 from tesai.audit.models import AuditEvent
 from tesai.auth.deps import AdminUser, CurrentPrincipal, ProviderUser, require_scope
+from tesai.auth.errors import ApiKeyInvalid
 from tesai.auth.models import ApiKey
-from tesai.auth.principal import Principal, hash_secret
-from tesai.runtime import Runtime
+from tesai.auth.principal import Principal, authenticate_api_key, hash_secret
+from tesai.runtime import Runtime, open_runtime
 from tesai.settings import Settings
 from tests.fixtures.auth import MakeUser
 
@@ -172,3 +174,47 @@ async def test_hot_path_uses_cache_not_sql(
         assert row is not None
         await s.delete(row)
     assert (await client.get("/api/v1/auth/me", headers={"X-API-Key": key})).is_success
+
+
+async def test_last_used_written_at_most_once_a_minute(
+    client: httpx.AsyncClient, runtime: Runtime, make_user: MakeUser
+) -> None:
+    _, headers = await make_user()
+    created = await create_key(client, headers, ["read"])
+    for _ in range(3):
+        assert (
+            await client.get("/api/v1/auth/me", headers={"X-API-Key": created["key"]})
+        ).is_success
+    async with runtime.sessionmaker() as s:
+        first = await s.scalar(select(ApiKey.last_used_at))
+    assert first is not None
+    # Within the minute further uses cost no write; the time stays the first one's.
+    await client.get("/api/v1/auth/me", headers={"X-API-Key": created["key"]})
+    async with runtime.sessionmaker() as s:
+        assert await s.scalar(select(ApiKey.last_used_at)) == first
+    # A minute later (this process's throttle forgotten) the next use is recorded.
+    runtime.state["auth.key_last_used"].clear()
+    await client.get("/api/v1/auth/me", headers={"X-API-Key": created["key"]})
+    async with runtime.sessionmaker() as s:
+        later = await s.scalar(select(ApiKey.last_used_at))
+    assert later is not None
+    assert later > first
+
+
+async def test_revocation_reaches_other_processes_within_local_ttl(
+    client: httpx.AsyncClient, settings: Settings, make_user: MakeUser
+) -> None:
+    """Another API process (its own runtime, same Redis) stops accepting a revoked key
+    within ``auth_local_cache_ttl_s``."""
+    _, headers = await make_user()
+    created = await create_key(client, headers, ["read"])
+    other = await open_runtime(settings, run_periodic=False)
+    try:
+        assert (await authenticate_api_key(other, created["key"])).kind == "api_key"
+        r = await client.delete(f"/api/v1/auth/api-keys/{created['id']}", headers=headers)
+        assert r.status_code == 200
+        await asyncio.sleep(settings.auth_local_cache_ttl_s + 0.2)
+        with pytest.raises(ApiKeyInvalid):
+            await authenticate_api_key(other, created["key"])
+    finally:
+        await other.close()

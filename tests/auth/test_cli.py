@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from tesai.app import create_app
 from tesai.cli.main import app as cli
-from tesai.client import ApiError, TesaiClient, credentials_path
+from tesai.client import ApiError, Credentials, TesaiClient, credentials_path, save_credentials
 from tesai.runtime import Runtime
 from tesai.settings import Settings, get_settings
 from tests.auth.oidc_provider import free_socket, serve_asgi
@@ -86,6 +87,15 @@ def test_create_user_login_logout(server_url: str) -> None:
         me = client.get("/api/v1/auth/me")
     assert me["email"] == "cli@example.com"
     assert me["roles"] == ["customer", "provider"]
+
+    # An expired stored access token is refreshed (and the new pair saved) on the fly.
+    stale = Credentials.model_validate(stored)
+    save_credentials(stale.model_copy(update={"access_token": "expired", "expires_at": 0.0}))
+    with TesaiClient() as client:
+        assert client.get("/api/v1/auth/me")["email"] == "cli@example.com"
+    stored = json.loads(path.read_text())
+    assert stored["refresh_token"] != stale.refresh_token
+    assert stored["expires_at"] > time.time()
 
     out = runner.invoke(cli, ["logout"])
     assert out.exit_code == 0, out.output

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import httpx
 
+from tesai.accounts.models import User
+from tesai.auth.principal import authenticate_access_token
+from tesai.auth.tokens import issue_access_token, runtime_signing_key
+from tesai.runtime import Runtime
 from tests.fixtures.auth import MakeUser
 
 
@@ -25,3 +29,27 @@ async def test_no_credentials_is_401_problem(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/auth/me", headers={"Authorization": "Bearer garbage"})
     assert r.status_code == 401
     assert r.json()["code"] == "token_invalid"
+
+
+async def test_snapshot_user_is_safe_to_attach(runtime: Runtime, make_user: MakeUser) -> None:
+    """The detached snapshot given to routes can be merged or added without clobbering
+    the row (no INSERT, password hash untouched)."""
+    user, _ = await make_user(password="a long enough password")
+    principal = await authenticate_access_token(
+        runtime,
+        issue_access_token(
+            runtime_signing_key(runtime.state, runtime.settings), runtime.settings, user.id
+        ),
+    )
+    snapshot = principal.user
+    async with runtime.sessionmaker() as s, s.begin():
+        merged = await s.merge(snapshot)
+        assert merged.email == user.email
+    async with runtime.sessionmaker() as s, s.begin():
+        s.add(snapshot)
+        snapshot.display_name = "Renamed"
+    async with runtime.sessionmaker() as s:
+        row = await s.get(User, user.id)
+        assert row is not None
+        assert row.display_name == "Renamed"
+        assert row.password_hash == user.password_hash

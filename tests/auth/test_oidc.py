@@ -17,6 +17,7 @@ from tests.auth.oidc_provider import (
     CLIENT_ID,
     CLIENT_SECRET,
     LocalOidcProvider,
+    free_socket,
     serve_oidc_provider,
 )
 from tests.fixtures.auth import MakeUser
@@ -136,3 +137,17 @@ async def test_unknown_provider_is_404(client: httpx.AsyncClient, idp: LocalOidc
     r = await client.get("/api/v1/auth/oidc/nope/login")
     assert r.status_code == 404
     assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_unreachable_provider_is_503_problem(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    sock = free_socket()  # bound, never listening: connections are refused
+    try:
+        issuer = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        settings.oidc_providers = [OIDCProvider(name="down", issuer=issuer, client_id="x")]
+        r = await client.get("/api/v1/auth/oidc/down/login")
+    finally:
+        sock.close()
+    assert r.status_code == 503
+    assert r.json()["code"] == "oidc_provider_unavailable"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from sqlalchemy import select
 
 from tesai.audit.models import AuditEvent
 from tesai.auth.models import RefreshToken
 from tesai.runtime import Runtime
+from tesai.settings import Settings
 
 PASSWORD = "correct horse battery"
 
@@ -129,8 +132,30 @@ async def test_logout_revokes_refresh_and_access(client: httpx.AsyncClient) -> N
 
 async def test_logout_with_access_token_only(client: httpx.AsyncClient) -> None:
     tokens = await signup_and_login(client, "frank@example.com")
-    r = await client.post("/api/v1/auth/logout", json={}, headers=bearer(tokens["access_token"]))
+    r = await client.post("/api/v1/auth/logout", headers=bearer(tokens["access_token"]))
     assert r.status_code == 204
     r = await client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert r.status_code == 401
     assert (await client.post("/api/v1/auth/logout", json={})).status_code == 401
+
+
+async def test_concurrent_signups_one_wins(client: httpx.AsyncClient) -> None:
+    body = {"email": "race@example.com", "password": PASSWORD}
+    results = await asyncio.gather(
+        *(client.post("/api/v1/auth/signup", json=body) for _ in range(4))
+    )
+    assert sorted(r.status_code for r in results) == [201, 409, 409, 409]
+
+
+async def test_expired_refresh_token_rejected(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    settings.refresh_token_ttl_s = 1
+    try:
+        tokens = await signup_and_login(client, "gina@example.com")
+    finally:
+        settings.refresh_token_ttl_s = 30 * 24 * 3600
+    await asyncio.sleep(1.5)
+    r = await client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert r.status_code == 401
+    assert "expired" in r.json()["detail"]

@@ -32,6 +32,18 @@ class InjectedCrash(Exception):
 
 
 Op = Callable[[AsyncSession], Awaitable[Movement]]
+Journal = Callable[[str, dict[str, Any]], None]
+
+
+def service_call(name: str, kwargs: dict[str, Any]) -> Op:
+    """The unit of work for ``tesai.billing.service.<name>(session, **kwargs)``."""
+    fn = getattr(service, name)
+
+    async def op(s: AsyncSession) -> Movement:
+        movement: Movement = await fn(s, **kwargs)
+        return movement
+
+    return op
 
 
 @dataclass
@@ -91,6 +103,14 @@ class Chaos:
             self.model.pending[p] = 0
 
     # --- running with crashes ------------------------------------------------------------
+    journal: Journal | None = None
+    """Told each call before it runs (the SIGKILL variant replays the last one)."""
+
+    async def call(self, name: str, **kwargs: Any) -> Movement:
+        if self.journal is not None:
+            self.journal(name, kwargs)
+        return await self.attempt(service_call(name, kwargs), self.crash_point())
+
     async def attempt(self, op: Op, crash_at: str | None) -> Movement:
         """Run ``op`` once for real, crashing first at ``crash_at``; retry until it returns."""
         self.operations += 1
@@ -128,16 +148,13 @@ class Chaos:
         seen = signature in self.model.credited_signatures
         owner = self.sig_owner[signature] if seen else customer
 
-        async def op(s: AsyncSession) -> Movement:
-            return await service.credit_deposit(
-                s,
-                user_id=owner,
-                amount_micro=amount,
-                signature=signature,
-                idempotency_key=f"deposit:{signature}",
-            )
-
-        movement = await self.attempt(op, self.crash_point())
+        movement = await self.call(
+            "credit_deposit",
+            user_id=owner,
+            amount_micro=amount,
+            signature=signature,
+            idempotency_key=f"deposit:{signature}",
+        )
         if seen:
             assert movement.replayed
             return
@@ -149,17 +166,14 @@ class Chaos:
     async def grant(self, customer: uuid.UUID, amount: int) -> None:
         key = f"grant:{self.run}:{self.operations}"
 
-        async def op(s: AsyncSession) -> Movement:
-            return await service.admin_grant_credit(
-                s,
-                admin_user_id=None,
-                user_id=customer,
-                amount_micro=amount,
-                reason="chaos",
-                idempotency_key=key,
-            )
-
-        await self.attempt(op, self.crash_point())
+        await self.call(
+            "admin_grant_credit",
+            admin_user_id=None,
+            user_id=customer,
+            amount_micro=amount,
+            reason="chaos",
+            idempotency_key=key,
+        )
         self.model.available[customer] += amount
         self.model.granted += amount
 
@@ -168,14 +182,14 @@ class Chaos:
         ref = ref or f"{self.run}-hold-{self.operations}"
         key = f"hold:{self.run}:{self.operations}"
 
-        async def op(s: AsyncSession) -> Movement:
-            fn = service.place_hold if new else service.extend_hold
-            return await fn(
-                s, user_id=customer, amount_micro=amount, ref=ref, idempotency_key=key
-            )
-
         try:
-            await self.attempt(op, self.crash_point())
+            await self.call(
+                "place_hold" if new else "extend_hold",
+                user_id=customer,
+                amount_micro=amount,
+                ref=ref,
+                idempotency_key=key,
+            )
         except InsufficientFunds:
             assert self.model.available[customer] < amount
             self.refusals += 1
@@ -189,18 +203,15 @@ class Chaos:
         customer = self.model.hold_owner[ref]
         key = f"settle:{self.run}:{self.operations}"
 
-        async def op(s: AsyncSession) -> Movement:
-            return await service.settle_usage(
-                s,
-                user_id=customer,
-                ref=ref,
-                provider_user_id=provider,
-                provider_amount_micro=amount,
-                fee_bps=fee_bps,
-                idempotency_key=key,
-            )
-
-        movement = await self.attempt(op, self.crash_point())
+        movement = await self.call(
+            "settle_usage",
+            user_id=customer,
+            ref=ref,
+            provider_user_id=provider,
+            provider_amount_micro=amount,
+            fee_bps=fee_bps,
+            idempotency_key=key,
+        )
         split = split_capped(amount, fee_bps, self.model.held[ref])
         assert movement.result["provider"] == split.provider
         assert movement.result["fee"] == split.fee
@@ -212,10 +223,7 @@ class Chaos:
         customer = self.model.hold_owner[ref]
         key = f"release:{self.run}:{self.operations}"
 
-        async def op(s: AsyncSession) -> Movement:
-            return await service.release_hold(s, user_id=customer, ref=ref, idempotency_key=key)
-
-        movement = await self.attempt(op, self.crash_point())
+        movement = await self.call("release_hold", user_id=customer, ref=ref, idempotency_key=key)
         assert movement.result["amount"] == self.model.held[ref]
         self.model.available[customer] += self.model.held[ref]
         self.model.held[ref] = 0
@@ -224,17 +232,14 @@ class Chaos:
         payout_id = uuid.uuid4()
         key = f"payout_request:{payout_id}"
 
-        async def op(s: AsyncSession) -> Movement:
-            return await service.request_payout(
-                s,
+        try:
+            await self.call(
+                "request_payout",
                 provider_user_id=provider,
                 amount_micro=amount,
                 payout_id=payout_id,
                 idempotency_key=key,
             )
-
-        try:
-            await self.attempt(op, self.crash_point())
         except InsufficientFunds:
             assert self.model.earnings[provider] < amount
             self.refusals += 1
@@ -246,26 +251,24 @@ class Chaos:
     async def finish_payout(self, payout_id: uuid.UUID, paid: bool) -> None:
         provider, amount = self.model.payouts.pop(payout_id)
 
-        async def op(s: AsyncSession) -> Movement:
-            if paid:
-                return await service.complete_payout(
-                    s,
-                    provider_user_id=provider,
-                    amount_micro=amount,
-                    payout_id=payout_id,
-                    signature=f"payout-{payout_id}",
-                    idempotency_key=f"payout_complete:{payout_id}",
-                )
-            return await service.reverse_payout(
-                s,
+        if paid:
+            await self.call(
+                "complete_payout",
+                provider_user_id=provider,
+                amount_micro=amount,
+                payout_id=payout_id,
+                signature=f"payout-{payout_id}",
+                idempotency_key=f"payout_complete:{payout_id}",
+            )
+        else:
+            await self.call(
+                "reverse_payout",
                 provider_user_id=provider,
                 amount_micro=amount,
                 payout_id=payout_id,
                 reason="expired",
                 idempotency_key=f"payout_reverse:{payout_id}",
             )
-
-        await self.attempt(op, self.crash_point())
         self.model.pending[provider] -= amount
         if paid:
             self.model.paid_out += amount
@@ -317,7 +320,9 @@ class Chaos:
             if unbalanced:
                 problems.append(f"{unbalanced} unbalanced transactions")
             negative = await s.scalar(
-                text("SELECT count(*) FROM ledger_accounts WHERE NOT allow_negative AND balance < 0")
+                text(
+                    "SELECT count(*) FROM ledger_accounts WHERE NOT allow_negative AND balance < 0"
+                )
             )
             if negative:
                 problems.append(f"{negative} negative accounts")
@@ -358,7 +363,10 @@ class Chaos:
         m = self.model
         for c in self.customers:
             if actual.get((c, "customer_available", ""), 0) != m.available[c]:
-                problems.append(f"available of {c}: {actual.get((c, 'customer_available', ''))} != {m.available[c]}")
+                problems.append(
+                    f"available of {c}: {actual.get((c, 'customer_available', ''))}"
+                    f" != {m.available[c]}"
+                )
         for ref, amount in m.held.items():
             got = actual.get((m.hold_owner[ref], "customer_held", ref), 0)
             if got != amount:
@@ -371,7 +379,10 @@ class Chaos:
         owned = sum(actual.values())
         fees = int(
             await s.scalar(
-                text("SELECT coalesce(sum(balance), 0) FROM ledger_accounts WHERE kind = 'platform_fees'")
+                text(
+                    "SELECT coalesce(sum(balance), 0) FROM ledger_accounts"
+                    " WHERE kind = 'platform_fees'"
+                )
             )
             or 0
         )

@@ -10,11 +10,6 @@ import pytest
 
 from tesai.accounts import service as accounts
 from tesai.runtime import Runtime
-from tesai.task_registry import load_all_tasks
-
-# Task modules may import tables that tesai.models does not list yet; load them before the
-# session database is created so create_all and the per-test TRUNCATE see the same tables.
-load_all_tasks()
 
 NewUser = Callable[..., Awaitable[uuid.UUID]]
 

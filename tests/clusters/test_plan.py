@@ -60,7 +60,8 @@ def test_workers_join_the_running_head() -> None:
     steps = next_steps(view(ClusterStatus.provisioning, [head, w])).steps
     assert ("mark_node_running", head.id) in [(s.kind, s.node_id) for s in steps]
     join = [s for s in steps if s.kind == "send_join"]
-    assert join[0].node_id == w.id and join[0].head_address == "10.0.0.1:6379"
+    assert join[0].node_id == w.id
+    assert join[0].head_address == "10.0.0.1:6379"
     assert "set_status" not in [s.kind for s in steps]
 
 
@@ -150,3 +151,18 @@ def test_terminating_releases_everything_once() -> None:
         "set_status",
     ]
     assert kinds(view(ClusterStatus.terminated, [head])) == []
+
+
+def test_ray_reporting_every_node_alive_marks_lagging_workers_running() -> None:
+    head = node(
+        NodeRole.head,
+        state=NodeState.running,
+        join_sent=True,
+        reported="running",
+        ray_address="h:1",
+        alive_nodes=2,
+    )
+    w = node(state=NodeState.starting, join_sent=True, reported="starting")
+    steps = next_steps(view(ClusterStatus.provisioning, [head, w])).steps
+    assert ("mark_node_running", w.id) in [(s.kind, s.node_id) for s in steps]
+    assert steps[-1].status is ClusterStatus.running

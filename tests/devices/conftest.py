@@ -1,7 +1,12 @@
-"""Fixtures for the devices tests: a provider, devices joined through the real agent API."""
+"""Fixtures for the devices tests: a provider, devices joined through the real agent API.
+
+``TESAI_TEST_MEMORY_CACHE=1`` runs the same tests on the in-process cache (embedded mode)
+instead of Redis.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +35,7 @@ def settings(settings: Settings) -> Settings:
             "storm_fraction": 0.5,
             "storm_grace_s": 60.0,
             "heartbeat_interval_s": 5.0,
+            **({"redis_url": None} if os.environ.get("TESAI_TEST_MEMORY_CACHE") else {}),
         }
     )
 

@@ -12,11 +12,12 @@ from sqlalchemy import select, update
 
 from tesai.db import run_after_commit
 from tesai.devices import keys
+from tesai.devices.deps import forget_local
 from tesai.devices.models import DeviceCommand, DeviceCredential
 from tesai.devices.service import create_command
 from tesai.kit.time import utcnow
 from tesai.runtime import Runtime
-from tests.devices.conftest import Pool, beat
+from tests.devices.conftest import Pool, beat, hardware
 
 
 async def _liveness(runtime: Runtime) -> dict[str, float]:
@@ -132,6 +133,7 @@ async def test_rotation_is_requested_before_expiry(
         )
         hashes = (await s.execute(select(DeviceCredential.token_hash))).scalars().all()
     await runtime.cache.delete(*(keys.credential(h) for h in hashes))
+    forget_local(runtime.state)  # and this process's copy
     r = await client.post("/api/v1/agent/heartbeat", json=beat(), headers=joined.headers)
     assert r.json()["rotate_credential"] is True
 
@@ -144,3 +146,24 @@ async def test_bandwidth_probe_is_capped(pool: Pool, client: httpx.AsyncClient) 
     r = await client.get("/api/v1/agent/bandwidth?bytes=100000000", headers=joined.headers)
     assert len(r.content) == 16 * 1024 * 1024
     assert (await client.get("/api/v1/agent/bandwidth?bytes=10")).status_code == 401
+
+
+async def test_out_of_range_numbers_are_refused_not_stored(
+    pool: Pool, client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    joined = await pool.joined()
+    device_id = str(joined.device_id)
+    await runtime.cache.delete(keys.telemetry(device_id))
+    r = await client.post("/api/v1/agent/heartbeat", json=beat(2**70), headers=joined.headers)
+    assert r.status_code == 422
+    assert await runtime.cache.get(keys.telemetry(device_id)) is None
+
+
+async def test_join_with_impossible_hardware_is_refused(pool: Pool) -> None:
+    created = await pool.create()
+    hw = hardware().model_copy(update={"ram_bytes": 2**80, "hostname": "a\x00b"})
+    r = await pool.join(created["join_token"], hw)
+    assert r.status_code == 422
+    # The token was not spent.
+    hw = hardware().model_copy(update={"hostname": "a\x00b", "cpu_model": "x\x00"})
+    assert (await pool.join(created["join_token"], hw)).status_code == 200

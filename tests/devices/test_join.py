@@ -7,7 +7,9 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import update
 
-from tesai.devices.models import JoinToken
+from tesai.devices import keys
+from tesai.devices.deps import forget_local, hash_token
+from tesai.devices.models import DeviceCredential, JoinToken
 from tesai.kit.time import utcnow
 from tesai.runtime import Runtime
 from tests.devices.conftest import Pool, beat
@@ -156,3 +158,29 @@ async def test_customer_cannot_create_devices(
     _, customer = await make_user(roles=("customer",))
     r = await client.post("/api/v1/provider/devices", json={"name": "x"}, headers=customer)
     assert r.status_code == 403
+
+
+async def test_expired_token_can_only_rotate_within_grace(
+    pool: Pool, client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    joined = await pool.joined()
+    async with runtime.sessionmaker.begin() as s:
+        await s.execute(update(DeviceCredential).values(expires_at=utcnow() - timedelta(days=2)))
+    await runtime.cache.delete(keys.credential(hash_token(joined.token)))
+    forget_local(runtime.state)  # and this process's copy
+    hb = await client.post("/api/v1/agent/heartbeat", json=beat(), headers=joined.headers)
+    assert hb.status_code == 401
+    assert hb.json()["code"] == "device_token_expired"
+    r = await client.post("/api/v1/agent/credential/rotate", headers=joined.headers)
+    assert r.status_code == 200
+    new = {"Authorization": f"Bearer {r.json()['device_token']}"}
+    assert (
+        await client.post("/api/v1/agent/heartbeat", json=beat(), headers=new)
+    ).status_code == 200
+    # Past the grace, only a new join token helps.
+    async with runtime.sessionmaker.begin() as s:
+        await s.execute(update(DeviceCredential).values(expires_at=utcnow() - timedelta(days=8)))
+    await runtime.cache.delete(keys.credential(hash_token(r.json()["device_token"])))
+    forget_local(runtime.state)  # and this process's copy
+    r = await client.post("/api/v1/agent/credential/rotate", headers=new)
+    assert r.status_code == 401

@@ -29,7 +29,9 @@ async def online_devices(pool: Pool, client: httpx.AsyncClient, n: int) -> list[
         assert joined.verify_args is not None
         result = agent_cpu_proof(joined.verify_args)
         r = await client.post(
-            "/api/v1/agent/verification", json=result.model_dump(mode="json"), headers=joined.headers
+            "/api/v1/agent/verification",
+            json=result.model_dump(mode="json"),
+            headers=joined.headers,
         )
         assert r.json()["status"] == "online", r.text
         out.append(joined)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import httpx
+from datetime import timedelta
 
+import httpx
+from sqlalchemy import update
+
+from tesai.devices.models import Device, VerificationChallenge
+from tesai.devices.rollups import verification_rounds
+from tesai.kit.time import utcnow
 from tesai.runtime import Runtime
 from tesai.tasks import TaskContext
 from tests.devices.conftest import GiB, Pool, beat, hardware
 from tests.devices.proofs import agent_cpu_proof, honest_result
 
 
-async def _submit(client: httpx.AsyncClient, headers: dict[str, str], body: object) -> httpx.Response:
+async def _submit(
+    client: httpx.AsyncClient, headers: dict[str, str], body: object
+) -> httpx.Response:
     return await client.post("/api/v1/agent/verification", json=body, headers=headers)
 
 
@@ -42,7 +50,9 @@ async def test_wrong_digest_is_rejected(pool: Pool, client: httpx.AsyncClient) -
     r = await _submit(client, joined.headers, body)
     assert r.json() == {"status": "rejected", "reason": "proof_digest_mismatch"}
     events = (
-        await client.get(f"/api/v1/provider/devices/{joined.device_id}/events", headers=pool.provider)
+        await client.get(
+            f"/api/v1/provider/devices/{joined.device_id}/events", headers=pool.provider
+        )
     ).json()
     assert events[0]["reason"] == "proof_digest_mismatch"
     assert events[0]["to_status"] == "rejected"
@@ -66,7 +76,9 @@ async def test_spoofed_gpu_model_is_rejected(pool: Pool, client: httpx.AsyncClie
     r = await _submit(client, joined.headers, result.model_dump(mode="json"))
     assert r.json() == {"status": "rejected", "reason": "gpu_model_mismatch"}
     events = (
-        await client.get(f"/api/v1/provider/devices/{joined.device_id}/events", headers=pool.provider)
+        await client.get(
+            f"/api/v1/provider/devices/{joined.device_id}/events", headers=pool.provider
+        )
     ).json()
     assert "H100" in events[0]["message"]
     assert "GFLOP/s" in events[0]["message"]
@@ -113,3 +125,77 @@ async def test_on_demand_and_expired_verification(
     assert r.json()["challenge_id"] in kinds
     # The device stays listed while re-verifying.
     assert await pool.status(joined.device_id) == "online"
+
+
+async def test_non_finite_timings_are_rejected(pool: Pool, client: httpx.AsyncClient) -> None:
+    """Infinity passes the wire model's `ge=0`; it must not slip through the timing checks."""
+    joined = await pool.joined(hardware(gpus=1, gpu_model="NVIDIA H100 80GB HBM3"))
+    assert joined.verify_args is not None
+    result = honest_result(joined.verify_args, kind="gpu", device_model="NVIDIA H100 80GB HBM3")
+    body = result.model_dump_json().replace(
+        f'"gflops":{result.timings.gflops}', '"gflops":Infinity'
+    )
+    assert "Infinity" in body
+    r = await client.post(
+        "/api/v1/agent/verification",
+        content=body,
+        headers={**joined.headers, "content-type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "rejected", "reason": "timing_implausible"}
+
+
+async def test_unanswered_challenge_times_out_and_periodic_rounds_reissue(
+    pool: Pool, client: httpx.AsyncClient, runtime: Runtime, ctx: TaskContext
+) -> None:
+    silent = await pool.joined(hardware(cores=2), name="silent")
+    honest = await pool.joined(hardware(cores=2), name="honest")
+    assert honest.verify_args is not None
+    result = agent_cpu_proof(honest.verify_args)
+    await _submit(client, honest.headers, result.model_dump(mode="json"))
+    past = utcnow() - timedelta(days=1)
+    async with runtime.sessionmaker.begin() as s:
+        await s.execute(
+            update(VerificationChallenge)
+            .where(VerificationChallenge.completed_at.is_(None))
+            .values(expires_at=past)
+        )
+        await s.execute(
+            update(Device).where(Device.id == honest.device_id).values(verified_at=past)
+        )
+    assert await verification_rounds(ctx) == (1, 1)
+    assert await pool.status(silent.device_id) == "rejected"
+    events = (
+        await client.get(
+            f"/api/v1/provider/devices/{silent.device_id}/events", headers=pool.provider
+        )
+    ).json()
+    assert events[0]["reason"] == "verification_timeout"
+    # The verified device got a periodic challenge and stays listed meanwhile.
+    assert await pool.status(honest.device_id) == "online"
+    hb = await client.post("/api/v1/agent/heartbeat", json=beat(5), headers=honest.headers)
+    assert [c["kind"] for c in hb.json()["commands"]] == ["verify"]
+    # Running the round again issues nothing new.
+    assert await verification_rounds(ctx) == (0, 0)
+
+
+async def test_a_new_challenge_supersedes_the_old_one(
+    pool: Pool, client: httpx.AsyncClient
+) -> None:
+    joined = await pool.joined(hardware(cores=2))
+    assert joined.verify_args is not None
+    old = joined.verify_args
+    r = await client.post(
+        f"/api/v1/provider/devices/{joined.device_id}/verify", headers=pool.provider
+    )
+    assert r.status_code == 202
+    stale = await _submit(client, joined.headers, agent_cpu_proof(old).model_dump(mode="json"))
+    assert stale.status_code == 409
+    hb = await client.post("/api/v1/agent/heartbeat", json=beat(5), headers=joined.headers)
+    new = [
+        c["args"]
+        for c in hb.json()["commands"]
+        if c["args"]["challenge_id"] == r.json()["challenge_id"]
+    ]
+    ok = await _submit(client, joined.headers, agent_cpu_proof(new[0]).model_dump(mode="json"))
+    assert ok.json()["status"] == "online"

@@ -6,6 +6,13 @@ from typing import Any
 
 import httpx
 
+from graphql import GraphQLError
+from tesai.auth.errors import MissingRole
+from tesai.devices import keys
+from tesai.devices.schemas import PoolGroup, PoolStats
+from tesai.graphql.errors import classify
+from tesai.kit.time import utcnow
+from tesai.runtime import Runtime
 from tests.fixtures.auth import MakeUser
 
 ME = "query { me { id email displayName roles createdAt } }"
@@ -126,3 +133,68 @@ async def test_oversized_document_is_rejected(client: httpx.AsyncClient) -> None
     body = response.json()
     assert body.get("data") is None
     assert codes(body) == ["invalid_query"]
+
+
+async def test_pool_is_public_and_matches_rest(client: httpx.AsyncClient) -> None:
+    query = """{ pool { gpusOnline gpuDevicesOnline cpuDevicesOnline cpuCoresOnline
+        byModelRegion { gpuModel region devices gpus minPricePerGpuHourMicro } } }"""
+    body = (await gql(client, query)).json()
+    assert "errors" not in body, body
+    rest = (await client.get("/api/v1/public/pool")).json()
+    pool = body["data"]["pool"]
+    assert pool["gpusOnline"] == rest["gpus_online"]
+    assert pool["cpuDevicesOnline"] == rest["cpu_devices_online"]
+    assert len(pool["byModelRegion"]) == len(rest["by_model_region"])
+
+
+async def test_pool_groups_carry_large_prices(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    """Read through the devices service (its cached answer here); money is ``MicroUSDC``,
+    which holds amounts past GraphQL's 32-bit ``Int``."""
+    stats = PoolStats(
+        gpus_online=8,
+        gpu_devices_online=1,
+        cpu_devices_online=0,
+        cpu_cores_online=0,
+        avg_gpu_utilization_pct=12.5,
+        avg_cpu_percent=None,
+        by_model_region=[
+            PoolGroup(
+                gpu_model="NVIDIA H100 80GB HBM3",
+                region="eu-west",
+                devices=1,
+                gpus=8,
+                avg_utilization_pct=12.5,
+                min_price_per_gpu_hour_micro=5_000_000_000,
+            )
+        ],
+        computed_at=utcnow(),
+    )
+    await runtime.cache.set(keys.POOL, stats.model_dump_json(), ttl_s=60)
+    query = "{ pool { gpusOnline byModelRegion { gpuModel region gpus minPricePerGpuHourMicro } } }"
+    body = (await gql(client, query)).json()
+    assert body == {
+        "data": {
+            "pool": {
+                "gpusOnline": 8,
+                "byModelRegion": [
+                    {
+                        "gpuModel": "NVIDIA H100 80GB HBM3",
+                        "region": "eu-west",
+                        "gpus": 8,
+                        "minPricePerGpuHourMicro": 5_000_000_000,
+                    }
+                ],
+            }
+        }
+    }
+
+
+def test_unexpected_resolver_errors_are_masked() -> None:
+    leaked = GraphQLError("boom", path=["pool"], original_error=RuntimeError("dsn=secret"))
+    masked = classify(leaked)
+    assert masked.message == "Internal server error"
+    assert masked.extensions == {"code": "internal"}
+    assert masked.path == ["pool"]
+    refused = classify(GraphQLError("x", original_error=MissingRole("Needs admin", role="admin")))
+    assert refused.message == "Needs admin"
+    assert refused.extensions == {"code": "missing_role", "status": 403, "role": "admin"}

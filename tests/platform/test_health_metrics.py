@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -99,3 +103,33 @@ async def test_metrics_histogram_by_route_template(make_client: MakeClient) -> N
     pool = families["tesai_db_pool_size"].samples[0].value
     assert pool >= 1
     assert "tesai_db_pool_checked_out" in families
+
+
+_COUNT_AND_MAYBE_RENDER = """
+import sys
+from tesai.observability import metrics
+with metrics.task_run("platform_test.mp"):
+    pass
+if sys.argv[1] == "render":
+    body, _ = metrics.render()
+    sys.stdout.write(body.decode())
+"""
+
+
+def test_multiprocess_mode_sums_every_process(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for role in ("count", "count", "render"):
+        done = subprocess.run(
+            [sys.executable, "-c", _COUNT_AND_MAYBE_RENDER, role],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    families = {f.name: f for f in text_string_to_metric_families(done.stdout)}
+    started = families["tesai_tasks_started"].samples
+    assert [(s.labels, s.value) for s in started if s.name.endswith("_total")] == [
+        ({"task": "platform_test.mp"}, 3.0)
+    ]
+    assert "tesai_db_pool_size" in families

@@ -56,9 +56,10 @@ async def test_in_process_runner_runs_periodic_tasks_on_schedule(
     finally:
         await runner.stop()
     runs = only_test_periodic
-    assert 5 <= len(runs) <= 7
-    gaps = [b - a for a, b in itertools.pairwise(runs)]
-    assert all(0.15 <= g <= 0.3 for g in gaps), gaps
+    assert 4 <= len(runs) <= 7
+    # Fixed rate: a late run is followed by a shorter gap, so the median is the schedule.
+    gaps = sorted(b - a for a, b in itertools.pairwise(runs))
+    assert 0.15 <= gaps[len(gaps) // 2] <= 0.25, gaps
     assert PERIODIC["platform_test.tick"] == PeriodicSpec("platform_test.tick", 0.2)
     stopped_at = len(runs)
     await asyncio.sleep(0.3)

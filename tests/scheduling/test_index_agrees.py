@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,3 +80,19 @@ def test_index_agrees_with_reference(
             assert all(not index.is_free(i) for i in expected.device_ids)
         if live and data.draw(st.booleans()):
             index.release(live.pop(data.draw(st.integers(0, len(live) - 1))))
+        # Devices go offline, come back, change price: the index follows.
+        present = sorted(d.id for d in index.devices())
+        op = data.draw(st.sampled_from(["none", "discard", "upsert"]))
+        if op == "discard" and present:
+            gone = data.draw(st.sampled_from(present))
+            index.discard(gone)
+            live = [ids for ids in live if gone not in ids]
+        elif op == "upsert" and pool:
+            changed = replace(
+                data.draw(st.sampled_from(pool)),
+                price_per_gpu_hour_micro=data.draw(st.sampled_from([500_000, 3_000_000])),
+                free=True,
+            )
+            index.upsert(changed)
+            live = [ids for ids in live if changed.id not in ids]
+        assert len(index) == len(list(index.devices()))

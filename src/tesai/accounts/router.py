@@ -22,7 +22,9 @@ router = APIRouter(prefix="/internal/users", tags=["internal"])
 async def list_users(
     admin: AdminUser,
     session: SessionDep,
-    email: Annotated[str | None, Query(max_length=320, description="substring")] = None,
+    email: Annotated[
+        str | None, Query(max_length=320, pattern=r"^[^\x00-\x1f]*$", description="substring")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> UserPage:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.accounts.models import User
@@ -67,8 +68,13 @@ async def create_user(
         is_active=True,
     )
     _apply_roles(user, roles)
-    session.add(user)
-    await session.flush()
+    try:
+        # A savepoint, so a concurrent sign-up with the same email is a clean 409.
+        async with session.begin_nested():
+            session.add(user)
+            await session.flush()
+    except IntegrityError as exc:
+        raise EmailTaken("An account with this email already exists") from exc
     return user
 
 

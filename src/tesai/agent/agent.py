@@ -47,6 +47,7 @@ from tesai.protocol.v1 import (
     Command,
     CommandResult,
     CredentialRotation,
+    DeviceStatus,
     HardwareSpec,
     Heartbeat,
     HeartbeatResponse,
@@ -54,6 +55,7 @@ from tesai.protocol.v1 import (
     JoinResponse,
     LeaveRequest,
     NetworkProbe,
+    NodeState,
     VerificationOutcome,
     VerifyArgs,
 )
@@ -123,6 +125,8 @@ class Agent:
         self.hardware: HardwareSpec | None = None
         self.credential: Credential | None = None
         self.net: NetworkProbe | None = None
+        self.nodes: list[NodeState] = []
+        """Latest state of this agent's Ray nodes, refreshed off the heartbeat path."""
         self.interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
         self.seq = 0
         self._pending_acks: dict[UUID, None] = {}
@@ -130,6 +134,7 @@ class Agent:
         self._running: dict[UUID, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._nodes_changed = asyncio.Event()
         self._verify_lock = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
         self._sampler: Sampler | None = None
@@ -181,7 +186,7 @@ class Agent:
             timeout=httpx.Timeout(self.config.request_timeout_s, connect=5.0),
             headers={"User-Agent": f"tesai-agent/{AGENT_VERSION}"},
         )
-        net_task: asyncio.Task[None] | None = None
+        background: list[asyncio.Task[None]] = []
         try:
             self.hardware = await asyncio.to_thread(probe_hardware, self.config.state_dir)
             log.info(
@@ -195,14 +200,23 @@ class Agent:
             self._sampler = await asyncio.to_thread(Sampler)
             self.metrics.set_hardware(self.hardware)
             if self.config.metrics_port:
-                self._metrics_server = MetricsServer(
-                    self.metrics, self.config.metrics_port, self.config.metrics_addr
-                )
-                log.info("metrics on :%d/metrics", self._metrics_server.port)
+                try:
+                    self._metrics_server = MetricsServer(
+                        self.metrics, self.config.metrics_port, self.config.metrics_addr
+                    )
+                    log.info("metrics on :%d/metrics", self._metrics_server.port)
+                except OSError as exc:
+                    # Telemetry still reaches the server; only the local scrape is missing.
+                    log.warning(
+                        "no local /metrics: port %d unavailable (%s); pick --metrics-port",
+                        self.config.metrics_port,
+                        exc,
+                    )
             self._requeue_unreported()
             if not await self._ensure_credential():
                 return EXIT_OK  # stopped while joining
-            net_task = asyncio.create_task(self._network_loop())
+            background.append(asyncio.create_task(self._network_loop()))
+            background.append(asyncio.create_task(self._nodes_loop()))
             await self._heartbeat_loop()
             await self._shutdown()
             return EXIT_OK
@@ -210,8 +224,8 @@ class Agent:
             log.error("agent stopped: %s", exc.reason)
             return exc.code
         finally:
-            if net_task is not None:
-                net_task.cancel()
+            for task in background:
+                task.cancel()
             for task in self._running.values():
                 task.cancel()
             await self._client.aclose()
@@ -255,6 +269,9 @@ class Agent:
                 "create a device (tesai device add) and pass --token",
             )
         assert self.hardware is not None
+        with contextlib.suppress(httpx.HTTPError):
+            # RTT only: the bandwidth endpoint needs the credential we are about to get.
+            self.hardware.net = await probe_network(self.client, {}, 0)
         request = JoinRequest(
             join_token=self.config.join_token,
             hardware=self.hardware,
@@ -268,8 +285,13 @@ class Agent:
             except httpx.HTTPError as exc:
                 response = None
                 log.warning("join: control plane unreachable (%s)", exc)
+            joined: JoinResponse | None = None
             if response is not None and response.status_code < 300:
-                joined = JoinResponse.model_validate(response.json())
+                try:
+                    joined = JoinResponse.model_validate(response.json())
+                except ValueError as exc:
+                    log.warning("unreadable join response: %s", exc)
+            if joined is not None:
                 self.credential = Credential(
                     server_url=self.config.server_url,
                     device_id=joined.device_id,
@@ -280,7 +302,7 @@ class Agent:
                 self.interval_s = joined.heartbeat_interval_s
                 log.info("joined as device %s", joined.device_id)
                 return True
-            if response is not None and not _is_retryable(response):
+            if response is not None and response.status_code >= 300 and not _is_retryable(response):
                 raise AgentExit(EXIT_JOIN_REJECTED, f"join refused: {_problem(response)}")
             await self._sleep(backoff_delay(attempt, cap=self.config.backoff_cap_s))
             attempt += 1
@@ -314,7 +336,8 @@ class Agent:
         return AgentExit(
             EXIT_CREDENTIAL_REVOKED,
             f"the server rejected this device's credential ({_problem(response)}): it was "
-            "revoked or the device removed. Create a new join token and run the agent with "
+            "revoked, it expired while the agent was away, or the device was removed. Create a "
+            "new join token (tesai device join-token, or the console) and run the agent with "
             "--token to join again.",
         )
 
@@ -349,9 +372,15 @@ class Agent:
             if failures:
                 log.info("control plane reachable again after %d failed heartbeat(s)", failures)
             failures = 0
+            try:
+                reply = HeartbeatResponse.model_validate(response.json())
+            except ValueError as exc:  # not our server's answer (a proxy's page, say)
+                log.warning("unreadable heartbeat response: %s", exc)
+                await self._sleep(backoff_delay(failures, cap=self.config.backoff_cap_s))
+                failures += 1
+                continue
             self.seq += 1
             self._forget_sent(beat)
-            reply = HeartbeatResponse.model_validate(response.json())
             self.interval_s = reply.interval_s
             self._accept_commands(reply.commands)
             if reply.rotate_credential or self._expires_soon():
@@ -371,17 +400,17 @@ class Agent:
         assert self._sampler is not None
         telemetry = await asyncio.to_thread(self._sampler.sample, self.net)
         self.metrics.update(telemetry, self._sampler.last_xid)
-        status = self.handlers.status
+        status: DeviceStatus = self.handlers.status
         reason = None
         if self.hardware is not None and self.hardware.probe_status == "error":
             status, reason = "error", self.hardware.probe_reason
         return Heartbeat(
             seq=self.seq,
             sent_at=datetime.now(UTC),
-            status=status,  # type: ignore[arg-type]
+            status=status,
             reason=reason,
             telemetry=telemetry,
-            nodes=await self.handlers.node_states(),
+            nodes=self.nodes,
             acked_commands=list(self._pending_acks)[:MAX_COMMANDS],
             command_results=list(self._pending_results.values())[:MAX_COMMANDS],
         )
@@ -422,6 +451,8 @@ class Agent:
             result = await self.handlers.handle(command)
             self.state.record_result(result)
             self._pending_results[command.id] = result
+            if command.kind in ("join_cluster", "leave_cluster"):
+                self._nodes_changed.set()
             log.info(
                 "command %s (%s): %s%s",
                 command.id,
@@ -473,6 +504,26 @@ class Agent:
             if self._stop.is_set():
                 break
         return CommandResult(id=args.challenge_id, ok=False, detail="verification_not_delivered")
+
+    # --- cluster nodes ---
+
+    async def _nodes_loop(self) -> None:
+        """Refresh node states in the background: asking Ray can take seconds, and a slow
+        answer must never delay a heartbeat past the server's grace period."""
+        while not self._stop.is_set():
+            self.nodes = await self.handlers.node_states()
+            self._nodes_changed.clear()
+            waiters = [
+                asyncio.ensure_future(self._stop.wait()),
+                asyncio.ensure_future(self._nodes_changed.wait()),
+            ]
+            try:
+                await asyncio.wait(
+                    waiters, timeout=self.interval_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for w in waiters:
+                    w.cancel()
 
     # --- network ---
 

@@ -63,6 +63,7 @@ def agent(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat is noise
     config = AgentConfig(
         server_url=server,
         join_token=token,

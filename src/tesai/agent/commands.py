@@ -25,6 +25,7 @@ from tesai.protocol.v1 import (
     REASON_UNKNOWN_COMMAND,
     Command,
     CommandResult,
+    DeviceStatus,
     NodeState,
     VerificationResult,
     VerifyArgs,
@@ -71,7 +72,7 @@ class CommandHandlers:
     def __init__(self, verifier: Verifier, ray_node: ModuleType | None = None) -> None:
         self._verifier = verifier
         self.ray_node = ray_node
-        self.status: str = "ready"
+        self.status: DeviceStatus = "ready"
 
     async def handle(self, command: Command) -> CommandResult:
         """Apply one command; never raises."""

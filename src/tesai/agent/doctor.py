@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import httpx
 
+from tesai.agent.commands import load_ray_node
 from tesai.agent.probe import probe_gpus
 from tesai.agent.state import CREDENTIAL_FILE, AgentState
 from tesai.protocol.v1 import HEALTHZ_PATH, REASON_NVML_UNAVAILABLE
@@ -29,7 +31,7 @@ Outcome = Literal["OK", "WARN", "FAIL"]
 EXPECTED_RAY_VERSION = "2.60.0"
 """The Ray version the platform's clusters run (clusters need one version on every node)."""
 RAY_PORTS: dict[str, int] = {"GCS": 6379, "dashboard": 8265, "client server": 10001}
-"""Ray's default head-node ports; cluster nodes may be given others, but these are the usual."""
+"""Ray's default head-node ports, checked when the agent has no Ray node support (ray_node)."""
 MAX_CLOCK_SKEW_S = 10.0
 
 
@@ -106,8 +108,12 @@ def port_free(port: int, host: str = "0.0.0.0") -> bool:
 
 
 def check_ports(ports: dict[str, int] | None = None) -> Check:
-    """Ray's ports are free."""
-    busy = [f"{name} {port}" for name, port in (ports or RAY_PORTS).items() if not port_free(port)]
+    """Ports for Ray nodes are free: the agent's range (ray_node) or Ray's default ports."""
+    ray_node = load_ray_node()
+    if ports is None and ray_node is not None:
+        return _check_port_range(ray_node)
+    wanted = ports or RAY_PORTS
+    busy = [f"{name} {port}" for name, port in wanted.items() if not port_free(port)]
     if busy:
         return Check(
             "Ray ports",
@@ -115,7 +121,36 @@ def check_ports(ports: dict[str, int] | None = None) -> Check:
             f"in use: {', '.join(busy)}",
             "stop whatever listens there (ss -ltnp), or run no other Ray/Redis on this host",
         )
-    return Check("Ray ports", "OK", ", ".join(f"{p}" for p in (ports or RAY_PORTS).values()))
+    return Check("Ray ports", "OK", ", ".join(f"{p}" for p in wanted.values()))
+
+
+def _check_port_range(ray_node: ModuleType) -> Check:
+    text = os.environ.get(ray_node.PORT_RANGE_ENV, "20000-29999")
+    try:
+        ports = ray_node.PortRange.parse(text)
+    except ValueError:
+        return Check(
+            "Ray ports",
+            "FAIL",
+            f"{ray_node.PORT_RANGE_ENV}={text!r} is not a port range",
+            f"set {ray_node.PORT_RANGE_ENV}=20000-29999 (first-last)",
+        )
+    needed = int(ray_node.ports_needed("head"))
+    try:
+        ray_node.PortAllocator(ports).allocate(needed)
+    except ray_node.RayNodeError:
+        return Check(
+            "Ray ports",
+            "FAIL",
+            f"no {needed} consecutive free ports in {ports.first}-{ports.last} for a Ray node",
+            f"free ports in that range (ss -ltnp) or set {ray_node.PORT_RANGE_ENV}",
+        )
+    return Check(
+        "Ray ports",
+        "OK",
+        f"{ports.first}-{ports.last} has room for a Ray node ({needed} ports); "
+        "open it in the host firewall to other providers' hosts",
+    )
 
 
 def check_server(server: str, timeout: float = 5.0) -> tuple[Check, Check]:

@@ -25,7 +25,7 @@ async def measure_rtt(client: httpx.AsyncClient, samples: int = RTT_SAMPLES) -> 
         try:
             response = await client.get(HEALTHZ_PATH)
         except httpx.HTTPError:
-            continue
+            break  # unreachable: do not wait out a timeout per sample
         if response.status_code < 500:
             times.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times) if times else None
@@ -58,7 +58,7 @@ async def probe_network(
 ) -> NetworkProbe:
     """RTT, bandwidth and the connectivity tier they give."""
     rtt = await measure_rtt(client)
-    bandwidth = await measure_bandwidth(client, headers, size) if rtt is not None else None
+    bandwidth = await measure_bandwidth(client, headers, size) if rtt is not None and size else None
     return NetworkProbe(
         rtt_ms=round(rtt, 3) if rtt is not None else None,
         bandwidth_mbps=round(bandwidth, 1) if bandwidth is not None else None,

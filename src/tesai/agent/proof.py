@@ -60,19 +60,29 @@ def run_cpu_proof(args: VerifyArgs, cpu_cores: int | None = None) -> Verificatio
 
 
 def _vram_alloc_ok(torch: Any, device: Any, declared_bytes: int) -> bool | None:
+    """Whether the declared VRAM is really there: False when the GPU is smaller or the
+    allocation fails, None when other work holds too much of it to test (a busy GPU)."""
     if declared_bytes <= 0:
         return None
+    free, total = (int(v) for v in torch.cuda.mem_get_info(device))
+    if total < declared_bytes * 0.95:
+        log.warning("GPU has %d bytes, %d declared", total, declared_bytes)
+        return False
+    wanted = int(declared_bytes * VRAM_HEADROOM)
+    busy = free < wanted
     try:
-        block = torch.empty(int(declared_bytes * VRAM_HEADROOM), dtype=torch.uint8, device=device)
+        block = torch.empty(
+            min(wanted, max(free - 512 * 1024 * 1024, 0)), dtype=torch.uint8, device=device
+        )
         block.fill_(1)
         torch.cuda.synchronize(device)
         del block
         torch.cuda.empty_cache()
-        return True
     except Exception as exc:  # torch.cuda.OutOfMemoryError and driver errors alike
-        log.warning("VRAM allocation of %d bytes failed: %s", declared_bytes, exc)
+        log.warning("VRAM allocation of %d bytes failed: %s", wanted, exc)
         torch.cuda.empty_cache()
         return False
+    return None if busy else True
 
 
 def _h2d_gbps(torch: Any, device: Any) -> float | None:

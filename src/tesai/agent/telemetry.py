@@ -162,9 +162,10 @@ class Sampler:
             for index in range(int(nvml.nvmlDeviceGetCount())):
                 uuid = nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(index))
                 uuid_to_index[uuid.decode() if isinstance(uuid, bytes) else str(uuid)] = index
+        wait = getattr(nvml, "nvmlEventSetWait_v2", None) or nvml.nvmlEventSetWait
         for _ in range(1000):
             try:
-                event = nvml.nvmlEventSetWait_v2(self._events, 0)
+                event = wait(self._events, 0)
             except Exception:
                 return  # NVML_ERROR_TIMEOUT: nothing pending
             uuid = _opt(nvml.nvmlDeviceGetUUID, event.device)

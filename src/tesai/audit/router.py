@@ -20,7 +20,7 @@ router = APIRouter(prefix="/internal/audit", tags=["internal"])
 async def list_audit_events(
     admin: AdminUser,
     session: SessionDep,
-    action: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = None,
     actor: Annotated[uuid.UUID | None, Query(description="actor user id")] = None,
     since: datetime | None = None,
     before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,

@@ -17,6 +17,21 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tesai.audit.models import AuditEvent
 
 
+def _clean(value: Any) -> Any:
+    """PostgreSQL text and JSONB cannot hold NUL; audit details often quote user input."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_clean(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _short(value: str | None, limit: int) -> str | None:
+    return None if value is None else _clean(value)[:limit]
+
+
 async def record(
     session: AsyncSession,
     *,
@@ -28,15 +43,19 @@ async def record(
     ip: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Add one audit event to ``session`` (flushed, committed with the caller's work)."""
+    """Add one audit event to ``session`` (flushed, committed with the caller's work).
+
+    Strings are made storable (NUL replaced, cut to the column length), so recording
+    never fails on odd user input.
+    """
     event = AuditEvent(
-        action=action,
+        action=_short(action, 64),
         actor_user_id=actor_user_id,
-        actor_kind=actor_kind,
-        subject_type=subject_type,
-        subject_id=str(subject_id) if subject_id is not None else None,
-        ip=ip,
-        details=details or {},
+        actor_kind=_short(actor_kind, 16),
+        subject_type=_short(subject_type, 32),
+        subject_id=_short(str(subject_id), 64) if subject_id is not None else None,
+        ip=_short(ip, 64),
+        details=_clean(details or {}),
     )
     session.add(event)
     await session.flush()

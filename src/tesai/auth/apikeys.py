@@ -11,13 +11,14 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.auth.errors import ApiKeyNotFound
 from tesai.auth.models import ApiKey
-from tesai.auth.principal import api_key_cache_key, hash_secret
+from tesai.auth.principal import api_key_cache_key, forget_local, hash_secret
 from tesai.db import after_commit
 from tesai.errors import BadRequest
 from tesai.kit.cache import Cache
@@ -30,7 +31,7 @@ class UnknownScope(BadRequest):
 
 def new_key_material() -> tuple[str, str]:
     """(prefix, whole key). Hex keeps ``_`` free as the separator."""
-    prefix = secrets.token_hex(4)
+    prefix = secrets.token_hex(6)  # 48 bits: collisions stay unlikely at millions of keys
     return prefix, f"tesai_{prefix}_{secrets.token_hex(20)}"
 
 
@@ -72,10 +73,16 @@ async def list_api_keys(session: AsyncSession, user_id: uuid.UUID) -> list[ApiKe
 
 
 async def revoke_api_key(
-    session: AsyncSession, cache: Cache, *, user_id: uuid.UUID, key_id: uuid.UUID
+    session: AsyncSession,
+    cache: Cache,
+    *,
+    user_id: uuid.UUID,
+    key_id: uuid.UUID,
+    local_state: dict[str, Any] | None = None,
 ) -> ApiKey:
     """Revoke one of the user's keys (idempotent). Raises ``ApiKeyNotFound`` for keys of
-    other users too."""
+    other users too. ``local_state`` (``runtime.state``) also drops this process's
+    in-memory copy of the lookup."""
     row = await session.scalar(
         select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id).with_for_update()
     )
@@ -84,13 +91,16 @@ async def revoke_api_key(
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         await session.flush()
-    cache_key = api_key_cache_key(row.key_hash)
-    await cache.delete(cache_key)
+    cache_key, key_hash = api_key_cache_key(row.key_hash), row.key_hash
 
     async def forget() -> None:
-        # Again after commit: a request between the delete and the commit may have
-        # re-cached the key as still active.
         await cache.delete(cache_key)
+        if local_state is not None:
+            forget_local(local_state, key_hash)
 
+    await forget()
+    # Again after commit: a request between the delete and the commit may have
+    # re-cached the key as still active.
     after_commit(session, forget)
+
     return row

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tesai.errors import BadRequest, Conflict, Forbidden, NotFound, TokenInvalid, Unauthorized
+from tesai.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    TokenInvalid,
+    Unauthorized,
+)
 
 
 class InvalidCredentials(Unauthorized):
@@ -51,3 +59,7 @@ class UnknownOidcProvider(NotFound):
 
 class OidcLoginFailed(Unauthorized):
     code = "oidc_login_failed"
+
+
+class OidcProviderUnavailable(ServiceUnavailable):
+    code = "oidc_provider_unavailable"

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.accounts import service as accounts
 from tesai.accounts.models import User
-from tesai.auth.errors import OidcLoginFailed, UnknownOidcProvider
+from tesai.auth.errors import OidcLoginFailed, OidcProviderUnavailable, UnknownOidcProvider
 from tesai.auth.models import OidcIdentity
 from tesai.runtime import Runtime
 from tesai.settings import OIDCProvider
@@ -67,9 +67,9 @@ async def _get_json(url: str) -> dict[str, Any]:
             response.raise_for_status()
             data = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        raise OidcLoginFailed(f"Identity provider unreachable or invalid: {url}") from exc
+        raise OidcProviderUnavailable(f"Identity provider unreachable or invalid: {url}") from exc
     if not isinstance(data, dict):
-        raise OidcLoginFailed(f"Identity provider sent no JSON object: {url}")
+        raise OidcProviderUnavailable(f"Identity provider sent no JSON object: {url}")
     return data
 
 
@@ -79,7 +79,7 @@ async def _metadata(runtime: Runtime, provider: OIDCProvider) -> dict[str, Any]:
     if meta is None:
         meta = await _get_json(provider.issuer.rstrip("/") + "/.well-known/openid-configuration")
         if meta.get("issuer") != provider.issuer:
-            raise OidcLoginFailed("Provider metadata names another issuer")
+            raise OidcProviderUnavailable("Provider metadata names another issuer")
         cache[provider.name] = meta
     return meta
 
@@ -92,7 +92,7 @@ async def _jwks(runtime: Runtime, provider: OIDCProvider, *, refresh: bool) -> j
         try:
             keys = jwt.PyJWKSet.from_dict(await _get_json(str(meta["jwks_uri"])))
         except (KeyError, jwt.PyJWTError) as exc:
-            raise OidcLoginFailed("Provider JWKS unusable") from exc
+            raise OidcProviderUnavailable("Provider JWKS unusable") from exc
         cache[provider.name] = keys
     return keys
 
@@ -183,7 +183,9 @@ async def finish_login(runtime: Runtime, name: str, *, code: str, state: str) ->
             token = await client.fetch_token(
                 str(meta["token_endpoint"]), code=code, code_verifier=saved["verifier"]
             )
-    except Exception as exc:  # authlib raises several unrelated types (OAuthError, httpx…)
+    except httpx.HTTPError as exc:
+        raise OidcProviderUnavailable("Identity provider unreachable") from exc
+    except Exception as exc:  # authlib raises several unrelated types (OAuthError, ValueError)
         raise OidcLoginFailed("Code exchange with the identity provider failed") from exc
     id_token = token.get("id_token")
     if not isinstance(id_token, str):

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 _hasher = PasswordHasher()  # argon2id, t=3, m=64 MiB, p=4
-# Verified against when the email is unknown, so both paths cost the same time.
-_DUMMY_HASH = _hasher.hash("not a real password")
+
+
+@cache
+def _dummy_hash() -> str:
+    """Verified against when the email is unknown, so both paths cost the same time."""
+    return _hasher.hash("not a real password")
 
 
 async def hash_password(password: str) -> str:
@@ -22,7 +27,7 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
 
     def check() -> bool:
         try:
-            return bool(_hasher.verify(password_hash or _DUMMY_HASH, password)) and (
+            return bool(_hasher.verify(password_hash or _dummy_hash(), password)) and (
                 password_hash is not None
             )
         except (VerificationError, InvalidHashError):

@@ -7,6 +7,9 @@ Two credentials reach the API: access JWTs (``Authorization: Bearer <jwt>``) and
   scopes and a snapshot of the user. A miss reads PostgreSQL once and fills the cache for
   ``auth_cache_ttl_s``; revoking a key or changing the user's roles deletes the entry.
   Unknown keys are cached too (as ``-``) so a stream of bad keys does not reach the DB.
+  Each process also keeps the lookup in memory for ``auth_local_cache_ttl_s`` (default
+  1 s), so a busy key costs no round trip at all; that bounds how late a revocation
+  reaches the *other* processes.
 - JWT: signature check in process, then one MGET of the user snapshot and the
   revoked-session marker that logout sets (so logout also ends the access tokens).
 
@@ -33,7 +36,6 @@ from tesai.auth.errors import ApiKeyInvalid
 from tesai.auth.models import ApiKey
 from tesai.auth.tokens import runtime_signing_key, verify_access_token
 from tesai.errors import TokenInvalid, Unauthorized
-from tesai.kit.cache import Cache
 from tesai.kit.time import utcnow
 from tesai.runtime import Runtime
 
@@ -123,6 +125,7 @@ async def invalidate_user(runtime: Runtime, user_id: uuid.UUID) -> None:
             await session.scalars(select(ApiKey.key_hash).where(ApiKey.user_id == user_id))
         ).all()
     await runtime.cache.delete(user_key(user_id), *(api_key_cache_key(h) for h in hashes))
+    forget_local(runtime.state)
 
 
 async def _load_user_snapshot(runtime: Runtime, user_id: uuid.UUID) -> dict[str, Any] | None:
@@ -194,18 +197,45 @@ async def _touch_last_used(runtime: Runtime, key_id: uuid.UUID) -> None:
         )
 
 
+LOCAL_CACHE_MAX = 10_000
+
+
+def forget_local(state: dict[str, Any], key_hash: str | None = None) -> None:
+    """Drop this process's local copy of one API-key lookup (or of all of them)."""
+    local: dict[str, tuple[float, Any]] = state.setdefault("auth.key_local", {})
+    if key_hash is None:
+        local.clear()
+    else:
+        local.pop(key_hash, None)
+
+
+async def _api_key_data(runtime: Runtime, key_hash: str) -> dict[str, Any] | None:
+    """The cached lookup (None for unknown/revoked): process memory, else Redis, else SQL."""
+    local: dict[str, tuple[float, Any]] = runtime.state.setdefault("auth.key_local", {})
+    now = time.monotonic()
+    hit = local.get(key_hash)
+    if hit is not None and hit[0] > now:
+        data: dict[str, Any] | None = hit[1]
+        return data
+    entry = await runtime.cache.get(api_key_cache_key(key_hash))
+    if entry is None:
+        entry = await _load_api_key_entry(runtime, key_hash)
+    data = None if entry == b"-" else orjson.loads(entry)
+    ttl = runtime.settings.auth_local_cache_ttl_s
+    if ttl > 0:
+        if len(local) >= LOCAL_CACHE_MAX:
+            local.clear()  # crude but bounded; a refill costs one Redis GET per key
+        local[key_hash] = (now + ttl, data)
+    return data
+
+
 async def authenticate_api_key(runtime: Runtime, raw: str) -> Principal:
     """Raises ``ApiKeyInvalid`` for unknown, malformed or revoked keys."""
     if parse_api_key(raw) is None:
         raise ApiKeyInvalid("Malformed API key")
-    key_hash = hash_secret(raw)
-    cache: Cache = runtime.cache
-    entry = await cache.get(api_key_cache_key(key_hash))
-    if entry is None:
-        entry = await _load_api_key_entry(runtime, key_hash)
-    if entry == b"-":
+    data = await _api_key_data(runtime, hash_secret(raw))
+    if data is None:
         raise ApiKeyInvalid("Unknown or revoked API key")
-    data = orjson.loads(entry)
     if not data["u"]["on"]:
         raise ApiKeyInvalid("Account disabled")
     key_id = uuid.UUID(data["k"])

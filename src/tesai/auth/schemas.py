@@ -63,7 +63,7 @@ class UserOut(BaseModel):
 
 
 class ApiKeyCreate(BaseModel):
-    name: str = Field(default="", max_length=120)
+    name: str = Field(default="", max_length=120, pattern=r"^[^\x00-\x1f]*$")
     scopes: list[str] = Field(min_length=1, max_length=16)
 
 

@@ -85,7 +85,7 @@ async def _issue(
     return TokenPair(access, refresh, min(settings.access_token_ttl_s, 900))
 
 
-async def _revoke_family(session: AsyncSession, cache: Cache, family_id: uuid.UUID) -> None:
+async def _revoke_family(session: AsyncSession, family_id: uuid.UUID) -> None:
     now = utcnow()
     await session.execute(
         update(RefreshToken)
@@ -125,7 +125,7 @@ async def rotate_refresh_token(
     if row.revoked_at is not None:
         raise RefreshTokenInvalid("Refresh token revoked")
     if row.used_at is not None:
-        await _revoke_family(session, cache, row.family_id)
+        await _revoke_family(session, row.family_id)
         await record(
             session,
             action="auth.refresh_reuse",
@@ -156,7 +156,7 @@ async def logout(
     )
     if row is None:
         return None
-    await _revoke_family(session, cache, row.family_id)
+    await _revoke_family(session, row.family_id)
     await _mark_family_revoked(cache, settings, row.family_id)
     return row
 
@@ -165,5 +165,5 @@ async def logout_family(
     session: AsyncSession, cache: Cache, settings: Settings, family_id: uuid.UUID
 ) -> None:
     """Revoke one session by its family id (the ``sid`` of an access token)."""
-    await _revoke_family(session, cache, family_id)
+    await _revoke_family(session, family_id)
     await _mark_family_revoked(cache, settings, family_id)

@@ -44,3 +44,10 @@ class WalletProofInvalid(BadRequest):
 
 class PayoutNotFound(NotFound):
     code = "payout_not_found"
+
+
+class PaymentsNotConfigured(Conflict):
+    """This deployment has no treasury or hot wallet set up (a state of the deployment,
+    not an outage: 409, so clients do not retry)."""
+
+    code = "payments_not_configured"

@@ -15,12 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tesai.audit.models import AuditEvent
 from tesai.billing.errors import IdempotencyKeyReused, InsufficientFunds
 from tesai.billing.models import LedgerAccount, LedgerPosting, LedgerTransaction
+from tesai.errors import AppError
 
 
 class AccountKind:
@@ -79,13 +81,7 @@ class Movement:
 
 async def account_id(session: AsyncSession, account: AccountRef) -> int:
     """The id of ``account``, created (at zero) when it does not exist yet."""
-    found = await session.scalar(
-        select(LedgerAccount.id).where(
-            LedgerAccount.owner_user_id.is_not_distinct_from(account.owner_user_id),
-            LedgerAccount.kind == account.kind,
-            LedgerAccount.ref == account.ref,
-        )
-    )
+    found = await session.scalar(select(LedgerAccount.id).where(_matches(account)))
     if found is not None:
         return found
     stmt = (
@@ -102,26 +98,14 @@ async def account_id(session: AsyncSession, account: AccountRef) -> int:
     created = await session.scalar(stmt)
     if created is not None:
         return created
-    found = await session.scalar(
-        select(LedgerAccount.id).where(
-            LedgerAccount.owner_user_id.is_not_distinct_from(account.owner_user_id),
-            LedgerAccount.kind == account.kind,
-            LedgerAccount.ref == account.ref,
-        )
-    )
+    found = await session.scalar(select(LedgerAccount.id).where(_matches(account)))
     assert found is not None
     return found
 
 
 async def balance_of(session: AsyncSession, account: AccountRef) -> int:
     """Current balance (0 for an account that does not exist yet)."""
-    value = await session.scalar(
-        select(LedgerAccount.balance).where(
-            LedgerAccount.owner_user_id.is_not_distinct_from(account.owner_user_id),
-            LedgerAccount.kind == account.kind,
-            LedgerAccount.ref == account.ref,
-        )
-    )
+    value = await session.scalar(select(LedgerAccount.balance).where(_matches(account)))
     return int(value or 0)
 
 
@@ -151,15 +135,51 @@ async def find_replay(
     return Movement(row.id, row.kind, dict(row.refs.get("result", {})), replayed=True)
 
 
-async def lock_balances(session: AsyncSession, ids: Sequence[int]) -> dict[int, int]:
-    """Lock accounts in id order and return their balances."""
-    rows = await session.execute(
-        select(LedgerAccount.id, LedgerAccount.balance)
-        .where(LedgerAccount.id.in_(sorted(set(ids))))
+def _matches(account: AccountRef) -> ColumnElement[bool]:
+    # Platform accounts have no owner; "IS NULL" (not IS NOT DISTINCT FROM) keeps the
+    # unique index usable.
+    owner = (
+        LedgerAccount.owner_user_id.is_(None)
+        if account.owner_user_id is None
+        else LedgerAccount.owner_user_id == account.owner_user_id
+    )
+    return and_(owner, LedgerAccount.kind == account.kind, LedgerAccount.ref == account.ref)
+
+
+async def lock_accounts(
+    session: AsyncSession, accounts: Sequence[AccountRef]
+) -> dict[AccountRef, tuple[int, int]]:
+    """Lock ``accounts`` in id order (creating missing ones); returns (id, balance) each.
+
+    One round trip when the accounts exist; the id order means two movements touching the
+    same accounts never deadlock.
+    """
+    wanted = list(dict.fromkeys(accounts))
+    query = (
+        select(
+            LedgerAccount.id,
+            LedgerAccount.owner_user_id,
+            LedgerAccount.kind,
+            LedgerAccount.ref,
+            LedgerAccount.balance,
+        )
+        .where(or_(*(_matches(a) for a in wanted)))
         .order_by(LedgerAccount.id)
         .with_for_update()
     )
-    return {r[0]: int(r[1]) for r in rows}
+    found = {
+        AccountRef(r.owner_user_id, r.kind, r.ref): (int(r.id), int(r.balance))
+        for r in await session.execute(query)
+    }
+    missing = [a for a in wanted if a not in found]
+    if not missing:
+        return found
+    for acc in missing:
+        await account_id(session, acc)
+    return {
+        AccountRef(r.owner_user_id, r.kind, r.ref): (int(r.id), int(r.balance))
+        for r in await session.execute(query)
+    }
 
 
 async def post(
@@ -181,18 +201,20 @@ async def post(
     unused, so the same request may be retried once funds arrive. Raises
     ``IdempotencyKeyReused`` for a key used earlier with other parameters.
     """
+    # Locks first: a twin request holding the same accounts commits before we look for its
+    # key, so we see its movement instead of moving money a second time.
+    locked = await lock_accounts(session, accounts)
+    checkpoint("accounts")
     replay = await find_replay(session, kind=kind, key=key, request_hash=request_hash)
     if replay is not None:
         return replay
-    ids = {acc: await account_id(session, acc) for acc in accounts}
-    checkpoint("accounts")
-    balances = await lock_balances(session, list(ids.values()))
-    legs, result = plan({acc: balances[i] for acc, i in ids.items()})
+    legs, result = plan({acc: bal for acc, (_, bal) in locked.items()})
     if sum(leg.amount for leg in legs) != 0:
         raise ValueError(f"unbalanced plan for {kind}: {legs}")
+    ids = {acc: i for acc, (i, _) in locked.items()}
     for leg in legs:
         if leg.account not in ids:
-            ids[leg.account] = await account_id(session, leg.account)
+            raise ValueError(f"{kind}: leg on an account not named in accounts: {leg.account}")
     # A twin request with the same key that committed while we waited for the locks wins:
     # the insert then does nothing and we answer with its result.
     stmt = (
@@ -231,3 +253,122 @@ def require_funds(available: int, needed: int, what: str) -> None:
             needed_micro=needed,
             available_micro=available,
         )
+
+
+@dataclass(frozen=True)
+class PostRequest:
+    """One movement for ``post_batch``; the same fields as ``post`` takes."""
+
+    kind: str
+    key: str
+    request_hash: str
+    plan: Callable[[dict[AccountRef, int]], tuple[list[Leg], dict[str, Any]]]
+    accounts: Sequence[AccountRef]
+    memo: str = ""
+    refs: dict[str, Any] = field(default_factory=dict)
+    audit: dict[str, Any] | None = None
+    """Audit row fields (action, actor_user_id, subject_type, subject_id, details)."""
+
+
+async def post_batch(
+    session: AsyncSession, requests: Sequence[PostRequest]
+) -> list[Movement | AppError]:
+    """Make many movements in a handful of statements, each exactly once per key.
+
+    The same rules as ``post``, set-based: one query finds replays, one locks every
+    account (id order), plans run in order against running balances (so a refusal is
+    decided exactly as one-by-one would), one INSERT writes the transactions, one the
+    postings and one the audit rows. A refused movement's slot holds its error; the
+    others still happen. Keys must be distinct within one batch.
+    """
+    keys = [r.key for r in requests]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate idempotency keys in one batch")
+    # Locks first (see ``post``): a twin batch commits before we look for its keys.
+    all_accounts = [acc for r in requests for acc in r.accounts]
+    locked = await lock_accounts(session, all_accounts) if all_accounts else {}
+    checkpoint("accounts")
+    rows = (
+        await session.execute(
+            select(
+                LedgerTransaction.idempotency_key,
+                LedgerTransaction.id,
+                LedgerTransaction.kind,
+                LedgerTransaction.request_hash,
+                LedgerTransaction.refs,
+            ).where(LedgerTransaction.idempotency_key.in_(keys))
+        )
+    ).all()
+    existing = {r[0]: r for r in rows}
+    out: list[Movement | AppError | None] = [None] * len(requests)
+    todo: list[int] = []
+    for i, req in enumerate(requests):
+        found = existing.get(req.key)
+        if found is None:
+            todo.append(i)
+        elif found.request_hash != req.request_hash or found.kind != req.kind:
+            out[i] = IdempotencyKeyReused(
+                "This idempotency key was already used for a different request", key=req.key
+            )
+        else:
+            out[i] = Movement(found.id, found.kind, dict(found.refs.get("result", {})), True)
+    balances = {acc: bal for acc, (_, bal) in locked.items()}
+    planned: list[tuple[int, list[Leg], dict[str, Any]]] = []
+    for i in todo:
+        req = requests[i]
+        try:
+            legs, result = req.plan({acc: balances[acc] for acc in req.accounts})
+        except AppError as exc:
+            out[i] = exc
+            continue
+        if sum(leg.amount for leg in legs) != 0:
+            raise ValueError(f"unbalanced plan for {req.kind}: {legs}")
+        for leg in legs:
+            balances[leg.account] += leg.amount
+        planned.append((i, legs, result))
+    if planned:
+        tx_ids = list(
+            (
+                await session.scalars(
+                    insert(LedgerTransaction).returning(
+                        LedgerTransaction.id, sort_by_parameter_order=True
+                    ),
+                    [
+                        {
+                            "kind": requests[i].kind,
+                            "idempotency_key": requests[i].key,
+                            "request_hash": requests[i].request_hash,
+                            "memo": requests[i].memo,
+                            "refs": {**requests[i].refs, "result": result},
+                        }
+                        for i, _, result in planned
+                    ],
+                )
+            ).all()
+        )
+        checkpoint("claimed")
+        postings = [
+            {"transaction_id": tx, "account_id": locked[leg.account][0], "amount": leg.amount}
+            for tx, (_, legs, _) in zip(tx_ids, planned, strict=True)
+            for leg in legs
+            if leg.amount != 0
+        ]
+        if postings:
+            await session.execute(insert(LedgerPosting), postings)
+        checkpoint("posted")
+        audit_rows = [
+            {
+                "actor_kind": "user" if req.audit.get("actor_user_id") else "system",
+                **req.audit,
+                "details": {**req.audit.get("details", {}), "ledger_transaction_id": tx},
+            }
+            for tx, (i, _, _) in zip(tx_ids, planned, strict=True)
+            if (req := requests[i]).audit is not None
+        ]
+        if audit_rows:
+            await session.execute(insert(AuditEvent), audit_rows)
+        for tx, (i, _, result) in zip(tx_ids, planned, strict=True):
+            out[i] = Movement(tx, requests[i].kind, result)
+    done = [m for m in out if m is not None]
+    assert len(done) == len(requests)
+    return done

@@ -120,7 +120,7 @@ class NodeMeter(Base):
     __tablename__ = "billing_node_meters"
 
     node_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    cluster_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    cluster_id: Mapped[uuid.UUID]
     device_id: Mapped[uuid.UUID]
     customer_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     provider_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
@@ -129,7 +129,7 @@ class NodeMeter(Base):
     price_per_hour_micro: Mapped[int] = mapped_column(BigInteger)
     metered_until: Mapped[datetime]
     billed_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
-    active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class UsageBucket(Base):
@@ -147,9 +147,10 @@ class UsageBucket(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    cluster_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    # Few indexes on purpose: every metering tick writes one row per running node.
+    cluster_id: Mapped[uuid.UUID]
     node_id: Mapped[uuid.UUID]
-    device_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    device_id: Mapped[uuid.UUID]
     hold_account_id: Mapped[int] = mapped_column(BigInteger)
     earnings_account_id: Mapped[int] = mapped_column(BigInteger)
     minute: Mapped[datetime]

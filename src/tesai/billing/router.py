@@ -3,6 +3,7 @@
 - ``GET  /customer/balance``   available and held
 - ``GET  /customer/ledger``    postings, JSON or ``?format=csv``
 - ``GET  /customer/usage``     seconds, price and amount per cluster node
+- ``GET  /customer/invoices``  one statement per month
 - ``GET  /provider/earnings``  earnings, pending and paid-out totals
 - ``GET  /provider/usage``     what each device earned per cluster node
 - ``POST /internal/credits``   admin grant (``Idempotency-Key`` required)
@@ -26,6 +27,7 @@ from tesai.billing.schemas import (
     EarningsOut,
     GrantIn,
     LedgerLineOut,
+    MonthlyStatementOut,
     MovementOut,
     UsageLineOut,
 )
@@ -49,7 +51,7 @@ async def customer_ledger(
     user: CustomerUser,
     session: SessionDep,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """Every posting on the customer's accounts, newest first (JSON or CSV)."""
@@ -76,6 +78,15 @@ async def customer_usage(
     holds = await statements.account_ids(session, user.id, AccountKind.CUSTOMER_HELD)
     lines = await statements.usage_by_node(session, hold_account_ids=holds)
     return _usage_response(lines, format)
+
+
+@router.get("/customer/invoices")
+async def customer_invoices(user: CustomerUser, session: SessionDep) -> list[MonthlyStatementOut]:
+    """Monthly statements: deposits, grants, usage charged, unused holds returned."""
+    return [
+        MonthlyStatementOut.model_validate(m, from_attributes=True)
+        for m in await statements.monthly_statements(session, user.id)
+    ]
 
 
 @router.get("/provider/usage", response_model=list[UsageLineOut])

@@ -57,3 +57,11 @@ class MovementOut(BaseModel):
     transaction_id: int
     kind: str
     amount_micro: int
+
+
+class MonthlyStatementOut(BaseModel):
+    month: str
+    deposited_micro: int
+    granted_micro: int
+    charged_micro: int
+    released_micro: int

@@ -17,6 +17,7 @@ with other arguments raises ``IdempotencyKeyReused``. They flush and never commi
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,12 +30,14 @@ from tesai.billing.ledger import (
     AccountRef,
     Leg,
     Movement,
+    PostRequest,
     checkpoint,
     post,
+    post_batch,
     require_funds,
 )
 from tesai.billing.money import request_hash, split_capped
-from tesai.errors import NotFound
+from tesai.errors import AppError, NotFound
 
 
 def available(user_id: uuid.UUID) -> AccountRef:
@@ -243,37 +246,19 @@ async def settle_usage(
     ``money.split_capped``) and the result says ``exhausted: true`` — the caller stops the
     cluster. Result: ``provider``, ``fee``, ``charged``, ``exhausted``.
     """
-    if provider_amount_micro < 0:
-        raise AmountInvalid("Usage amount must not be negative")
-    hold = held(user_id, ref)
-    prov = earnings(provider_user_id)
-
-    def plan(balances: dict[AccountRef, int]) -> tuple[list[Leg], dict[str, Any]]:
-        split = split_capped(provider_amount_micro, fee_bps, balances[hold])
-        legs = [Leg(hold, -split.total), Leg(prov, split.provider), Leg(FEES, split.fee)]
-        exhausted = split.provider < provider_amount_micro
-        return legs, {
-            "provider": split.provider,
-            "fee": split.fee,
-            "charged": split.total,
-            "exhausted": exhausted,
-        }
-
+    request = _settle_request(
+        UsageCharge(user_id, ref, provider_user_id, provider_amount_micro, idempotency_key),
+        fee_bps,
+    )
     movement = await post(
         session,
-        kind="settle",
-        key=idempotency_key,
-        request_hash=request_hash(
-            user=user_id,
-            ref=ref,
-            provider=provider_user_id,
-            amount=provider_amount_micro,
-            fee_bps=fee_bps,
-        ),
-        plan=plan,
-        accounts=[hold, prov, FEES],
-        memo=f"usage {ref}",
-        refs={"hold": ref, "user_id": str(user_id), "provider_id": str(provider_user_id)},
+        kind=request.kind,
+        key=request.key,
+        request_hash=request.request_hash,
+        plan=request.plan,
+        accounts=request.accounts,
+        memo=request.memo,
+        refs=request.refs,
     )
     return await _audited(
         session,
@@ -432,3 +417,66 @@ async def reverse_payout(
         subject_id=str(payout_id),
         details={"amount_micro": amount_micro, "reason": reason},
     )
+
+
+@dataclass(frozen=True)
+class UsageCharge:
+    """One ``settle_usage`` call for ``settle_usage_many``."""
+
+    user_id: uuid.UUID
+    ref: str
+    provider_user_id: uuid.UUID
+    provider_amount_micro: int
+    idempotency_key: str
+
+
+def _settle_request(charge: UsageCharge, fee_bps: int) -> PostRequest:
+    hold = held(charge.user_id, charge.ref)
+    prov = earnings(charge.provider_user_id)
+    amount = charge.provider_amount_micro
+    if amount < 0:
+        raise AmountInvalid("Usage amount must not be negative")
+
+    def plan(balances: dict[AccountRef, int]) -> tuple[list[Leg], dict[str, Any]]:
+        split = split_capped(amount, fee_bps, balances[hold])
+        legs = [Leg(hold, -split.total), Leg(prov, split.provider), Leg(FEES, split.fee)]
+        return legs, {
+            "provider": split.provider,
+            "fee": split.fee,
+            "charged": split.total,
+            "exhausted": split.provider < amount,
+        }
+
+    return PostRequest(
+        kind="settle",
+        key=charge.idempotency_key,
+        request_hash=request_hash(
+            user=charge.user_id,
+            ref=charge.ref,
+            provider=charge.provider_user_id,
+            amount=amount,
+            fee_bps=fee_bps,
+        ),
+        plan=plan,
+        accounts=[hold, prov, FEES],
+        memo=f"usage {charge.ref}",
+        refs={
+            "hold": charge.ref,
+            "user_id": str(charge.user_id),
+            "provider_id": str(charge.provider_user_id),
+        },
+        audit={
+            "action": "money.usage_settled",
+            "actor_user_id": None,
+            "subject_type": "hold",
+            "subject_id": charge.ref,
+            "details": {"provider_user_id": str(charge.provider_user_id), "amount_micro": amount},
+        },
+    )
+
+
+async def settle_usage_many(
+    session: AsyncSession, charges: list[UsageCharge], *, fee_bps: int
+) -> list[Movement | AppError]:
+    """``settle_usage`` for many holds in a few statements (same results, same keys)."""
+    return await post_batch(session, [_settle_request(c, fee_bps) for c in charges])

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.billing.ledger import AccountKind
@@ -162,3 +162,37 @@ async def account_ids(session: AsyncSession, user_id: uuid.UUID, kind: str) -> l
             )
         ).all()
     )
+
+
+@dataclass(frozen=True)
+class MonthlyStatement:
+    month: str
+    """``YYYY-MM`` (UTC)."""
+    deposited_micro: int
+    granted_micro: int
+    charged_micro: int
+    """Usage paid out of holds (provider price plus platform fee)."""
+    released_micro: int
+    """Unused holds returned to available."""
+
+
+_MONTHLY_SQL = """
+SELECT to_char(date_trunc('month', t.created_at AT TIME ZONE 'UTC'), 'YYYY-MM') AS month,
+       coalesce(sum(p.amount) FILTER (WHERE t.kind = 'deposit'), 0),
+       coalesce(sum(p.amount) FILTER (WHERE t.kind = 'grant'), 0),
+       coalesce(-sum(p.amount) FILTER (WHERE t.kind IN ('settle', 'settle_batch')
+                                       AND a.kind = 'customer_held'), 0),
+       coalesce(sum(p.amount) FILTER (WHERE t.kind = 'release'
+                                      AND a.kind = 'customer_available'), 0)
+FROM ledger_postings p
+JOIN ledger_accounts a ON a.id = p.account_id
+JOIN ledger_transactions t ON t.id = p.transaction_id
+WHERE a.owner_user_id = :user AND a.kind IN ('customer_available', 'customer_held')
+GROUP BY 1 ORDER BY 1 DESC
+"""
+
+
+async def monthly_statements(session: AsyncSession, user_id: uuid.UUID) -> list[MonthlyStatement]:
+    """One line per month: what came in, what usage cost, what was returned."""
+    rows = await session.execute(text(_MONTHLY_SQL), {"user": user_id})
+    return [MonthlyStatement(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]

@@ -6,6 +6,9 @@ import typer
 
 from tesai.cli import agent as agent_cli
 from tesai.cli import auth as auth_cli
+from tesai.cli import clusters as clusters_cli
+from tesai.cli import devices as devices_cli
+from tesai.cli import money as money_cli
 from tesai.cli import server
 from tesai.cli import tasks as tasks_cli
 
@@ -30,3 +33,6 @@ app.command()(server.migrate)
 app.add_typer(tasks_cli.app, name="tasks")
 auth_cli.register(app)
 app.add_typer(agent_cli.app, name="agent")
+clusters_cli.register(app)
+app.add_typer(devices_cli.app, name="device")
+money_cli.register(app)

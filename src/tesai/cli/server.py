@@ -73,26 +73,28 @@ def up(
         bool, typer.Option("--agent/--no-agent", help="Also run an agent for this machine.")
     ] = True,
     admin_email: Annotated[
-        str, typer.Option(envvar="TESAI_ADMIN_EMAIL", help="Email of the local administrator.")
-    ] = "admin@example.com",
+        str | None,
+        typer.Option(
+            help="Email of the local administrator (default: TESAI_ADMIN_EMAIL, admin@example.com)."
+        ),
+    ] = None,
     admin_password: Annotated[
         str | None,
         typer.Option(
-            envvar="TESAI_ADMIN_PASSWORD",
-            help="Password of the local administrator: set on creation, or reset if given "
-            "later. Default on first start: a random one, printed and kept in "
+            help="Its password (default: TESAI_ADMIN_PASSWORD): set on creation, or reset if "
+            "given later. Unset on first start: a random one, printed and kept in "
             "TESAI_HOME/admin-password (0600).",
         ),
     ] = None,
 ) -> None:
     """Run TES AI on this machine, all in one process, until Ctrl-C.
 
-    Starts its own PostgreSQL (data under TESAI_HOME; or uses TESAI_DATABASE_URL),
-    migrates it, creates the local administrator (admin, provider and customer) on first
-    start and prints how to log in, serves the API and console on http://127.0.0.1:8000
-    with background tasks in-process, and runs an agent so this machine is a pool of one.
-    Ctrl-C (or SIGTERM) stops everything it started; the data stays for the next start.
-    """
+    Starts its own PostgreSQL (data under TESAI_HOME) unless TESAI_DATABASE_URL is set, migrates it, and serves the API and console on http://127.0.0.1:8000 with background tasks in-process. An agent joins this machine to the pool.
+
+    First start: creates the local administrator (admin, provider and customer; admin@example.com unless --admin-email) and prints its password, also kept in TESAI_HOME/admin-password.
+
+    Ctrl-C or SIGTERM stops everything it started; the data stays for the next start.
+    """  # noqa: E501 - typer re-wraps paragraphs; a line each keeps --help tidy
     from tesai.embedded.up import UpOptions, run_up
 
     settings = get_settings()
@@ -106,8 +108,9 @@ def up(
         host=host or settings.host,
         port=port if port is not None else settings.port,
         agent=agent,
-        admin_email=admin_email,
-        admin_password=admin_password,
+        admin_email=admin_email or settings.admin_email,
+        admin_password=admin_password
+        or (settings.admin_password.get_secret_value() if settings.admin_password else None),
     )
     raise typer.Exit(run_up(settings, options, console))
 
@@ -130,11 +133,11 @@ def server(
 ) -> None:
     """Serve the API for production: several uvicorn worker processes.
 
-    Needs TESAI_DATABASE_URL when TESAI_ENVIRONMENT=production (run `tesai migrate` first),
-    and should have TESAI_REDIS_URL and TESAI_BROKER_URL with `tesai tasks worker` and
-    `tesai tasks beat` running. Sets PROMETHEUS_MULTIPROC_DIR to a fresh directory when
-    unset, so /metrics adds up every worker.
-    """
+    Needs TESAI_DATABASE_URL when TESAI_ENVIRONMENT=production (run `tesai migrate` first). Run with TESAI_REDIS_URL and TESAI_BROKER_URL, next to `tesai tasks worker` and one `tesai tasks beat`.
+
+    Sets PROMETHEUS_MULTIPROC_DIR to a fresh directory when unset, so /metrics adds up every worker.
+    """  # noqa: E501 - typer re-wraps paragraphs; a line each keeps --help tidy
+
     import uvicorn
 
     settings = get_settings()
@@ -165,6 +168,8 @@ def server(
 
                 migrations.upgrade(url)  # the embedded database is ours to keep current
                 os.environ["TESAI_DATABASE_URL"] = url  # the workers read their settings
+            else:
+                _warn_unless_migrated(url)
             uvicorn.run(
                 "tesai.cli.server:create_server_app",
                 factory=True,
@@ -184,6 +189,18 @@ def server(
         signal.signal(signal.SIGTERM, previous)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _warn_unless_migrated(url: str) -> None:
+    from tesai import migrations
+
+    current = asyncio.run(migrations.current_revision(url))
+    head = migrations.head_revision()
+    if current != head:
+        err.print(
+            f"[yellow]warning:[/] the database is at revision {current}, this release "
+            f"expects {head}: run `tesai migrate`"
+        )
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

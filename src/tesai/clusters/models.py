@@ -122,6 +122,8 @@ class ClusterNode(IdMixin, CreatedAtMixin, Base):
         Enum(NodeState, name="node_state", values_callable=_values), default=NodeState.assigned
     )
     state_reason: Mapped[str | None] = mapped_column(String(64))
+    index: Mapped[int] = mapped_column(Integer, default=0)
+    """Position in the cluster (0 = first head); replacements take the next free number."""
     gpus: Mapped[int] = mapped_column(Integer)
     price_per_hour_micro: Mapped[int] = mapped_column(BigInteger)
     """What this node costs per hour (its GPUs × the device's price at booking)."""

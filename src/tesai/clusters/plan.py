@@ -133,6 +133,13 @@ def next_steps(view: ClusterView) -> Plan:
                 plan.add("mark_node_running", node_id=n.id)
 
     all_alive = head_up and head.alive_nodes is not None and head.alive_nodes >= len(nodes)
+    if all_alive:
+        # Ray itself reports every node alive: that is the truth for all of them, even if a
+        # worker's own heartbeat has not said so yet.
+        marked = {st.node_id for st in plan.steps if st.kind == "mark_node_running"}
+        for n in nodes:
+            if n.state is not NodeState.running and n.id not in marked and n.join_sent:
+                plan.add("mark_node_running", node_id=n.id)
     if all_alive and s in (
         ClusterStatus.provisioning,
         ClusterStatus.degraded,

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.billing import service as billing
@@ -43,7 +43,7 @@ from tesai.clusters.schemas import ClusterRequest
 from tesai.clusters.service import hold_ref, record_event, secret_box
 from tesai.db import run_after_commit
 from tesai.devices import keys as device_keys
-from tesai.devices.models import Device, DeviceStatus
+from tesai.devices.models import Device, DeviceCommand, DeviceStatus
 from tesai.devices.service import create_command, record_transition
 from tesai.kit.secretbox import SecretBox
 from tesai.kit.time import utcnow
@@ -81,7 +81,8 @@ def join_args(
         "cluster_id": str(cluster.id),
         "node_id": str(node.id),
         "role": node.role.value,
-        "ray_token": token,
+        "node_index": node.index,
+        "token": token,
         "ray_version": cluster.ray_version,
         "head_address": head_address,
         "num_gpus": node.gpus,
@@ -112,16 +113,41 @@ async def _reports(
     return {d: orjson.loads(r) for d, r in zip(device_ids, raws, strict=True) if r is not None}
 
 
+async def _join_failures(
+    session: AsyncSession, starting: list[ClusterNode]
+) -> dict[uuid.UUID, str]:
+    """Nodes whose agent answered their join command with a failure, and its reason."""
+    if not starting:
+        return {}
+    node_ids = [str(n.id) for n in starting]
+    rows = await session.execute(
+        select(DeviceCommand.args["node_id"].astext, DeviceCommand.result).where(
+            DeviceCommand.kind == "join_cluster",
+            DeviceCommand.result.is_not(None),
+            DeviceCommand.args["node_id"].astext.in_(node_ids),
+        )
+    )
+    failures = {}
+    for node_id, result in rows.tuples():
+        if result and not result.get("ok", True):
+            failures[uuid.UUID(node_id)] = str(result.get("detail") or "join_failed")[:200]
+    return failures
+
+
 def build_view(
     cluster: Cluster,
     nodes: list[ClusterNode],
     device_status: dict[uuid.UUID, DeviceStatus],
     reports: dict[uuid.UUID, dict[str, Any]],
     now: datetime,
+    join_failures: dict[uuid.UUID, str] | None = None,
 ) -> ClusterView:
     views = []
     for n in nodes:
         rep = _node_report(reports.get(n.device_id), cluster.id)
+        failure = (join_failures or {}).get(n.id)
+        if failure is not None:
+            rep = {"state": "failed", "reason": failure}
         views.append(
             NodeView(
                 id=n.id,
@@ -171,6 +197,9 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
             ).scalars()
         )
         device_ids = list({n.device_id for n in nodes})
+        join_failures = await _join_failures(
+            session, [n for n in nodes if n.state is NodeState.starting]
+        )
         statuses = dict(
             (
                 await session.execute(
@@ -186,7 +215,9 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
         by_cluster.setdefault(n.cluster_id, []).append(n)
     steps = 0
     for cluster in clusters:
-        view = build_view(cluster, by_cluster.get(cluster.id, []), statuses, reports, now)
+        view = build_view(
+            cluster, by_cluster.get(cluster.id, []), statuses, reports, now, join_failures
+        )
         plan = next_steps(view)
         try:
             steps += await apply(ctx, cluster.id, cluster.version, plan, view, reports)
@@ -471,10 +502,16 @@ class _Applier:
         device = await self.session.get(Device, uuid.UUID(placed.device_id), with_for_update=True)
         if device is None or device.status is not DeviceStatus.online:
             return  # picked up again on the next pass
+        last = (
+            await self.session.execute(
+                select(func.max(ClusterNode.index)).where(ClusterNode.cluster_id == self.cluster.id)
+            )
+        ).scalar_one()
         node = ClusterNode(
             id=uuid.uuid4(),
             cluster_id=self.cluster.id,
             device_id=device.id,
+            index=(last or 0) + 1,
             role=lost.role,
             state=NodeState.assigned,
             gpus=lost.gpus,

@@ -103,6 +103,7 @@ class NodeOut(BaseModel):
 
     id: uuid.UUID
     device_id: uuid.UUID
+    index: int
     role: str
     state: str
     state_reason: str | None

@@ -260,6 +260,7 @@ async def create_cluster(
             ClusterNode(
                 cluster_id=cluster_id,
                 device_id=uuid.UUID(d["device_id"]),
+                index=i,
                 role=NodeRole.head if i == 0 else NodeRole.worker,
                 state=NodeState.assigned,
                 gpus=d["gpu_count"],

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response, status
 from tesai.auth.deps import RuntimeDep
 from tesai.db import SessionDep
 from tesai.devices import agents
-from tesai.devices.deps import CurrentDevice
+from tesai.devices.deps import CurrentDevice, RenewingDevice, forget_after_commit
 from tesai.protocol.v1 import (
     CredentialRotation,
     Heartbeat,
@@ -31,7 +31,9 @@ _BLOCK: Final = os.urandom(1 << 20)
 @router.post("/join")
 async def join(body: JoinRequest, session: SessionDep, runtime: RuntimeDep) -> JoinResponse:
     """Trade a one-time join token for a device credential (the token is the credential)."""
-    return await agents.join(session, runtime.cache, runtime.settings, body)
+    response = await agents.join(session, runtime.cache, runtime.settings, body)
+    forget_after_commit(session, runtime)  # the device's earlier credentials are revoked
+    return response
 
 
 @router.post("/heartbeat")
@@ -50,10 +52,16 @@ async def heartbeat(
 
 @router.post("/credential/rotate")
 async def rotate_credential(
-    device: CurrentDevice, session: SessionDep, runtime: RuntimeDep
+    device: RenewingDevice, session: SessionDep, runtime: RuntimeDep
 ) -> CredentialRotation:
-    """A new device token; the one used for this call stops working."""
-    return await agents.rotate_credential(session, runtime.cache, runtime.settings, device)
+    """A new device token; the one used for this call stops working.
+
+    Also accepts a token that expired recently (``device_token_renew_grace_s``), so an agent
+    that was off for a while needs no new join token.
+    """
+    rotation = await agents.rotate_credential(session, runtime.cache, runtime.settings, device)
+    forget_after_commit(session, runtime, device.token_hash)
+    return rotation
 
 
 @router.post("/verification")

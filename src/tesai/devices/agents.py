@@ -44,6 +44,7 @@ from tesai.devices.models import (
 from tesai.devices.service import get_device, issue_challenge, record_transition, revoke_credentials
 from tesai.devices.states import LIVE_STATES, can_transition
 from tesai.devices.verification import judge
+from tesai.errors import InvalidInput
 from tesai.kit.cache import Cache
 from tesai.kit.time import utcnow
 from tesai.protocol.v1 import (
@@ -67,11 +68,38 @@ def _sha(value: str) -> str:
     return sha256(value.encode()).hexdigest()
 
 
+MAX_BIGINT = 2**63 - 1
+
+
+def without_nul(value: Any) -> Any:
+    """``value`` with NUL characters removed from every string (PostgreSQL refuses them)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
+def check_hardware(hw: HardwareSpec) -> None:
+    """Raise ``InvalidInput`` for numbers the registry cannot store (they are not real hardware)."""
+    too_big = (
+        hw.cpu_cores > 1_000_000
+        or hw.cpu_threads > 1_000_000
+        or max(hw.ram_bytes, hw.disk_total_bytes, hw.disk_free_bytes) > MAX_BIGINT
+        or any(g.memory_total_bytes > MAX_BIGINT for g in hw.gpus)
+    )
+    if too_big:
+        raise InvalidInput("Hardware figures out of range")
+
+
 def apply_hardware(device: Device, hw: HardwareSpec) -> None:
     """Store the probed hardware and its denormalised columns on the device."""
-    device.hardware = hw.model_dump(mode="json")
+    device.hardware = without_nul(hw.model_dump(mode="json"))
     if hw.gpus:
-        device.gpu_model = Counter(g.model for g in hw.gpus).most_common(1)[0][0]
+        model = Counter(g.model for g in hw.gpus).most_common(1)[0][0]
+        device.gpu_model = without_nul(model)[:128]
         device.gpu_count = len(hw.gpus)
         device.vram_bytes_per_gpu = min(g.memory_total_bytes for g in hw.gpus)
     else:
@@ -113,6 +141,7 @@ async def join(
     Raises ``JoinTokenInvalid``, ``JoinTokenExpired`` or ``JoinTokenUsed`` (401, distinct codes).
     Joining again (new join token) replaces the device's credentials.
     """
+    check_hardware(req.hardware)
     jt = (
         await session.execute(
             select(JoinToken).where(JoinToken.token_hash == _sha(req.join_token)).with_for_update()
@@ -129,8 +158,8 @@ async def join(
     await revoke_credentials(session, cache, device.id)
     cred = await _new_credential(session, settings, device.id)
     apply_hardware(device, req.hardware)
-    device.agent_version = req.agent_version
-    device.ray_version = req.ray_version
+    device.agent_version = without_nul(req.agent_version)[:64]
+    device.ray_version = without_nul(req.ray_version)[:64] if req.ray_version else None
     device.last_seen_at = utcnow()
     if device.status in (
         DeviceStatus.pending,
@@ -167,6 +196,21 @@ async def heartbeat(
     """Record one heartbeat in the cache and return the device's pending commands."""
     now = time.time()
     device_id = str(auth.device_id)
+    try:
+        sample = telemetry_sample(beat.telemetry)
+        latest = orjson.dumps(
+            {
+                "at": now,
+                "seq": beat.seq,
+                "status": beat.status,
+                "reason": beat.reason,
+                "telemetry": beat.telemetry.model_dump(mode="json", exclude_none=True),
+                "nodes": [n.model_dump(mode="json", exclude_none=True) for n in beat.nodes],
+            }
+        )
+    except (OverflowError, orjson.JSONEncodeError) as exc:
+        # Integers beyond 64 bits pass the wire model's bounds but cannot be stored.
+        raise InvalidInput("A number in the heartbeat is out of range") from exc
     acc_raw, flag, offline = await cache.mget(
         [
             keys.accumulator(device_id),
@@ -174,20 +218,10 @@ async def heartbeat(
             keys.offline_flag(device_id),
         ]
     )
-    acc, closed = accumulate(
-        orjson.loads(acc_raw) if acc_raw else None, minute_of(now), telemetry_sample(beat.telemetry)
-    )
-    latest = {
-        "at": now,
-        "seq": beat.seq,
-        "status": beat.status,
-        "reason": beat.reason,
-        "telemetry": beat.telemetry.model_dump(mode="json", exclude_none=True),
-        "nodes": [n.model_dump(mode="json", exclude_none=True) for n in beat.nodes],
-    }
+    acc, closed = accumulate(orjson.loads(acc_raw) if acc_raw else None, minute_of(now), sample)
     writes: dict[str, bytes | str] = {
         keys.accumulator(device_id): orjson.dumps(acc),
-        keys.telemetry(device_id): orjson.dumps(latest),
+        keys.telemetry(device_id): latest,
     }
     ops: list[Any] = [
         cache.mset(writes, ttl_s=settings.telemetry_ttl_s),
@@ -239,7 +273,7 @@ async def _exchange_commands(
             await session.execute(
                 update(DeviceCommand)
                 .where(DeviceCommand.device_id == device_id, DeviceCommand.id == result.id)
-                .values(result=result.model_dump(mode="json"), acked_at=now)
+                .values(result=without_nul(result.model_dump(mode="json")), acked_at=now)
             )
         rows = list(
             (
@@ -288,7 +322,11 @@ async def leave(session: AsyncSession, cache: Cache, auth: DeviceAuth, reason: s
     device = await get_device(session, auth.device_id, lock=True)
     if device.status in LIVE_STATES:
         record_transition(
-            session, device, DeviceStatus.offline, "agent_left", f"({reason})" if reason else ""
+            session,
+            device,
+            DeviceStatus.offline,
+            "agent_left",
+            f"({without_nul(reason)[:200]})" if reason else "",
         )
         device.last_seen_at = utcnow()
     await session.flush()

@@ -187,7 +187,7 @@ class VerificationChallenge(IdMixin, CreatedAtMixin, Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     outcome: Mapped[str | None] = mapped_column(String(16))
-    """``passed``, ``failed`` or ``expired``; None while outstanding."""
+    """``passed``, ``failed``, ``expired`` or ``superseded``; None while outstanding."""
     reason: Mapped[str | None] = mapped_column(String(64))
     score: Mapped[float | None] = mapped_column(Float)
     trigger: Mapped[str] = mapped_column(String(16), default="join")

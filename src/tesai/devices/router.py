@@ -6,14 +6,18 @@ import uuid
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Query, Response, status
-from sqlalchemy import select
 
 from tesai.auth.deps import AdminUser, ProviderUser, RuntimeDep
 from tesai.db import SessionDep
 from tesai.devices import service
 from tesai.devices.agent_router import router as agent_router
-from tesai.devices.deps import AdminDeviceForUpdate, OwnedDevice, OwnedDeviceForUpdate
-from tesai.devices.models import DeviceStatus, FleetEvent
+from tesai.devices.deps import (
+    AdminDeviceForUpdate,
+    OwnedDevice,
+    OwnedDeviceForUpdate,
+    forget_after_commit,
+)
+from tesai.devices.models import DeviceStatus
 from tesai.devices.pool import pool_stats
 from tesai.devices.schemas import (
     ChallengeIssued,
@@ -132,6 +136,7 @@ async def remove_device(
 ) -> Response:
     """Remove the device and its credentials (409 while it is rented)."""
     await service.remove_device(session, runtime.cache, device)
+    forget_after_commit(session, runtime)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -147,6 +152,7 @@ async def rotate_credential(
     token, expires_at = await service.rotate_device_credential(
         session, runtime.cache, runtime.settings, device
     )
+    forget_after_commit(session, runtime)
     return JoinTokenOut(
         join_token=token,
         expires_at=expires_at,
@@ -217,15 +223,7 @@ async def admin_sweeper_state(
     _admin: AdminUser, session: SessionDep, runtime: RuntimeDep
 ) -> SweeperState:
     """Devices watched by the liveness sweeper, the current storm hold and recent fleet events."""
-    state = await sweeper_state(runtime.cache)
-    events = (
-        await session.execute(select(FleetEvent).order_by(FleetEvent.id.desc()).limit(20))
-    ).scalars()
-    return SweeperState(
-        tracked=state["tracked"],
-        storm=state["storm"],
-        events=[{"at": e.at, "kind": e.kind, "message": e.message} for e in events],
-    )
+    return await sweeper_state(session, runtime.cache)
 
 
 # --- public ----------------------------------------------------------------------------------

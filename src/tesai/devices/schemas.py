@@ -10,13 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tesai.devices.models import DeviceStatus
 
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+
 
 class DeviceCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=120)
+    name: str = Field(min_length=1, max_length=120, pattern=_PRINTABLE)
     price_per_gpu_hour_micro: int | None = Field(default=None, ge=0)
     """Micro-USDC per GPU-hour (per device-hour for a CPU-only device); default from settings."""
-    region: str | None = Field(default=None, max_length=64)
-    country: str | None = Field(default=None, min_length=2, max_length=2)
+    region: str | None = Field(default=None, max_length=64, pattern=_PRINTABLE)
+    country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+    """ISO 3166-1 alpha-2 code."""
 
 
 class PriceUpdate(BaseModel):

@@ -333,6 +333,25 @@ async def issue_challenge(
     session: AsyncSession, cache: Cache, settings: Settings, device: Device, *, trigger: str
 ) -> tuple[VerificationChallenge, DeviceCommand]:
     """Create a proof-of-compute challenge and the ``verify`` command that carries it."""
+    # Only the newest challenge counts: an older unanswered one must not time out later and
+    # reject a device that is answering the new one.
+    await session.execute(
+        update(VerificationChallenge)
+        .where(
+            VerificationChallenge.device_id == device.id,
+            VerificationChallenge.completed_at.is_(None),
+        )
+        .values(completed_at=utcnow(), outcome="superseded")
+    )
+    await session.execute(
+        update(DeviceCommand)
+        .where(
+            DeviceCommand.device_id == device.id,
+            DeviceCommand.kind == "verify",
+            DeviceCommand.acked_at.is_(None),
+        )
+        .values(acked_at=utcnow(), result={"superseded": True})
+    )
     gpu = device.gpu_count > 0
     seed = secrets.randbits(63)
     n = settings.proof_matrix_n_gpu if gpu else settings.proof_matrix_n_cpu

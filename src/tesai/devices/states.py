@@ -83,5 +83,5 @@ def check_transition(current: S | None, target: S, reason: str, detail: str = ""
             raise InvalidTransition(f"a new device starts as pending, not {target.value}")
     elif not can_transition(current, target):
         raise InvalidTransition(f"{current.value} → {target.value} is not allowed")
-    message = REASONS[reason] + (f" {detail}" if detail else "")
+    message = (REASONS[reason] + (f" {detail}" if detail else "")).replace("\x00", "")
     return Transition(current, target, reason, message[:512])

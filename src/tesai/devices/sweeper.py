@@ -22,11 +22,13 @@ from typing import Any
 import orjson
 import structlog
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.db import run_after_commit
 from tesai.devices import keys
 from tesai.devices.liveness import SweepDecision, decide_sweep
 from tesai.devices.models import Device, DeviceStatus, FleetEvent
+from tesai.devices.schemas import FleetEventOut, SweeperState
 from tesai.devices.service import issue_challenge, record_transition
 from tesai.devices.states import LIVE_STATES
 from tesai.kit.cache import Cache
@@ -261,10 +263,14 @@ async def reconcile(ctx: TaskContext, now: float) -> None:
         await ctx.cache.zadd(keys.RESUMED, {d: now for d in back})
 
 
-async def sweeper_state(cache: Cache) -> dict[str, Any]:
-    """How many devices are watched and the current storm hold, if any (for operators)."""
+async def sweeper_state(session: AsyncSession, cache: Cache) -> SweeperState:
+    """How many devices are watched, the current storm hold and recent fleet events."""
     raw = await cache.get(keys.STORM)
-    return {
-        "tracked": await cache.zcard(keys.LIVENESS),
-        "storm": orjson.loads(raw) if raw else None,
-    }
+    events = (
+        await session.execute(select(FleetEvent).order_by(FleetEvent.id.desc()).limit(20))
+    ).scalars()
+    return SweeperState(
+        tracked=await cache.zcard(keys.LIVENESS),
+        storm=orjson.loads(raw) if raw else None,
+        events=[FleetEventOut(at=e.at, kind=e.kind, message=e.message) for e in events],
+    )

@@ -5,22 +5,26 @@
 - ``devices.reliability`` (every hour): reliability scores from 30-day uptime and failures.
 - ``devices.verification`` (every 60 s): expire unanswered challenges, issue periodic ones.
 
-Intervals are fixed at import (the schedule is built before settings are known); the
-settings of the same names document them.
+The sweep and flush intervals come from the process settings at import
+(``TESAI_SWEEP_INTERVAL_S``, ``TESAI_DEVICE_FLUSH_INTERVAL_S``): the schedule is registered
+before any runtime exists.
 """
 
 from __future__ import annotations
 
 from tesai.devices import rollups, sweeper
+from tesai.settings import get_settings
 from tesai.tasks import TaskContext, periodic
 
+_settings = get_settings()
 
-@periodic("devices.sweep", every_s=1.0)
+
+@periodic("devices.sweep", every_s=_settings.sweep_interval_s)
 async def sweep_devices(ctx: TaskContext) -> None:
     await sweeper.sweep(ctx)
 
 
-@periodic("devices.flush", every_s=60.0)
+@periodic("devices.flush", every_s=_settings.device_flush_interval_s)
 async def flush_device_minutes(ctx: TaskContext) -> None:
     await rollups.flush(ctx)
 

@@ -7,6 +7,7 @@ to ``check_proof`` and maps its reason codes onto the device reason codes people
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tesai.protocol import proof
@@ -80,6 +81,8 @@ def judge(
 ) -> Verdict:
     """Judge a proof against its challenge, the declared hardware and recent telemetry."""
     score = result.timings.gflops
+    if not (math.isfinite(score) and math.isfinite(result.timings.gemm_s)):
+        return Verdict("timing_implausible", 0.0, "Timings must be finite numbers.")
     if declared_gpu_model and telemetry_gpu_memory and declared_vram_bytes > 0:
         smallest = min(telemetry_gpu_memory)
         if smallest < (1 - VRAM_TOLERANCE) * declared_vram_bytes:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import psutil
 import structlog
@@ -32,9 +30,6 @@ from tesai.runtime import Runtime, open_runtime
 from tesai.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-LOCAL_AGENT_MODULE = "tesai.agent.local"
-"""Module whose ``start_local_agent`` starts this machine's agent (see ``_start_agent``)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +47,21 @@ class LocalAgent(Protocol):
     def stop(self) -> Any: ...
 
 
+class ApiDidNotStart(Exception):
+    """uvicorn gave up during start-up (it logged why, e.g. the port is taken)."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"uvicorn exited with {exit_code}")
+        self.exit_code = exit_code
+
+
+async def _run_server(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exc:  # uvicorn's way to report a failed start-up
+        raise ApiDidNotStart(exc.code if isinstance(exc.code, int) else 1) from None
+
+
 class _Server(uvicorn.Server):
     """uvicorn, minus its signal handling: `tesai up` owns the signals of the process."""
 
@@ -64,13 +74,14 @@ class _Server(uvicorn.Server):
 class _Signals:
     """SIGINT/SIGTERM for the whole life of `tesai up`.
 
-    Before the event loop runs, a signal raises ``KeyboardInterrupt`` so the start-up is
-    abandoned and the ``finally`` blocks stop what was started. While serving, it asks for
-    an orderly stop; a second one forces uvicorn to stop waiting for open requests. While
-    stopping, signals are ignored so the clean-up itself is never interrupted.
+    The first signal asks for an orderly stop: during start-up it is honoured between steps
+    (each takes seconds), while serving it drains the agent and the API. A second one is
+    impatient: during start-up it raises ``KeyboardInterrupt`` (the ``finally`` blocks
+    still stop what was started), while serving it makes uvicorn stop waiting for open
+    requests. During the final clean-up signals are ignored so it is never interrupted.
     """
 
-    mode: str = "starting"
+    mode: Literal["starting", "serving", "draining", "stopping"] = "starting"
     stop_requested: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     requested: asyncio.Event | None = None
@@ -88,13 +99,13 @@ class _Signals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.mode == "stopping":
             return
-        if self.mode == "starting":
-            self.mode = "stopping"
-            raise KeyboardInterrupt
         if not self.stop_requested:
             self.stop_requested = True
             if self.loop is not None and self.requested is not None:
                 self.loop.call_soon_threadsafe(self.requested.set)
+        elif self.mode == "starting":
+            self.mode = "stopping"
+            raise KeyboardInterrupt
         elif self.server is not None:
             self.server.force_exit = True
 
@@ -108,10 +119,20 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
         if settings.database_url is None:
             postgres = EmbeddedPostgres(settings.home)
             console.print(f"Starting PostgreSQL (data in {postgres.data_dir}) …")
-            url = postgres.start()
+            try:
+                url = postgres.start()
+            except Exception:
+                # Ctrl-C reaches initdb and pg_ctl too (same process group): not a crash.
+                if signals.stop_requested:
+                    return 130
+                raise
             settings = settings.model_copy(update={"database_url": url})
+        if signals.stop_requested:
+            return 130
         console.print("Migrating the database …")
         migrations.upgrade(settings.database_url)
+        if signals.stop_requested:
+            return 130
         # One process: tasks run in it (no broker); host and port from the options.
         settings = settings.model_copy(
             update={"broker_url": None, "host": options.host, "port": options.port, "workers": 1}
@@ -121,6 +142,9 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except ApiDidNotStart as exc:
+        console.print(f"[red]The API did not start[/] on {options.host}:{options.port}.")
+        return exc.exit_code
     finally:
         signals.mode = "stopping"
         console.print("Stopping …")
@@ -157,25 +181,29 @@ async def _serve(
         )
         server = _Server(config)
         signals.server = server
-        serving = asyncio.create_task(server.serve())
-        while not server.started and not serving.done():
-            await asyncio.wait({serving}, timeout=0.05)  # uvicorn has no "started" event
-        if not server.started:
-            await serving  # re-raises why it did not start (e.g. the port is taken)
-            return
-        base_url = f"http://{_url_host(options.host)}:{options.port}"
-        agent = await _start_agent(runtime, settings, admin, base_url) if options.agent else None
-        _print_banner(console, settings, admin, base_url, embedded, agent, options.agent)
-        if signals.stop_requested:
-            signals.requested.set()
-        stop_wait = asyncio.create_task(signals.requested.wait())
-        await asyncio.wait({serving, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        stop_wait.cancel()
-        signals.mode = "draining"
-        if agent is not None:
-            await _stop_agent(agent)
-        server.should_exit = True
-        await serving
+        serving = asyncio.create_task(_run_server(server))
+        try:
+            while not server.started and not serving.done():
+                await asyncio.wait({serving}, timeout=0.05)  # uvicorn has no "started" event
+            if not server.started:
+                await serving  # re-raises why it did not start (e.g. the port is taken)
+                return
+            base_url = f"http://{_url_host(options.host)}:{options.port}"
+            agent, agent_note = None, "off (--no-agent)"
+            if options.agent:
+                agent, agent_note = await _start_agent(runtime, settings, admin, base_url)
+            _print_banner(console, settings, admin, base_url, embedded, agent_note)
+            if signals.stop_requested:
+                signals.requested.set()
+            stop_wait = asyncio.create_task(signals.requested.wait())
+            await asyncio.wait({serving, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            signals.mode = "draining"
+            if agent is not None:
+                await _stop_agent(agent)
+        finally:
+            server.should_exit = True
+            await serving
     finally:
         await runtime.close()
 
@@ -188,40 +216,29 @@ def _url_host(host: str) -> str:
 
 async def _start_agent(
     runtime: Runtime, settings: Settings, admin: LocalAdmin, server_url: str
-) -> LocalAgent | None:
-    """Start this machine's agent through ``tesai.agent.local.start_local_agent``.
-
-    The function is called with the keyword arguments it declares among: ``runtime``,
-    ``settings``, ``owner_id`` (the local admin, also provider), ``server_url`` and
-    ``state_dir`` (``TESAI_HOME/agent``). It may be sync or async and returns an object
-    with a ``stop()`` (sync or async). When the module does not exist, no agent starts.
-    """
+) -> tuple[LocalAgent | None, str]:
+    """Start this machine's agent (``tesai.embedded.agent``); return it and a line for the
+    banner. A failing agent does not take the control plane down: it is logged and shown."""
     try:
-        module = importlib.import_module(LOCAL_AGENT_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and LOCAL_AGENT_MODULE.startswith(exc.name):
-            log.info("local_agent_unavailable", module=LOCAL_AGENT_MODULE)
-            return None
-        raise
-    start: Callable[..., Any] = module.start_local_agent
-    offered: dict[str, Any] = {
-        "runtime": runtime,
-        "settings": settings,
-        "owner_id": admin.user_id,
-        "server_url": server_url,
-        "state_dir": settings.home / "agent",
-    }
-    accepted = inspect.signature(start).parameters
-    result = start(**{k: v for k, v in offered.items() if k in accepted})
-    if inspect.isawaitable(result):
-        result = await result
-    agent: LocalAgent | None = result
-    return agent
+        from tesai.embedded.agent import AGENT_LOG, start_local_agent
+    except ImportError as exc:  # a build without the agent
+        log.info("local_agent_unavailable", error=str(exc))
+        return None, "not in this build; this machine is not in the pool"
+    try:
+        agent: LocalAgent = await start_local_agent(
+            runtime, admin.user_id, server_url, settings.home
+        )
+    except Exception as exc:
+        log.exception("local_agent_failed")
+        return None, f"failed to start ({type(exc).__name__}: {exc}); see the log above"
+    return agent, f"running for this machine (log: {settings.home / AGENT_LOG})"
 
 
 async def _stop_agent(agent: LocalAgent) -> None:
     try:
-        result = agent.stop()
+        # A subprocess handle's stop() blocks while the agent says goodbye to the API,
+        # which must keep serving meanwhile: wait in a thread.
+        result = await asyncio.to_thread(agent.stop)
         if inspect.isawaitable(result):
             await asyncio.wait_for(result, timeout=30)
     except Exception:
@@ -234,8 +251,7 @@ def _print_banner(
     admin: LocalAdmin,
     base_url: str,
     embedded: bool,
-    agent: LocalAgent | None,
-    agent_wanted: bool,
+    agent_note: str,
 ) -> None:
     console.print(f"\n[bold green]TES AI is running at {base_url}[/]")
     console.print(f"  API docs:  {base_url}/api/docs")
@@ -251,8 +267,7 @@ def _print_banner(
         console.print(f"  Data:      {settings.home} (embedded PostgreSQL)")
     else:
         console.print("  Data:      the database at TESAI_DATABASE_URL")
-    if agent_wanted and agent is None:
-        console.print("  Agent:     not available in this build; this machine is not in the pool")
+    console.print(f"  Agent:     {agent_note}")
     console.print("Press Ctrl-C to stop.\n")
 
 

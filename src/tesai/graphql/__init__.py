@@ -13,19 +13,22 @@ Layout — one module per domain, each exporting a ``Query`` type with that doma
       errors.py     AppError → GraphQL error with ``extensions.code``; others masked
       accounts.py   me
       pool.py       pool (public statistics)
+      scalars.py    MicroUsdc (money)
 
 Adding a domain's read models:
 
 1. Create ``graphql/<domain>.py`` with ``@strawberry.type`` output types (plain fields,
-   built from service results by a ``from_…`` function) and one ``@strawberry.type class
-   Query`` whose resolvers take ``info: Info`` and call the domain's *service* with
-   ``info.context.session`` — never SQL here, never a mutation.
-2. Guard each field with ``info.context.require_user()`` / ``require_role("provider")``;
-   they raise the same ``Unauthorized``/``Forbidden`` as REST, reported as GraphQL errors
-   whose ``extensions.code`` is the REST problem ``code``.
-3. Add the ``Query`` to ``DOMAIN_QUERIES`` in ``schema.py``.
-4. Keep lists bounded (a ``limit`` argument with a maximum), and test the fields in
-   ``tests/graphql/``.
+   built from the service's result by a ``<name>_type(...)`` function) and one
+   ``@strawberry.type class Query`` whose fields are ``strawberry.field(resolver=...)``;
+   resolvers take ``info: strawberry.Info[GraphQLContext, None]`` and call the domain's
+   *service* with ``info.context.session`` — no SQL here, no mutations (REST changes state).
+2. Guard fields with ``info.context.require_user()`` or ``await
+   info.context.require_role("provider")``: the same checks as REST, so a refusal is a
+   GraphQL error whose ``extensions.code`` is the REST problem ``code`` (``unauthorized``,
+   ``missing_role``…). Objects of other users are ``not_found``, as in REST.
+3. Money is ``scalars.MicroUsdc`` (integer micro-USDC; GraphQL ``Int`` is only 32 bits).
+4. Add the ``Query`` to ``DOMAIN_QUERIES`` in ``schema.py``; bound every list (a ``limit``
+   argument with a maximum) and test the fields in ``tests/graphql/``.
 
 Malformed requests (no query, bad JSON) get a 400 problem+json like REST; an invalid or too
 deep/large query gets GraphQL errors (never a 500).

@@ -17,17 +17,19 @@ from strawberry.extensions import (
 )
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.unset import UNSET
 
 from graphql import GraphQLError
 from tesai.errors import problem, problem_response
-from tesai.graphql import accounts
+from tesai.graphql import accounts, pool
 from tesai.graphql.context import get_context
 from tesai.graphql.errors import classify_result
+from tesai.graphql.scalars import SCALARS
 
-DOMAIN_QUERIES: tuple[type, ...] = (accounts.Query,)
+DOMAIN_QUERIES: tuple[type, ...] = (accounts.Query, pool.Query)
 """One ``Query`` per domain module; add yours here."""
 
 MAX_DEPTH = 8
@@ -54,6 +56,7 @@ def build_schema() -> strawberry.Schema:
     # (the parse cache itself is shared, keyed by its size).
     return Schema(
         query=query,
+        config=StrawberryConfig(scalar_map=SCALARS),
         extensions=[
             partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
             partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
@@ -24,6 +26,40 @@ def _orjson_dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
+@dataclass
+class _Output:
+    stream: TextIO = field(default_factory=lambda: sys.stdout)
+    json: bool = True
+    level: int = logging.INFO
+
+
+_output = _Output()
+_access = structlog.get_logger("tesai.access")
+
+
+def access_log(**fields: Any) -> None:
+    """Write the access-log line of one request (event ``request``).
+
+    The hottest log line of the API, so in JSON mode it skips structlog's processor chain
+    and writes the same shape directly: the bound context, ``fields``, level, logger and
+    an ISO timestamp.
+    """
+    out = _output
+    if out.level > logging.INFO:
+        return
+    if not out.json:
+        _access.info("request", **fields)
+        return
+    line = structlog.contextvars.get_contextvars()
+    line.update(fields)
+    line["event"] = "request"
+    line["level"] = "info"
+    line["logger"] = "tesai.access"
+    line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    out.stream.write(orjson.dumps(line, default=str).decode() + "\n")
+    out.stream.flush()
+
+
 def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
     """Configure structlog and the standard library root logger from ``settings``.
 
@@ -31,6 +67,7 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     """
     out = stream or sys.stdout
     level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+    _output.stream, _output.json, _output.level = out, settings.log_json, level
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -39,7 +76,13 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     renderer: Processor
     if settings.log_json:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        exc: list[Processor] = [structlog.processors.dict_tracebacks]
+        # Structured tracebacks without frame locals: locals would copy secrets (URLs with
+        # passwords, tokens) into the logs.
+        exc: list[Processor] = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        ]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
         exc = []

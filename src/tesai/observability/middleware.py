@@ -11,11 +11,11 @@ import re
 import time
 
 import structlog
+from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tesai.observability.logging import access_log
 from tesai.observability.metrics import HTTP_DURATION, HTTP_IN_FLIGHT
-
-log = structlog.get_logger("tesai.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A client-supplied id is echoed only when it is short and plain, so it cannot forge log
@@ -47,6 +47,17 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
         self.access_log = access_log
+        # Histogram children by label values: labels() takes a lock and builds a key on
+        # every call; the set of keys is bounded (routes × methods × status classes).
+        self._histograms: dict[tuple[str, str, int], Histogram] = {}
+
+    def _histogram(self, route: str, method: str, status: int) -> Histogram:
+        key = (route, method, status // 100)
+        child = self._histograms.get(key)
+        if child is None:
+            child = HTTP_DURATION.labels(route, method, f"{status // 100}xx")
+            self._histograms[key] = child
+        return child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,13 +83,10 @@ class RequestContextMiddleware:
             HTTP_IN_FLIGHT.dec()
             elapsed = time.perf_counter() - start
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            HTTP_DURATION.labels(route_template(scope), method, f"{status // 100}xx").observe(
-                elapsed
-            )
+            self._histogram(route_template(scope), method, status).observe(elapsed)
             if self.access_log:
                 client = scope.get("client")
-                log.info(
-                    "request",
+                access_log(
                     method=scope["method"],
                     path=scope["path"],
                     status=status,

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tesai.audit.service import record as audit
 from tesai.billing import service as ledger
-from tesai.billing.errors import AmountInvalid
+from tesai.billing.errors import AmountInvalid, PaymentsNotConfigured
 from tesai.billing.money import MICRO
 from tesai.chain.base import ChainClient, level_reached
 from tesai.kit.time import utcnow
@@ -57,7 +57,7 @@ async def create_deposit(
     if amount_micro <= 0 or amount_micro > MAX_DEPOSIT_MICRO:
         raise AmountInvalid(f"Deposit must be between 1 and {MAX_DEPOSIT_MICRO} micro-USDC")
     if not settings.treasury_token_account:
-        raise AmountInvalid("Deposits are not configured on this deployment (no treasury)")
+        raise PaymentsNotConfigured("Deposits are not configured on this deployment (no treasury)")
     intent = DepositIntent(
         id=uuid.uuid4(),
         user_id=user_id,

@@ -166,7 +166,7 @@ GPU_MIN_FRACTION: Final = 0.2
 """A GPU proof must reach this share of its model's peak (the server picks n ≥ 2048 for GPUs)."""
 GPU_MAX_FRACTION: Final = 1.3
 CPU_MIN_GFLOPS_PER_CORE: Final = 0.02
-"""Deliberately low: a busy shared host is slow and noisy, and the sample already proves the work."""
+"""Deliberately low: a busy shared host is slow and noisy; the sample already proves the work."""
 CPU_MAX_GFLOPS_PER_CORE: Final = 256.0
 
 

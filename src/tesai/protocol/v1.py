@@ -177,6 +177,9 @@ class Telemetry(WireModel):
     mem_total_bytes: int = Field(ge=0)
     gpus: list[GpuTelemetry] = Field(default_factory=list, max_length=MAX_GPUS)
     net: NetworkProbe | None = None
+    """The agent's latest network probe (re-measured every 30 min; the bandwidth part needs the
+    device credential, so the probe sent at join has RTT only): the source of the device's
+    current connectivity tier."""
 
 
 class NodeState(WireModel):

@@ -19,6 +19,7 @@ import heapq
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Final
 
 from tesai.scheduling.placement import (
     DEFAULT_POLICY,
@@ -56,6 +57,9 @@ class _Bucket:
     free_flags: bytearray
 
 
+_EMPTY: Final = _Bucket([], [], [], [], bytearray())
+
+
 class PoolIndex:
     """Placement over a pool snapshot, updated incrementally as devices are taken and freed."""
 
@@ -73,29 +77,68 @@ class PoolIndex:
         Raises ValueError on a duplicate device id.
         """
         index = cls(policy)
-        Row = tuple[float, str, Device, ScoreBreakdown]
-        groups: dict[tuple[str | None, int, str], list[Row]] = {}
+        groups: dict[tuple[str | None, int, str], list[Device]] = {}
         for d in devices:
-            s = score_device(d, policy)
-            groups.setdefault((d.gpu_model, d.gpu_count, d.region), []).append(
-                (-s.total, d.id, d, s)
-            )
-        for model, count, region in sorted(groups, key=lambda k: (str(k[0]), k[1], k[2])):
-            rows = sorted(groups[(model, count, region)], key=lambda r: (r[0], r[1]))
-            bucket = _Bucket(
-                devices=[r[2] for r in rows],
-                scores=[r[3] for r in rows],
-                totals=[-r[0] for r in rows],
-                free=[i for i, r in enumerate(rows) if r[2].free],
-                free_flags=bytearray(1 if r[2].free else 0 for r in rows),
-            )
-            index._buckets.setdefault((model, count), {})[region] = bucket
-            index._by_model.setdefault(model, []).append(bucket)
-            for pos, r in enumerate(rows):
-                if r[1] in index._where:
-                    raise ValueError(f"duplicate device id {r[1]}")
-                index._where[r[1]] = (bucket, pos)
+            if d.id in index._where:
+                raise ValueError(f"duplicate device id {d.id}")
+            index._where[d.id] = (_EMPTY, 0)
+            groups.setdefault((d.gpu_model, d.gpu_count, d.region), []).append(d)
+        for key in sorted(groups, key=lambda k: (str(k[0]), k[1], k[2])):
+            index._set_bucket(key, groups[key])
         return index
+
+    def _set_bucket(self, key: tuple[str | None, int, str], devices: list[Device]) -> None:
+        """(Re)build one bucket from its devices (``free`` flags included)."""
+        model, count, region = key
+        regions = self._buckets.setdefault((model, count), {})
+        old = regions.pop(region, None)
+        by_model = self._by_model.setdefault(model, [])
+        if old is not None:
+            by_model.remove(old)
+        if not devices:
+            if not regions:
+                del self._buckets[(model, count)]
+            return
+        scored = sorted(
+            ((score_device(d, self.policy), d) for d in devices),
+            key=lambda p: (-p[0].total, p[1].id),
+        )
+        bucket = _Bucket(
+            devices=[d for _, d in scored],
+            scores=[s for s, _ in scored],
+            totals=[s.total for s, _ in scored],
+            free=[i for i, (_, d) in enumerate(scored) if d.free],
+            free_flags=bytearray(1 if d.free else 0 for _, d in scored),
+        )
+        # Keep regions in name order: scans and ties must not depend on insertion history.
+        regions[region] = bucket
+        self._buckets[(model, count)] = dict(sorted(regions.items()))
+        by_model.append(bucket)
+        for pos, d in enumerate(bucket.devices):
+            self._where[d.id] = (bucket, pos)
+
+    def _bucket_devices(self, bucket: _Bucket) -> list[Device]:
+        return [
+            replace(d, free=bool(bucket.free_flags[pos])) for pos, d in enumerate(bucket.devices)
+        ]
+
+    def upsert(self, device: Device) -> None:
+        """Add a device (it came online) or replace it (new price, score…); ``free`` as given."""
+        if device.id in self._where:
+            self.discard(device.id)
+        key = (device.gpu_model, device.gpu_count, device.region)
+        regions = self._buckets.get((device.gpu_model, device.gpu_count), {})
+        current = regions.get(device.region)
+        others = self._bucket_devices(current) if current is not None else []
+        self._set_bucket(key, [*others, device])
+
+    def discard(self, device_id: str) -> None:
+        """Remove a device (it went offline). Raises UnknownDevice."""
+        bucket, _ = self._locate(device_id)
+        first = bucket.devices[0]
+        del self._where[device_id]
+        rest = [d for d in self._bucket_devices(bucket) if d.id != device_id]
+        self._set_bucket((first.gpu_model, first.gpu_count, first.region), rest)
 
     def __len__(self) -> int:
         return len(self._where)
@@ -247,13 +290,26 @@ class PoolIndex:
 
     def _shortfall(self, request: PlacementRequest) -> Shortfall:
         allowed = request.regions
+        countries = request.countries
+        counts = {s.gpus_per_node for s in request.shapes()}
+        wrong_count = 0
+        scan: list[_Bucket] = []
+        for bucket in self._by_model.get(request.gpu_model, ()):
+            first = bucket.devices[0]
+            if allowed and first.region not in allowed:
+                continue
+            if first.gpu_count in counts:
+                scan.append(bucket)
+            elif countries:
+                # A whole bucket of the wrong GPU count: only the country filter (an identity
+                # filter, applied first) is left to check per device.
+                wrong_count += sum(1 for d in bucket.devices if d.country in countries)
+            else:
+                wrong_count += len(bucket.devices)
 
         def candidates() -> Iterator[tuple[Device, bool]]:
-            for bucket in self._by_model.get(request.gpu_model, ()):
-                region = bucket.devices[0].region
-                if allowed and region not in allowed:
-                    continue
+            for bucket in scan:
                 for pos, d in enumerate(bucket.devices):
                     yield d, bool(bucket.free_flags[pos])
 
-        return build_shortfall(request, candidates())
+        return build_shortfall(request, candidates(), wrong_gpu_count=wrong_count)

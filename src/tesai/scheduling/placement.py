@@ -195,75 +195,108 @@ def format_usd(micro: int) -> str:
     return f"${whole}.{frac.ljust(2, '0')}"
 
 
+Predicate = Callable[[Device, bool], bool]
+"""A prepared filter: ``(device, free) -> passes``."""
+
+
+def _always(device: Device, free: bool) -> bool:
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceFilter:
-    """One named step of the filter chain: ``passes(device, free, request)``."""
+    """One named step of the filter chain.
+
+    ``prepare(request)`` compiles the request's threshold into a fast ``(device, free)``
+    predicate once per request; ``describe(request)`` says in words what it eliminates.
+    """
 
     name: str
-    passes: Callable[[Device, bool, PlacementRequest], bool]
+    prepare: Callable[[PlacementRequest], Predicate]
     describe: Callable[[PlacementRequest], str]
 
 
-def _fits_shape(device: Device, free: bool, request: PlacementRequest) -> bool:
-    return any(device.gpu_count == s.gpus_per_node for s in request.shapes())
+def _model(r: PlacementRequest) -> Predicate:
+    model = r.gpu_model
+    return lambda d, f: d.gpu_model == model
 
 
-def _tier_ok(device: Device, free: bool, request: PlacementRequest) -> bool:
-    limit = request.min_connectivity_tier
-    tier = device.connectivity_tier
-    return limit is None or (tier is not None and tier <= limit)
+def _region(r: PlacementRequest) -> Predicate:
+    regions = r.regions
+    return (lambda d, f: d.region in regions) if regions else _always
+
+
+def _country(r: PlacementRequest) -> Predicate:
+    countries = r.countries
+    return (lambda d, f: d.country in countries) if countries else _always
+
+
+def _gpu_count(r: PlacementRequest) -> Predicate:
+    counts = frozenset(s.gpus_per_node for s in r.shapes())
+    return lambda d, f: d.gpu_count in counts
+
+
+def _excluded(r: PlacementRequest) -> Predicate:
+    excluded = r.excluded_device_ids
+    return (lambda d, f: d.id not in excluded) if excluded else _always
+
+
+def _rented(r: PlacementRequest) -> Predicate:
+    return lambda d, f: f
+
+
+def _price(r: PlacementRequest) -> Predicate:
+    cap = r.max_price_per_gpu_hour_micro
+    return _always if cap is None else (lambda d, f: d.price_per_gpu_hour_micro <= cap)
+
+
+def _reliability(r: PlacementRequest) -> Predicate:
+    floor = r.min_reliability
+    return lambda d, f: d.reliability >= floor
+
+
+def _connectivity(r: PlacementRequest) -> Predicate:
+    limit = r.min_connectivity_tier
+    if limit is None:
+        return _always
+    return lambda d, f: d.connectivity_tier is not None and d.connectivity_tier <= limit
+
+
+def _verified(r: PlacementRequest) -> Predicate:
+    floor = r.min_verified_score
+    return lambda d, f: d.verified_score >= floor
+
+
+def _vram(r: PlacementRequest) -> Predicate:
+    floor = r.min_vram_mb
+    return lambda d, f: d.vram_mb >= floor
 
 
 IDENTITY_FILTERS: Final[tuple[DeviceFilter, ...]] = (
-    DeviceFilter("gpu_model", lambda d, f, r: d.gpu_model == r.gpu_model, lambda r: "other model"),
-    DeviceFilter(
-        "region", lambda d, f, r: not r.regions or d.region in r.regions, lambda r: "elsewhere"
-    ),
-    DeviceFilter(
-        "country", lambda d, f, r: not r.countries or d.country in r.countries, lambda r: "abroad"
-    ),
+    DeviceFilter("gpu_model", _model, lambda r: "other model"),
+    DeviceFilter("region", _region, lambda r: "elsewhere"),
+    DeviceFilter("country", _country, lambda r: "abroad"),
 )
 
 ELIGIBILITY_FILTERS: Final[tuple[DeviceFilter, ...]] = (
+    DeviceFilter("gpu_count", _gpu_count, lambda r: "with another GPU count per device"),
+    DeviceFilter("excluded", _excluded, lambda r: "excluded (flapping or failed)"),
+    DeviceFilter("rented", _rented, lambda r: "rented"),
     DeviceFilter(
-        "gpu_count",
-        _fits_shape,
-        lambda r: "with another GPU count per device",
+        "price", _price, lambda r: f"above {format_usd(r.max_price_per_gpu_hour_micro or 0)}"
     ),
-    DeviceFilter(
-        "excluded",
-        lambda d, f, r: d.id not in r.excluded_device_ids,
-        lambda r: "excluded (flapping or failed)",
-    ),
-    DeviceFilter("rented", lambda d, f, r: f, lambda r: "rented"),
-    DeviceFilter(
-        "price",
-        lambda d, f, r: (
-            r.max_price_per_gpu_hour_micro is None
-            or d.price_per_gpu_hour_micro <= r.max_price_per_gpu_hour_micro
-        ),
-        lambda r: f"above {format_usd(r.max_price_per_gpu_hour_micro or 0)}",
-    ),
-    DeviceFilter(
-        "reliability",
-        lambda d, f, r: d.reliability >= r.min_reliability,
-        lambda r: f"below reliability {r.min_reliability:g}",
-    ),
+    DeviceFilter("reliability", _reliability, lambda r: f"below reliability {r.min_reliability:g}"),
     DeviceFilter(
         "connectivity",
-        _tier_ok,
+        _connectivity,
         lambda r: f"below connectivity tier t{r.min_connectivity_tier}",
     ),
     DeviceFilter(
         "verified_score",
-        lambda d, f, r: d.verified_score >= r.min_verified_score,
+        _verified,
         lambda r: f"below verified score {r.min_verified_score:g}",
     ),
-    DeviceFilter(
-        "vram",
-        lambda d, f, r: d.vram_mb >= r.min_vram_mb,
-        lambda r: f"under {r.min_vram_mb} MB VRAM",
-    ),
+    DeviceFilter("vram", _vram, lambda r: f"under {r.min_vram_mb} MB VRAM"),
 )
 
 
@@ -348,23 +381,31 @@ def describe_need(request: PlacementRequest) -> str:
 
 
 def build_shortfall(
-    request: PlacementRequest, candidates: Iterable[tuple[Device, bool]]
+    request: PlacementRequest,
+    candidates: Iterable[tuple[Device, bool]],
+    *,
+    wrong_gpu_count: int = 0,
 ) -> Shortfall:
     """Count, per filter, the devices it eliminated (first failing filter wins).
 
     ``candidates`` are (device, free) pairs; devices failing an identity filter are ignored.
+    ``wrong_gpu_count``: devices already known to pass the identity filters and fail the first
+    eligibility filter (GPU count), counted without being listed (an index knows whole buckets).
     """
     shapes = request.shapes()
-    matching = 0
+    matching = wrong_gpu_count
     eligible = 0
     eligible_units = 0
     counts = [0] * len(ELIGIBILITY_FILTERS)
+    counts[0] = wrong_gpu_count
+    identity = [f.prepare(request) for f in IDENTITY_FILTERS]
+    checks = list(enumerate(f.prepare(request) for f in ELIGIBILITY_FILTERS))
     for device, free in candidates:
-        if not all(f.passes(device, free, request) for f in IDENTITY_FILTERS):
+        if not all(passes(device, free) for passes in identity):
             continue
         matching += 1
-        for i, flt in enumerate(ELIGIBILITY_FILTERS):
-            if not flt.passes(device, free, request):
+        for i, passes in checks:
+            if not passes(device, free):
                 counts[i] += 1
                 break
         else:
@@ -429,8 +470,8 @@ def place_reference(
     """Place a request by a plain scan over all devices (the specification of ``PoolIndex``)."""
     shapes = request.shapes()
     pool = list(devices)
-    filters = IDENTITY_FILTERS + ELIGIBILITY_FILTERS
-    eligible = [d for d in pool if all(f.passes(d, d.free, request) for f in filters)]
+    checks = [f.prepare(request) for f in IDENTITY_FILTERS + ELIGIBILITY_FILTERS]
+    eligible = [d for d in pool if all(passes(d, d.free) for passes in checks)]
     scored = sorted(
         ((d, score_device(d, policy)) for d in eligible), key=lambda p: (-p[1].total, p[0].id)
     )

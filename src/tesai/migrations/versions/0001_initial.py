@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 12:32:58.051426+00:00
+Create Date: 2026-11-28 12:58:27.530392+00:00
 
 """
 
@@ -120,12 +120,6 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_buckets")),
         sa.UniqueConstraint("node_id", "minute", name=op.f("uq_usage_buckets_node_id_minute")),
-    )
-    op.create_index(
-        op.f("ix_usage_buckets_cluster_id"), "usage_buckets", ["cluster_id"], unique=False
-    )
-    op.create_index(
-        op.f("ix_usage_buckets_device_id"), "usage_buckets", ["device_id"], unique=False
     )
     op.create_index(
         "ix_usage_buckets_unsettled",
@@ -531,15 +525,6 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("node_id", name=op.f("pk_billing_node_meters")),
     )
-    op.create_index(
-        op.f("ix_billing_node_meters_active"), "billing_node_meters", ["active"], unique=False
-    )
-    op.create_index(
-        op.f("ix_billing_node_meters_cluster_id"),
-        "billing_node_meters",
-        ["cluster_id"],
-        unique=False,
-    )
     op.create_table(
         "chain_receipts",
         sa.Column("signature", sa.String(length=100), nullable=False),
@@ -612,6 +597,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("state_reason", sa.String(length=64), nullable=True),
+        sa.Column("index", sa.Integer(), nullable=False),
         sa.Column("gpus", sa.Integer(), nullable=False),
         sa.Column("price_per_hour_micro", sa.BigInteger(), nullable=False),
         sa.Column("ray_address", sa.String(length=128), nullable=True),
@@ -1047,6 +1033,21 @@ def upgrade() -> None:
     FOR EACH ROW EXECUTE FUNCTION ledger_check_balanced()
     """
     )
+    op.execute(
+        """
+    ALTER TABLE billing_node_meters SET (fillfactor = 50)
+    """
+    )
+    op.execute(
+        """
+    ALTER TABLE usage_buckets SET (fillfactor = 80)
+    """
+    )
+    op.execute(
+        """
+    ALTER TABLE ledger_accounts SET (fillfactor = 70)
+    """
+    )
     # ### end Alembic commands ###
 
 
@@ -1082,8 +1083,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_chain_receipts_needs_review"), table_name="chain_receipts")
     op.drop_index(op.f("ix_chain_receipts_deposit_id"), table_name="chain_receipts")
     op.drop_table("chain_receipts")
-    op.drop_index(op.f("ix_billing_node_meters_cluster_id"), table_name="billing_node_meters")
-    op.drop_index(op.f("ix_billing_node_meters_active"), table_name="billing_node_meters")
     op.drop_table("billing_node_meters")
     op.drop_index(op.f("ix_user_wallets_user_id"), table_name="user_wallets")
     op.drop_table("user_wallets")
@@ -1113,8 +1112,6 @@ def downgrade() -> None:
     op.drop_index(
         "ix_usage_buckets_unsettled", table_name="usage_buckets", postgresql_where="NOT settled"
     )
-    op.drop_index(op.f("ix_usage_buckets_device_id"), table_name="usage_buckets")
-    op.drop_index(op.f("ix_usage_buckets_cluster_id"), table_name="usage_buckets")
     op.drop_table("usage_buckets")
     op.drop_index(op.f("ix_ledger_transactions_kind"), table_name="ledger_transactions")
     op.drop_index(op.f("ix_ledger_transactions_created_at"), table_name="ledger_transactions")

@@ -1,0 +1,417 @@
+"""Customer commands: `tesai offers`, `tesai quote`, `tesai cluster …`, `tesai job …`.
+
+All go through the HTTP API with the stored login (`tesai login`). Every listing takes
+``--json``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tesai.client import ApiError, NotLoggedIn, TesaiClient, dumps
+
+console = Console()
+err = Console(stderr=True)
+
+cluster_app = typer.Typer(
+    help="Rent, inspect, extend and terminate Ray clusters.", no_args_is_help=True
+)
+job_app = typer.Typer(help="Run Ray jobs on your clusters.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def usd(micro: int | None) -> str:
+    return "-" if micro is None else f"${micro / 1_000_000:,.2f}"
+
+
+def _client() -> TesaiClient:
+    try:
+        return TesaiClient()
+    except NotLoggedIn as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as exc:
+        err.print(f"[red]{exc.status} {exc.code}[/]: {exc.detail}")
+        raise typer.Exit(1) from exc
+
+
+def _request(
+    gpu_model: str | None,
+    gpus: int,
+    nodes: int | None,
+    hours: float,
+    max_price: float | None,
+    region: list[str] | None,
+    min_reliability: float,
+    min_gpus: int | None,
+    max_gpus: int | None,
+) -> dict[str, Any]:
+    req: dict[str, Any] = {
+        "gpu_model": gpu_model,
+        "duration_s": int(hours * 3600),
+        "min_reliability": min_reliability,
+    }
+    if gpu_model:
+        req["gpus"] = gpus
+    else:
+        req["nodes"] = nodes or 1
+    if max_price is not None:
+        req["max_price_per_gpu_hour_micro"] = int(max_price * 1_000_000)
+    if region:
+        req["regions"] = region
+    if min_gpus is not None and max_gpus is not None:
+        req["min_gpus"], req["max_gpus"] = min_gpus, max_gpus
+    return req
+
+
+GpuModel = Annotated[
+    str | None,
+    typer.Option("--gpu-model", "-m", help="e.g. 'NVIDIA H100 80GB HBM3'; omit for CPU."),
+]
+Gpus = Annotated[int, typer.Option("--gpus", "-g", help="GPUs in all.")]
+Nodes = Annotated[int | None, typer.Option(help="CPU nodes (CPU clusters).")]
+Hours = Annotated[float, typer.Option(help="Rental duration in hours.")]
+MaxPrice = Annotated[float | None, typer.Option(help="Max price per GPU-hour in USD.")]
+Region = Annotated[list[str] | None, typer.Option(help="Allowed regions; repeat for several.")]
+MinRel = Annotated[float, typer.Option(help="Minimum reliability 0..1.")]
+
+
+def offers(
+    gpu_model: GpuModel = None,
+    region: Annotated[str | None, typer.Option(help="Region.")] = None,
+    max_price: MaxPrice = None,
+    min_reliability: MinRel = 0.0,
+    sort: Annotated[str, typer.Option(help="price, reliability or score.")] = "price",
+    as_json: JsonOpt = False,
+) -> None:
+    """Bookable devices right now, with counts per GPU model."""
+    params: dict[str, Any] = {"sort": sort, "min_reliability": min_reliability}
+    if gpu_model:
+        params["gpu_model"] = gpu_model
+    if region:
+        params["region"] = region
+    if max_price is not None:
+        params["max_price_per_gpu_hour_micro"] = int(max_price * 1_000_000)
+    with _client() as c:
+        data = _call(c.get, "/api/v1/offers", params=params)
+    if as_json:
+        typer.echo(dumps(data))
+        return
+    groups = Table("GPU model", "listed", "bookable", "bookable GPUs", "from $/GPU-h", title="Pool")
+    for g in data["groups"]:
+        groups.add_row(
+            g["gpu_model"] or "CPU",
+            str(g["listed_devices"]),
+            str(g["bookable_devices"]),
+            str(g["bookable_gpus"]),
+            usd(g["min_price_per_gpu_hour_micro"]),
+        )
+    console.print(groups)
+    table = Table(
+        "device", "GPU", "GPUs", "region", "$/GPU-h", "reliability", "score", title="Offers"
+    )
+    for o in data["offers"]:
+        table.add_row(
+            o["device_id"],
+            o["gpu_model"] or "CPU",
+            str(o["gpu_count"]),
+            o["region"],
+            usd(o["price_per_gpu_hour_micro"]),
+            f"{o['reliability']:.3f}",
+            f"{o['verified_score']:.2f}",
+        )
+    console.print(table)
+
+
+def quote(
+    gpu_model: GpuModel = None,
+    gpus: Gpus = 1,
+    nodes: Nodes = None,
+    hours: Hours = 1.0,
+    max_price: MaxPrice = None,
+    region: Region = None,
+    min_reliability: MinRel = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Price a cluster and hold its devices for a minute."""
+    req = _request(gpu_model, gpus, nodes, hours, max_price, region, min_reliability, None, None)
+    with _client() as c:
+        q = _call(c.post, "/api/v1/quotes", json=req)
+    if as_json:
+        typer.echo(dumps(q))
+        return
+    _print_quote(q)
+
+
+def _print_quote(q: dict[str, Any]) -> None:
+    where = q["region"] or "several regions"
+    console.print(f"Quote [bold]{q['id']}[/] ({q['shape']}, {where}) until {q['expires_at']}")
+    compute, fee = usd(q["hourly_micro"]), usd(q["hourly_fee_micro"])
+    console.print(f"  {compute}/h compute + {fee}/h fee = {usd(q['hourly_total_micro'])}/h")
+    console.print(f"  hold for the whole duration: [bold]{usd(q['total_micro'])}[/]")
+    for reason in q["reasons"]:
+        console.print(f"  · {reason}")
+
+
+@cluster_app.command("create")
+def cluster_create(
+    gpu_model: GpuModel = None,
+    gpus: Gpus = 1,
+    nodes: Nodes = None,
+    hours: Hours = 1.0,
+    max_price: MaxPrice = None,
+    region: Region = None,
+    min_reliability: MinRel = 0.0,
+    name: Annotated[str, typer.Option(help="Cluster name.")] = "cluster",
+    quote_id: Annotated[str | None, typer.Option("--quote", help="Book this quote.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Stop when this many USD are spent.")] = None,
+    min_gpus: Annotated[int | None, typer.Option(help="Autoscale: at least.")] = None,
+    max_gpus: Annotated[int | None, typer.Option(help="Autoscale: at most.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until it is running.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rent a cluster (books the devices and holds the price of the whole duration)."""
+    body: dict[str, Any] = {"name": name}
+    if quote_id:
+        body["quote_id"] = quote_id
+    else:
+        body["request"] = _request(
+            gpu_model, gpus, nodes, hours, max_price, region, min_reliability, min_gpus, max_gpus
+        )
+    if budget is not None:
+        body["budget_micro"] = int(budget * 1_000_000)
+    with _client() as c:
+        cluster = _call(c.post, "/api/v1/clusters", json=body)
+        if wait:
+            cluster = _wait_running(c, cluster["id"], quiet=as_json)
+    if as_json:
+        typer.echo(dumps(cluster))
+        return
+    console.print(f"Cluster [bold]{cluster['id']}[/] is {cluster['status']}.")
+    console.print(f"  tesai job submit --cluster {cluster['id']} -- python train.py")
+    headers = '{"Authorization": "Bearer <your token>"}'
+    console.print(f"  ray job submit --address {cluster['ray_address']} --headers '{headers}' -- …")
+
+
+def _wait_running(
+    c: TesaiClient, cluster_id: str, *, quiet: bool, timeout_s: float = 600
+) -> dict[str, Any]:
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    with console.status("provisioning…", spinner="dots") if not quiet else _Null():
+        while time.monotonic() < deadline:
+            detail = _call(c.get, f"/api/v1/clusters/{cluster_id}")
+            for e in detail["events"]:
+                key = f"{e['at']}{e['reason']}"
+                if key not in seen and not quiet:
+                    console.print(f"  {e['at'][11:19]} {e['reason']}: {e['message']}")
+                seen.add(key)
+            if detail["status"] in ("running", "failed", "terminated"):
+                return dict(detail)
+            time.sleep(1.0)
+    err.print("[yellow]Still provisioning; check `tesai cluster show`.[/]")
+    return dict(detail)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@cluster_app.command("list")
+def cluster_list(as_json: JsonOpt = False) -> None:
+    """Your clusters."""
+    with _client() as c:
+        rows = _call(c.get, "/api/v1/clusters")
+    if as_json:
+        typer.echo(dumps(rows))
+        return
+    table = Table("id", "name", "status", "GPUs", "$/h", "ends", title="Clusters")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["name"],
+            r["status"],
+            str(r["gpus"]),
+            usd(r["hourly_price_micro"]),
+            str(r["ends_at"] or "-"),
+        )
+    console.print(table)
+
+
+@cluster_app.command("show")
+def cluster_show(cluster_id: str, as_json: JsonOpt = False) -> None:
+    """A cluster's nodes and its state timeline with reasons."""
+    with _client() as c:
+        d = _call(c.get, f"/api/v1/clusters/{cluster_id}")
+    if as_json:
+        typer.echo(dumps(d))
+        return
+    console.print(f"[bold]{d['name']}[/] {d['id']}: {d['status']} ({d['status_reason']})")
+    console.print(f"  Ray address: {d['ray_address']}")
+    nodes = Table("node", "device", "role", "state", "healthy s", title="Nodes")
+    for n in d["nodes"]:
+        nodes.add_row(n["id"], n["device_id"], n["role"], n["state"], str(n["healthy_seconds"]))
+    console.print(nodes)
+    events = Table("at", "reason", "message", title="Events")
+    for e in d["events"]:
+        events.add_row(e["at"], e["reason"], e["message"])
+    console.print(events)
+
+
+@cluster_app.command("extend")
+def cluster_extend(cluster_id: str, hours: Hours = 1.0, as_json: JsonOpt = False) -> None:
+    """Add time (its price is added to the hold)."""
+    with _client() as c:
+        d = _call(
+            c.post, f"/api/v1/clusters/{cluster_id}/extend", json={"duration_s": int(hours * 3600)}
+        )
+    typer.echo(
+        dumps(d)
+        if as_json
+        else f"{d['id']} now ends {d['ends_at'] or 'after provisioning + duration'}"
+    )
+
+
+@cluster_app.command("terminate")
+def cluster_terminate(cluster_id: str, as_json: JsonOpt = False) -> None:
+    """Stop now; unused time is returned."""
+    with _client() as c:
+        d = _call(c.post, f"/api/v1/clusters/{cluster_id}/terminate")
+    typer.echo(dumps(d) if as_json else f"{d['id']} is {d['status']}")
+
+
+@job_app.command(
+    "submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def job_submit(
+    ctx: typer.Context,
+    cluster: Annotated[str, typer.Option("--cluster", "-c", help="Cluster id.")],
+    working_dir: Annotated[
+        str | None, typer.Option(help="Upload this folder as the job's working dir.")
+    ] = None,
+    follow: Annotated[bool, typer.Option(help="Stream logs until the job ends.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit `-- ENTRYPOINT…` to the cluster."""
+    entrypoint = " ".join(ctx.args)
+    if not entrypoint:
+        err.print("[red]Give the entrypoint after --, e.g. `-- python train.py`[/]")
+        raise typer.Exit(2)
+    with _client() as c:
+        runtime_env: dict[str, Any] | None = None
+        if working_dir:
+            runtime_env = _upload_working_dir(c, cluster, working_dir)
+        job = _call(
+            c.post,
+            f"/api/v1/clusters/{cluster}/jobs",
+            json={"entrypoint": entrypoint, "runtime_env": runtime_env},
+        )
+        if as_json and not follow:
+            typer.echo(dumps(job))
+            return
+        console.print(f"Job [bold]{job['id']}[/] submitted ({job['submission_id']}).")
+        if follow:
+            _stream_logs(c, cluster, job["id"])
+
+
+def _upload_working_dir(c: TesaiClient, cluster_id: str, working_dir: str) -> dict[str, Any]:
+    """Upload the folder to the cluster through the proxy (Ray's own packaging)."""
+    from ray.job_submission import JobSubmissionClient
+
+    ray_client = JobSubmissionClient(
+        f"{c.server}/api/v1/clusters/{cluster_id}/ray",
+        headers={"Authorization": f"Bearer {c.token}"},
+    )
+    runtime_env: dict[str, Any] = {"working_dir": working_dir}
+    ray_client._upload_working_dir_if_needed(runtime_env)
+    return runtime_env
+
+
+def _stream_logs(c: TesaiClient, cluster_id: str, job_id: str) -> None:
+    path = f"/api/v1/clusters/{cluster_id}/jobs/{job_id}/logs"
+    with c._http.stream(
+        "GET", path, params={"follow": "true"}, headers=c._headers(), timeout=None
+    ) as r:
+        if r.status_code >= 400:
+            r.read()
+            err.print(f"[red]{r.status_code}[/] {r.text}")
+            raise typer.Exit(1)
+        for chunk in r.iter_text():
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+
+@job_app.command("list")
+def job_list(
+    cluster: Annotated[str, typer.Option("--cluster", "-c")], as_json: JsonOpt = False
+) -> None:
+    """Jobs submitted through TES AI on a cluster."""
+    with _client() as c:
+        rows = _call(c.get, f"/api/v1/clusters/{cluster}/jobs")
+    if as_json:
+        typer.echo(dumps(rows))
+        return
+    table = Table("id", "status", "entrypoint", "created", title="Jobs")
+    for j in rows:
+        table.add_row(j["id"], j["status"], j["entrypoint"][:60], j["created_at"])
+    console.print(table)
+
+
+@job_app.command("status")
+def job_status(
+    job_id: str, cluster: Annotated[str, typer.Option("--cluster", "-c")], as_json: JsonOpt = False
+) -> None:
+    with _client() as c:
+        j = _call(c.get, f"/api/v1/clusters/{cluster}/jobs/{job_id}")
+    typer.echo(dumps(j) if as_json else f"{j['id']}: {j['status']} {j['message'] or ''}")
+
+
+@job_app.command("logs")
+def job_logs(
+    job_id: str,
+    cluster: Annotated[str, typer.Option("--cluster", "-c")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream until the job ends.")
+    ] = False,
+) -> None:
+    with _client() as c:
+        if follow:
+            _stream_logs(c, cluster, job_id)
+            return
+        r = c._http.get(f"/api/v1/clusters/{cluster}/jobs/{job_id}/logs", headers=c._headers())
+        if r.status_code >= 400:
+            err.print(f"[red]{r.status_code}[/] {r.text}")
+            raise typer.Exit(1)
+        sys.stdout.write(r.text)
+
+
+@job_app.command("stop")
+def job_stop(
+    job_id: str, cluster: Annotated[str, typer.Option("--cluster", "-c")], as_json: JsonOpt = False
+) -> None:
+    with _client() as c:
+        j = _call(c.post, f"/api/v1/clusters/{cluster}/jobs/{job_id}/stop")
+    typer.echo(dumps(j) if as_json else f"{j['id']}: {j['status']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(offers)
+    app.command()(quote)
+    app.add_typer(cluster_app, name="cluster")
+    app.add_typer(job_app, name="job")

@@ -1,0 +1,254 @@
+"""The core product end to end: real agents (CPU devices) run a real Ray cluster.
+
+A provider's four machines are four agent processes on this host, each with its own state dir
+and Ray port range, talking HTTP to a real `tesai server` process. A customer rents a 3-node
+cluster, runs a job on every node (plain `ray job submit` through our proxy, and our own jobs
+API), loses a worker to SIGKILL, gets the fourth machine as a replacement, and terminates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from tesai.agent.local import LocalAgentProcess, start_local_agent
+from tesai.agent.ray_node import find_processes, node_marker
+from tesai.billing import service as billing
+from tesai.runtime import Runtime
+from tesai.settings import Settings
+from tests.fixtures.auth import MakeUser
+from tests.fixtures.processes import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+JOB = textwrap.dedent(
+    """
+    import ray
+
+    ray.init()
+    names = sorted(k for k in ray.cluster_resources() if k.startswith("tesai_node_"))
+
+    @ray.remote(num_cpus=0)
+    def where():
+        return ray.get_runtime_context().get_node_id()
+
+    ids = ray.get([where.options(resources={n: 0.001}).remote() for n in names])
+    print("DISTINCT_NODES", len(set(ids)))
+    """
+)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"heartbeat_interval_s": 1.0, "proof_matrix_n_cpu": 128, "proof_iterations": 2}
+    )
+
+
+@pytest.fixture
+def server(settings: Settings, runtime: Runtime, tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(settings, tmp_path / "server.log", TESAI_PROVISIONING_DEADLINE_S="240")
+    srv.env["TESAI_PUBLIC_URL"] = srv.url
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+class Pool:
+    def __init__(self) -> None:
+        self.agents: dict[str, LocalAgentProcess] = {}
+        self.logs: dict[str, Path] = {}
+
+    def tail(self) -> str:
+        return "\n".join(f"--- {d}\n{p.read_text()[-1500:]}" for d, p in self.logs.items())
+
+
+@pytest.fixture
+async def pool(
+    server: ServerProcess, client: httpx.AsyncClient, make_user: MakeUser, tmp_path: Path
+) -> AsyncIterator[Pool]:
+    """Four CPU devices, joined and verified."""
+    _, provider = await make_user(roles=("provider",))
+    p = Pool()
+    try:
+        for i in range(4):
+            r = await client.post(
+                "/api/v1/provider/devices",
+                json={"name": f"box{i}", "region": "eu-west", "country": "DE"},
+                headers=provider,
+            )
+            assert r.status_code == 201, r.text
+            device_id = r.json()["device"]["id"]
+            p.logs[device_id] = tmp_path / f"agent{i}.log"
+            p.agents[device_id] = start_local_agent(
+                server.url,
+                tmp_path / f"agent{i}",
+                r.json()["join_token"],
+                log_file=p.logs[device_id],
+                extra_env={
+                    "TESAI_RAY_PORT_RANGE": f"{21000 + i * 1000}-{21999 + i * 1000}",
+                    "TESAI_RAY_NODE_IP": "127.0.0.1",
+                    # Short: Ray's unix socket paths live below it (~107 bytes at most).
+                    "TESAI_RAY_TEMP_ROOT": tempfile.mkdtemp(prefix=f"tr{i}-", dir="/tmp"),
+                },
+            )
+        for device_id in p.agents:
+            await _until(
+                lambda d=device_id: _device_status(client, provider, d),
+                lambda s: s == "online",
+                90,
+                p.tail,
+            )
+        yield p
+    finally:
+        for agent in p.agents.values():
+            if agent.poll() is None:
+                agent.stop()
+
+
+async def _device_status(client: httpx.AsyncClient, headers: dict[str, str], device_id: str) -> str:
+    r = await client.get(f"/api/v1/provider/devices/{device_id}", headers=headers)
+    return str(r.json()["device"]["status"])
+
+
+async def _until(fetch: Any, check: Any, timeout: float, explain: Any = lambda: "") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await fetch()
+        if check(last):
+            return last
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out; last: {last}\n{explain()}")
+
+
+async def test_rent_run_heal_and_terminate_a_three_node_cluster(
+    server: ServerProcess,
+    pool: Pool,
+    client: httpx.AsyncClient,
+    runtime: Runtime,
+    make_user: MakeUser,
+    tmp_path: Path,
+) -> None:
+    customer, headers = await make_user()
+    async with runtime.sessionmaker.begin() as s:
+        await billing.admin_grant_credit(
+            s,
+            admin_user_id=None,
+            user_id=customer.id,
+            amount_micro=100_000_000,
+            reason="e2e",
+            idempotency_key=f"e2e:{uuid.uuid4()}",
+        )
+    api = httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60)
+
+    async def detail() -> dict[str, Any]:
+        r = await api.get(f"/api/v1/clusters/{cluster_id}")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    def explain() -> str:
+        return pool.tail() + "\n--- server\n" + server.log.read_text()[-3000:]
+
+    r = await api.post(
+        "/api/v1/clusters", json={"name": "e2e", "request": {"nodes": 3, "duration_s": 3600}}
+    )
+    assert r.status_code == 201, r.text
+    cluster_id = r.json()["id"]
+    ray_address = r.json()["ray_address"]
+    assert ray_address == f"{server.url}/api/v1/clusters/{cluster_id}/ray"
+    running = await _until(detail, lambda d: d["status"] == "running", 240, explain)
+    nodes = [n for n in running["nodes"] if n["state"] == "running"]
+    assert len(nodes) == 3
+    used = {n["device_id"] for n in nodes}
+    spare = next(d for d in pool.agents if d not in used)
+
+    # Plain Ray tooling through our proxy, with our token: a job that runs on every node.
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "spread.py").write_text(JOB)
+    ray_client = JobSubmissionClient(ray_address, headers=headers)
+    sub = ray_client.submit_job(
+        entrypoint="python spread.py", runtime_env={"working_dir": str(tmp_path / "job")}
+    )
+    deadline = time.monotonic() + 120
+    while ray_client.get_job_status(sub) not in {JobStatus.SUCCEEDED, JobStatus.FAILED}:
+        assert time.monotonic() < deadline, explain()
+        await asyncio.sleep(1)
+    logs = ray_client.get_job_logs(sub)
+    assert ray_client.get_job_status(sub) == JobStatus.SUCCEEDED, logs
+    assert "DISTINCT_NODES 3" in logs
+
+    # Without our token the proxy answers 401; with another customer's, 404.
+    assert httpx.get(f"{ray_address}/api/version").status_code == 401
+    _, stranger = await make_user()
+    assert httpx.get(f"{ray_address}/api/version", headers=stranger).status_code == 404
+    version = httpx.get(f"{ray_address}/api/version", headers=headers)
+    assert version.status_code == 200
+    assert version.json()["ray_version"] == running["ray_version"]
+
+    # Our own jobs API: submit, status, logs.
+    r = await api.post(
+        f"/api/v1/clusters/{cluster_id}/jobs",
+        json={"entrypoint": "python -c \"print('hello from tesai')\""},
+    )
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    await _until(
+        lambda: api.get(f"/api/v1/clusters/{cluster_id}/jobs/{job_id}"),
+        lambda resp: resp.json()["status"] in ("SUCCEEDED", "FAILED"),
+        120,
+        explain,
+    )
+    assert (await api.get(f"/api/v1/clusters/{cluster_id}/jobs/{job_id}")).json()[
+        "status"
+    ] == "SUCCEEDED"
+    logs_r = await api.get(f"/api/v1/clusters/{cluster_id}/jobs/{job_id}/logs")
+    assert "hello from tesai" in logs_r.text
+
+    # A worker's machine dies: its agent and its Ray processes are SIGKILLed.
+    victim = next(n for n in nodes if n["role"] == "worker")
+    pool.agents[victim["device_id"]].send_signal(signal.SIGKILL)
+    pool.agents[victim["device_id"]].wait()
+    for proc in find_processes(node_marker(cluster_id, int(victim["index"]))):
+        proc.send_signal(signal.SIGKILL)
+    degraded = await _until(detail, lambda d: d["status"] == "degraded", 60, explain)
+    assert any(e["reason"] == "node_lost" for e in degraded["events"])
+    healed = await _until(
+        detail,
+        lambda d: (
+            d["status"] == "running"
+            and any(n["device_id"] == spare and n["state"] == "running" for n in d["nodes"])
+        ),
+        180,
+        explain,
+    )
+    reasons = [e["reason"] for e in healed["events"]]
+    assert "node_replaced" in reasons
+    lost = next(n for n in healed["nodes"] if n["id"] == victim["id"])
+    assert lost["state"] == "lost"
+
+    # Terminate: every Ray process of the cluster is gone from every machine.
+    r = await api.post(f"/api/v1/clusters/{cluster_id}/terminate")
+    assert r.status_code == 200, r.text
+    done = await _until(detail, lambda d: d["status"] == "terminated", 60, explain)
+    assert {n["state"] for n in done["nodes"]} <= {"released", "lost"}
+    deadline = time.monotonic() + 60
+    while find_processes(f"{cluster_id}/"):
+        left = [p.pid for p in find_processes(f"{cluster_id}/")]
+        assert time.monotonic() < deadline, f"Ray processes left: {left}"
+        await asyncio.sleep(1)
+    await api.aclose()
