@@ -128,7 +128,7 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity
 class ServerProcess:
     process: subprocess.Popen[bytes]
     base_url: str

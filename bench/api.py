@@ -64,9 +64,11 @@ def create_api_key(base_url: str) -> str:
             "/api/v1/auth/signup",
             json={"email": email, "password": password, "roles": ["customer", "provider"]},
         )
-        r.raise_for_status()
+        if r.status_code != 201:
+            raise RuntimeError(f"signup failed: {r.status_code} {r.text}")
         r = http.post("/api/v1/auth/login", json={"email": email, "password": password})
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise RuntimeError(f"login failed: {r.status_code} {r.text}")
         token = r.json()["access_token"]
         r = http.post(
             "/api/v1/auth/api-keys",

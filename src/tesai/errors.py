@@ -165,9 +165,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = _jsonable_errors(exc.errors())
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        first: dict[str, Any] = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(first["loc"])
-        detail = f"{where}: {first['msg']}" if where else first["msg"]
+        detail = f"{where}: {first['msg']}" if where else str(first["msg"])
         return problem_response(
             problem(422, "invalid_input", detail, instance=request.url.path, errors=errors)
         )
