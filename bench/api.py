@@ -2,7 +2,7 @@
 
 Starts `tesai server` (production settings, 2 uvicorn workers, rate limiting on with limits
 too high to trigger, access log on) against a scratch PostgreSQL database and Redis, signs a
-user up and creates an API key through the API, then drives both endpoints with wrk
+user up and creates an API key through the API, then drives the endpoints with wrk
 (keep-alive connections, a separate process), alternating rounds, and prints the medians:
 
     (a) GET /api/v1/auth/me   with X-API-Key   (authentication, rate limit, JSON body)
@@ -17,7 +17,7 @@ Misses are reported, not fatal; the script fails only when the run itself is bro
     python bench/api.py [--rounds 3] [--duration 10] [--connections 64] [--profile]
 
 ``--profile`` also samples one worker with py-spy during an extra authenticated run and
-prints where its time goes (needs `py-spy`, not a project dependency).
+prints where its time goes (needs `py-spy` in the venv).
 """
 
 from __future__ import annotations

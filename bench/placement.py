@@ -1,6 +1,7 @@
 """Placement benchmark: pure decisions over a large synthetic pool.
 
     .venv/bin/python bench/placement.py [--devices 100000] [--requests 20000] [--reference 200]
+    .venv/bin/python bench/placement.py --committed [--devices 20000] [--workers 4] [--seconds 20]
 
 Builds ``PoolIndex`` over N synthetic devices (a realistic mix of GPU models, regions, GPUs per
 device and prices), then places requests of 1–8 GPUs one after another, booking each placement
@@ -9,23 +10,39 @@ would. Prints placements/s and p50/p99 latency of ``place``, and the same for th
 scan on a smaller sample of the same requests (with the speed-up ratio). Goal: ≥ 10,000
 placements/s and p99 ≤ 5 ms on the index path.
 
-Missing: the committed-to-PostgreSQL part (4 concurrent API processes, ≥ 1,000 clusters/s, zero
-double booking) needs the clusters domain; see ``bench_committed`` below.
+``--committed`` instead seeds a scratch PostgreSQL database with N online devices (default
+20,000) and customers with credit, then lets 4 processes create clusters through the real
+service path (``tesai.clusters.service.create_cluster``, one transaction each) for a fixed time,
+and prints clusters/s committed plus checker queries: zero double-booked devices, every hold in
+the ledger. Goal ≥ 1,000 clusters/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import multiprocessing as mp
 import os
 import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+import uuid
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from _util import REDIS_URL, _plain, machine, scratch_database
 
 from tesai.scheduling import Device, Placement, PlacementRequest, PoolIndex, place_reference
+
+if TYPE_CHECKING:
+    from tesai.settings import Settings
 
 # (model, share of the pool, typical price per GPU-hour in micro-USDC, VRAM MB)
 MODELS = [
@@ -206,13 +223,306 @@ def run(n_devices: int, n_requests: int, n_reference: int, live: int, seed: int)
     return 0
 
 
-def bench_committed() -> None:
-    """TODO(issue 4): place + commit to PostgreSQL from 4 concurrent API processes.
+# --- committed to PostgreSQL: the real service path from several processes -------------------
 
-    Goal ≥ 1,000 clusters/s and a checker confirming zero double-booked devices. Needs the
-    clusters domain (booking rows with row locks / a unique constraint), which does not exist yet.
+
+def _committed_devices(n: int, provider_id: str, rng: random.Random) -> list[dict[str, object]]:
+    """Rows for ``devices``: the synthetic pool's mix, every device online and verified."""
+    rows: list[dict[str, object]] = []
+    for d in synthetic_pool(n, rng):
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "provider_id": uuid.UUID(provider_id),
+                "name": d.id,
+                "status": "online",
+                "hardware": {},
+                "gpu_model": d.gpu_model,
+                "gpu_count": d.gpu_count,
+                "vram_bytes_per_gpu": d.vram_mb * 1024 * 1024,
+                "cpu_cores": 16,
+                "ram_bytes": 64 * 2**30,
+                "region": d.region,
+                "country": d.country,
+                "connectivity_tier": f"t{d.connectivity_tier}" if d.connectivity_tier else None,
+                "price_per_gpu_hour_micro": d.price_per_gpu_hour_micro,
+                "reliability": d.reliability,
+                "verified_score": 1000.0 * d.verified_score / (1.0 - min(d.verified_score, 0.99)),
+                "version": 1,
+            }
+        )
+    return rows
+
+
+def _committed_requests(n: int, rng: random.Random) -> list[dict[str, object]]:
+    """``ClusterRequest`` bodies of 1–8 GPUs (the same mix as the pure benchmark)."""
+    out: list[dict[str, object]] = []
+    for r in synthetic_requests(n, rng):
+        out.append(
+            {
+                "gpu_model": r.gpu_model,
+                "gpus": r.gpu_count,
+                "gpus_per_node": r.gpus_per_node,
+                "duration_s": 3600,
+                "max_price_per_gpu_hour_micro": r.max_price_per_gpu_hour_micro,
+                "regions": sorted(r.regions),
+                "min_reliability": r.min_reliability,
+                "min_connectivity_tier": r.min_connectivity_tier,
+                "allow_cross_region": r.allow_cross_region,
+            }
+        )
+    return out
+
+
+def _settings(url: str, home: str) -> Settings:
+    from tesai.settings import Settings
+
+    return Settings(
+        database_url=url,
+        redis_url=REDIS_URL,
+        redis_prefix=f"bench-placement-{os.getpid()}:",
+        home=Path(home),
+    )
+
+
+async def _seed(url: str, home: str, n_devices: int, n_customers: int, seed: int) -> list[str]:
+    """A provider with ``n_devices`` online devices and customers with plenty of credit."""
+    from sqlalchemy import insert
+
+    from tesai.accounts.models import User
+    from tesai.billing import service as billing
+    from tesai.devices.models import Device
+    from tesai.runtime import open_runtime
+
+    runtime = await open_runtime(_settings(url, home), run_periodic=False)
+    try:
+        provider = uuid.uuid4()
+        customers = [uuid.uuid4() for _ in range(n_customers)]
+        async with runtime.sessionmaker.begin() as s:
+            await s.execute(
+                insert(User),
+                [{"id": provider, "email": "provider@bench.invalid", "is_provider": True}]
+                + [{"id": c, "email": f"c{i}@bench.invalid"} for i, c in enumerate(customers)],
+            )
+            rows = _committed_devices(n_devices, str(provider), random.Random(seed))
+            for i in range(0, len(rows), 2_000):
+                await s.execute(insert(Device), rows[i : i + 2_000])
+        async with runtime.sessionmaker.begin() as s:
+            for c in customers:
+                await billing.admin_grant_credit(
+                    s,
+                    admin_user_id=None,
+                    user_id=c,
+                    amount_micro=10**13,
+                    reason="bench",
+                    idempotency_key=f"bench-credit:{c}",
+                )
+        async with runtime.engine.begin() as conn:
+            await conn.exec_driver_sql("ANALYZE")
+    finally:
+        await runtime.close()
+    return [str(c) for c in customers]
+
+
+@dataclass
+class WorkerResult:
+    committed: int = 0
+    shortfalls: int = 0
+    conflicts: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    first_error: str = ""
+
+
+def _committed_worker(
+    url: str,
+    home: str,
+    customers: list[str],
+    requests: list[dict[str, object]],
+    concurrency: int,
+    start: Any,
+    seconds: float,
+    out: Any,
+) -> None:
+    """One "API process": create clusters through the service, one transaction each."""
+    out.put(asyncio.run(_worker_loop(url, home, customers, requests, concurrency, start, seconds)))
+
+
+async def _worker_loop(
+    url: str,
+    home: str,
+    customers: list[str],
+    requests: list[dict[str, object]],
+    concurrency: int,
+    start: Any,
+    seconds: float,
+) -> WorkerResult:
+    from tesai.clusters import service
+    from tesai.clusters.errors import NoCapacity
+    from tesai.clusters.schemas import CreateCluster
+    from tesai.db import run_after_commit
+    from tesai.errors import AppError
+    from tesai.runtime import open_runtime
+
+    runtime = await open_runtime(_settings(url, home), run_periodic=False)
+    result = WorkerResult()
+    bodies = [CreateCluster(name="bench", request=r) for r in requests]  # type: ignore[arg-type]
+    counter = iter(range(10**9))
+    start.wait()
+    deadline = time.monotonic() + seconds
+
+    async def loop(slot: int) -> None:
+        customer = uuid.UUID(customers[slot % len(customers)])
+        while time.monotonic() < deadline:
+            body = bodies[next(counter) % len(bodies)]
+            t = time.perf_counter()
+            # Exactly the API's unit of work (tesai.db.get_session): commit or roll back.
+            async with runtime.sessionmaker() as session:
+                try:
+                    await service.create_cluster(session, runtime, customer, body)
+                except NoCapacity as exc:
+                    await session.rollback()
+                    if "booked by someone else" in exc.detail or "changed" in exc.detail:
+                        result.conflicts += 1
+                    else:
+                        result.shortfalls += 1
+                    continue
+                except AppError as exc:
+                    await session.rollback()
+                    result.errors += 1
+                    result.first_error = result.first_error or f"{exc.code}: {exc.detail}"
+                    continue
+                await session.commit()
+                await run_after_commit(session)
+            result.latencies.append(time.perf_counter() - t)
+            result.committed += 1
+
+    try:
+        await asyncio.gather(*(loop(i) for i in range(concurrency)))
+    finally:
+        await runtime.close()
+    return result
+
+
+CHECKS = {
+    "double-booked devices (a device in two live cluster_nodes rows)": """
+        SELECT count(*) FROM (
+            SELECT device_id FROM cluster_nodes WHERE released_at IS NULL
+            GROUP BY device_id HAVING count(*) > 1) x""",
+    "live nodes whose device is not busy": """
+        SELECT count(*) FROM cluster_nodes n JOIN devices d ON d.id = n.device_id
+        WHERE n.released_at IS NULL AND d.status <> 'busy'""",
+    "busy devices without a live node": """
+        SELECT count(*) FROM devices d WHERE d.status = 'busy' AND NOT EXISTS (
+            SELECT 1 FROM cluster_nodes n WHERE n.device_id = d.id AND n.released_at IS NULL)""",
+    "clusters whose hold account differs from hold_micro": """
+        SELECT count(*) FROM clusters c LEFT JOIN ledger_accounts a
+            ON a.owner_user_id = c.customer_id AND a.kind = 'customer_held'
+           AND a.ref = 'cluster:' || c.id::text
+        WHERE a.balance IS DISTINCT FROM c.hold_micro""",
+    "customers whose available + held differs from the credit granted": """
+        SELECT count(*) FROM (
+            SELECT a.owner_user_id, sum(a.balance) AS total FROM ledger_accounts a
+            WHERE a.kind IN ('customer_available', 'customer_held')
+            GROUP BY a.owner_user_id) x WHERE x.total <> 10000000000000""",
+}
+
+
+async def _check(url: str) -> tuple[int, int, dict[str, int]]:
+    conn = await asyncpg.connect(_plain(url))
+    try:
+        clusters = int(await conn.fetchval("SELECT count(*) FROM clusters"))
+        nodes = int(await conn.fetchval("SELECT count(*) FROM cluster_nodes"))
+        found = {name: int(await conn.fetchval(sql)) for name, sql in CHECKS.items()}
+    finally:
+        await conn.close()
+    return clusters, nodes, found
+
+
+def bench_committed(
+    n_devices: int, workers: int, concurrency: int, seconds: float, customers: int, seed: int
+) -> int:
+    """Place + commit clusters to PostgreSQL from ``workers`` concurrent processes.
+
+    Each process opens its own runtime (engine, pool) like an API worker and calls
+    ``tesai.clusters.service.create_cluster`` with a request in its own transaction per cluster,
+    committed like ``tesai.db.get_session`` does. Afterwards checker queries confirm no device is
+    booked twice and every cluster's hold is in the ledger. Goal ≥ 1,000 clusters/s.
     """
-    raise NotImplementedError("needs the clusters domain")
+    print(machine())
+    rng = random.Random(seed)
+    requests = _committed_requests(2_000, rng)
+    home = tempfile.mkdtemp(prefix="tesai-bench-home-")
+    try:
+        with scratch_database("tesai_bench_place") as url:
+            t = time.perf_counter()
+            ids = asyncio.run(_seed(url, home, n_devices, customers, seed))
+            # One key for every process (each would otherwise race to create it).
+            from tesai.clusters.service import secret_box
+
+            secret_box(_settings(url, home))
+            print(
+                f"seeded {n_devices:,} online devices, {customers} customers with credit "
+                f"in {time.perf_counter() - t:.1f} s"
+            )
+            ctx = mp.get_context("spawn")
+            start = ctx.Event()
+            out = ctx.Queue()
+            procs = [
+                ctx.Process(
+                    target=_committed_worker,
+                    args=(
+                        url,
+                        home,
+                        ids[w::workers],
+                        requests[w::workers],
+                        concurrency,
+                        start,
+                        seconds,
+                        out,
+                    ),
+                )
+                for w in range(workers)
+            ]
+            for p in procs:
+                p.start()
+            time.sleep(8)  # let every process import and connect before the clock starts
+            t0 = time.perf_counter()
+            start.set()
+            results: list[WorkerResult] = [out.get(timeout=seconds + 300) for _ in procs]
+            wall = time.perf_counter() - t0
+            for p in procs:
+                p.join()
+            committed = sum(r.committed for r in results)
+            lat = [x for r in results for x in r.latencies]
+            clusters, nodes, found = asyncio.run(_check(url))
+            print(
+                f"{workers} processes × {concurrency} in flight, {seconds:g} s: "
+                f"{committed} clusters committed ({nodes} nodes) in {wall:.1f} s "
+                f"→ {committed / wall:,.1f} clusters/s"
+            )
+            print(
+                f"  shortfalls {sum(r.shortfalls for r in results)}, lost races "
+                f"{sum(r.conflicts for r in results)}, other errors "
+                f"{sum(r.errors for r in results)} "
+                f"{next((r.first_error for r in results if r.first_error), '')}"
+            )
+            if lat:
+                print(
+                    f"  create_cluster latency p50 {percentile(lat, 50) * 1e3:.0f} ms, "
+                    f"p99 {percentile(lat, 99) * 1e3:.0f} ms"
+                )
+            print(f"load average after the run: {os.getloadavg()[0]:.1f}")
+            ok = clusters == committed
+            print(f"checker: {clusters} clusters in the database (committed {committed})")
+            for name, count in found.items():
+                print(f"  {name}: {count}")
+                ok = ok and count == 0
+            print("checker:", "OK" if ok else "FAILED")
+            print("goal (>= 1,000 clusters/s):", "met" if committed / wall >= 1000 else "NOT met")
+            return 0 if ok else 1
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> int:
@@ -222,7 +532,21 @@ def main() -> int:
     parser.add_argument("--reference", type=int, default=200, help="requests for the reference")
     parser.add_argument("--live", type=int, default=3_000, help="bookings kept before releasing")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--committed",
+        action="store_true",
+        help="instead: create clusters in PostgreSQL through the service from several processes",
+    )
+    parser.add_argument("--workers", type=int, default=4, help="--committed: processes")
+    parser.add_argument("--concurrency", type=int, default=1, help="--committed: per process")
+    parser.add_argument("--seconds", type=float, default=20, help="--committed: how long")
+    parser.add_argument("--customers", type=int, default=64, help="--committed: customers")
     args = parser.parse_args()
+    if args.committed:
+        n = args.devices if "--devices" in sys.argv else 20_000
+        return bench_committed(
+            n, args.workers, args.concurrency, args.seconds, args.customers, args.seed
+        )
     return run(args.devices, args.requests, args.reference, args.live, args.seed)
 
 

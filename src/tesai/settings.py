@@ -209,6 +209,10 @@ class Settings(BaseSettings):
     """Cap on node replacements per cluster per hour (no recovery storms)."""
     flap_exclusion_s: int = 900
     """A device lost from a cluster is not picked as a replacement for this long."""
+    autoscale_up_after_s: float = 30.0
+    """Ray's unplaceable demand must persist this long before an autoscaled cluster grows."""
+    autoscale_idle_timeout_s: float = 300.0
+    """A worker idle this long is removed from an autoscaled cluster (never below min)."""
     ray_proxy_timeout_s: float = 60.0
     """Timeout of a request proxied to a cluster's Ray dashboard."""
 

@@ -752,6 +752,19 @@ def alive_node_count(client: httpx.Client) -> int:
     return sum(1 for r in rows if r.get("state") == "ALIVE")
 
 
+_NODE_RESOURCE = re.compile(r"^tesai_node_(\d+)$")
+
+
+def _node_label(ray_node_id: str, usage: Mapping[str, Any]) -> str:
+    """``index:<n>`` for a node carrying our ``tesai_node_<n>`` resource, else Ray's node id:
+    the control plane knows its nodes by index, not by Ray's ids."""
+    for resource in usage:
+        match = _NODE_RESOURCE.match(resource)
+        if match:
+            return f"index:{match.group(1)}"
+    return ray_node_id
+
+
 def autoscaler_view(
     client: httpx.Client,
 ) -> tuple[list[dict[str, Any]] | None, list[str] | None]:
@@ -779,7 +792,7 @@ def autoscaler_view(
             if isinstance(usage, dict) and all(
                 isinstance(v, list | tuple) and len(v) == 2 and not v[0] for v in usage.values()
             ):
-                idle.append(str(node_id))
+                idle.append(_node_label(str(node_id), usage))
     return demand, sorted(idle)
 
 

@@ -95,6 +95,8 @@ class Cluster(IdMixin, CreatedAtMixin, Base):
     running_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     terminated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     replacements: Mapped[int] = mapped_column(Integer, default=0)
+    demand_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """Autoscaling: since when Ray has reported resource demand it cannot place."""
     charged_micro: Mapped[int] = mapped_column(BigInteger, default=0)
     """What settlements took from the hold so far (providers + fee)."""
     settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -132,6 +134,8 @@ class ClusterNode(IdMixin, CreatedAtMixin, Base):
     running_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     lost_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    idle_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """Autoscaling: since when Ray has reported this node idle."""
     healthy_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
     metered_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     """Watermark: healthy time before this instant is counted in ``healthy_seconds``."""

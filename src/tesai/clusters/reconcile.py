@@ -26,7 +26,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.billing import service as billing
-from tesai.billing.money import accrue
+from tesai.billing.errors import InsufficientFunds
+from tesai.billing.money import accrue, customer_charge
+from tesai.clusters.autoscale import ScalingNode, ScalingView, decide
 from tesai.clusters.models import (
     Cluster,
     ClusterEvent,
@@ -259,6 +261,7 @@ async def apply(
         applier = _Applier(ctx, session, cluster, nodes, view, reports, box)
         for step in plan.steps:
             await applier.apply(step)
+        await applier.autoscale()
         if cluster.status in BILLED:
             _meter(ctx.settings, cluster, nodes.values(), reports, view.now)
         settle_due = cluster.settled_at is None or (
@@ -393,6 +396,7 @@ class _Applier:
         node = self.nodes.get(step.node_id)  # type: ignore[arg-type]
         if node is None:
             return
+        await settle(self.session, self.ctx.settings, self.cluster, [node])
         node.state = NodeState.lost
         node.state_reason = step.reason
         node.lost_at = self.view.now
@@ -463,7 +467,27 @@ class _Applier:
                 self.session, self.cluster, "no_replacement", detail="replacement cap reached"
             )
             return
-        flap_since = self.view.now - timedelta(seconds=settings.flap_exclusion_s)
+        picked = await self._pick_device(lost.gpus)
+        if isinstance(picked, str):
+            record_event(self.session, self.cluster, "no_replacement", detail=picked)
+            return
+        device, price = picked
+        node = await self._add_node(device, lost.role, lost.gpus, price)
+        self.cluster.replacements += 1
+        record_event(
+            self.session,
+            self.cluster,
+            "node_replaced",
+            detail=f"device {device.id} replaces {lost.device_id}",
+            data={"node_id": str(node.id), "device_id": str(device.id), "replaces": str(lost.id)},
+        )
+
+    async def _pick_device(self, gpus: int) -> tuple[Device, int] | str:
+        """A free device for one more node like the cluster's, locked; or why there is none.
+
+        Devices of this cluster and those lost from it recently (flapping) are left out.
+        """
+        flap_since = self.view.now - timedelta(seconds=self.ctx.settings.flap_exclusion_s)
         excluded = {
             str(d)
             for d in (
@@ -481,27 +505,21 @@ class _Applier:
                 req.model_copy(update={"nodes": 1}), excluded=frozenset(excluded)
             )
         else:
-            preq = pl.PlacementRequest(
-                gpu_model=req.gpu_model,
-                gpu_count=lost.gpus,
-                gpus_per_node=lost.gpus,
-                max_price_per_gpu_hour_micro=req.max_price_per_gpu_hour_micro,
-                regions=frozenset(req.regions),
-                countries=frozenset(c.upper() for c in req.countries),
-                min_reliability=req.min_reliability,
-                min_connectivity_tier=req.min_connectivity_tier,
-                min_verified_score=req.min_verified_score,
-                min_vram_mb=req.min_vram_mb,
-                excluded_device_ids=frozenset(excluded),
+            preq = to_placement_request(
+                req.model_copy(update={"gpus_per_node": gpus, "nodes": None}),
+                gpus=gpus,
+                excluded=frozenset(excluded),
             )
         result = pl.place_reference(await load_pool(self.session, self.view.now), preq)
         if isinstance(result, pl.Shortfall):
-            record_event(self.session, self.cluster, "no_replacement", detail=result.message)
-            return
+            return result.message
         placed = result.devices[0]
         device = await self.session.get(Device, uuid.UUID(placed.device_id), with_for_update=True)
         if device is None or device.status is not DeviceStatus.online:
-            return  # picked up again on the next pass
+            return "the chosen device changed state; retrying on the next pass"
+        return device, placed.hourly_price_micro
+
+    async def _add_node(self, device: Device, role: NodeRole, gpus: int, price: int) -> ClusterNode:
         last = (
             await self.session.execute(
                 select(func.max(ClusterNode.index)).where(ClusterNode.cluster_id == self.cluster.id)
@@ -512,12 +530,10 @@ class _Applier:
             cluster_id=self.cluster.id,
             device_id=device.id,
             index=(last or 0) + 1,
-            role=lost.role,
+            role=role,
             state=NodeState.assigned,
-            gpus=lost.gpus,
-            # The customer keeps the price they booked; a dearer replacement is our cost
-            # only up to their max price, which placement already enforces.
-            price_per_hour_micro=placed.hourly_price_micro,
+            gpus=gpus,
+            price_per_hour_micro=price,
             healthy_seconds=0,
             settled_seconds=0,
         )
@@ -527,13 +543,117 @@ class _Applier:
         record_transition(
             self.session, device, DeviceStatus.busy, "rented", f"cluster {self.cluster.id}"
         )
-        self.cluster.replacements += 1
+        return node
+
+    async def _release_node(self, node: ClusterNode, reason: str) -> None:
+        """Stop billing one node (paying what it earned), tell its agent, free its device."""
+        _meter(self.ctx.settings, self.cluster, [node], self.reports, self.view.now)
+        await settle(self.session, self.ctx.settings, self.cluster, [node])
+        await create_command(
+            self.session,
+            self.ctx.cache,
+            node.device_id,
+            "leave_cluster",
+            {"cluster_id": str(self.cluster.id), "node_id": str(node.id)},
+        )
+        node.state = NodeState.released
+        node.state_reason = reason
+        node.released_at = self.view.now
+        device = await self.session.get(Device, node.device_id, with_for_update=True)
+        if device is not None and device.status is DeviceStatus.busy:
+            record_transition(
+                self.session, device, DeviceStatus.online, "released", f"cluster {self.cluster.id}"
+            )
+
+    async def autoscale(self) -> None:
+        """One autoscaling step for a running cluster rented with min/max units."""
+        c = self.cluster
+        if c.status is not ClusterStatus.running or c.min_gpus is None or c.max_gpus is None:
+            return
+        live = [n for n in self.nodes.values() if n.released_at is None]
+        head = next((n for n in live if n.role is NodeRole.head), None)
+        if head is None:
+            return
+        report = _node_report(self.reports.get(head.device_id), c.id) or {}
+        demand = bool(report.get("pending_demand"))
+        idle = {
+            int(label.split(":", 1)[1])
+            for label in report.get("idle_node_ids") or []
+            if isinstance(label, str) and label.startswith("index:") and label[6:].isdigit()
+        }
+        now = self.view.now
+        c.demand_since = (c.demand_since or now) if demand else None
+        for n in live:
+            n.idle_since = (n.idle_since or now) if n.index in idle else None
+        cpu = c.gpu_model is None
+        units_per_node = 1 if cpu else max(head.gpus, 1)
+        settings = self.ctx.settings
+        decision = decide(
+            ScalingView(
+                min_units=c.min_gpus,
+                max_units=c.max_gpus,
+                units_per_node=units_per_node,
+                nodes=[
+                    ScalingNode(
+                        n.id, n.index, n.role is NodeRole.head, 1 if cpu else n.gpus, n.idle_since
+                    )
+                    for n in live
+                ],
+                demand=demand,
+                demand_since=c.demand_since,
+                now=now,
+                scale_up_after_s=settings.autoscale_up_after_s,
+                idle_timeout_s=settings.autoscale_idle_timeout_s,
+            )
+        )
+        if decision.action == "add":
+            await self._scale_up(0 if cpu else units_per_node, decision.reason)
+        elif decision.action == "remove" and decision.node_id in self.nodes:
+            node = self.nodes[decision.node_id]
+            await self._release_node(node, "scaled_down")
+            c.gpus -= 1 if cpu else node.gpus
+            c.hourly_price_micro -= node.price_per_hour_micro
+            record_event(self.session, c, "scaled_down", detail=decision.reason)
+
+    async def _scale_up(self, gpus: int, reason: str) -> None:
+        c = self.cluster
+        picked = await self._pick_device(gpus)
+        if isinstance(picked, str):
+            record_event(self.session, c, "scale_up_refused", detail=picked)
+            c.demand_since = None  # wait a full period before trying again
+            return
+        device, price = picked
+        remaining = max(0, int(((c.ends_at or self.view.now) - self.view.now).total_seconds()))
+        amount = customer_charge(accrue(0, remaining, price), self.ctx.settings.platform_fee_bps)
+        if amount > 0:
+            try:
+                async with self.session.begin_nested():
+                    await billing.extend_hold(
+                        self.session,
+                        user_id=c.customer_id,
+                        amount_micro=amount,
+                        ref=hold_ref(c.id),
+                        idempotency_key=f"cluster-scale:{c.id}:{device.id}:{c.version}",
+                    )
+            except InsufficientFunds:
+                record_event(
+                    self.session,
+                    c,
+                    "scale_up_refused",
+                    detail="not enough funds to hold the extra node",
+                )
+                c.demand_since = None
+                return
+        node = await self._add_node(device, NodeRole.worker, gpus, price)
+        c.gpus += 1 if c.gpu_model is None else gpus
+        c.hourly_price_micro += price
+        c.hold_micro += amount
         record_event(
             self.session,
-            self.cluster,
-            "node_replaced",
-            detail=f"device {device.id} replaces {lost.device_id}",
-            data={"node_id": str(node.id), "device_id": str(device.id), "replaces": str(lost.id)},
+            c,
+            "scaled_up",
+            detail=reason,
+            data={"node_id": str(node.id), "device_id": str(device.id)},
         )
 
     async def _set_status(self, step: Step) -> None:

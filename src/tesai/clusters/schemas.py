@@ -22,7 +22,9 @@ class ClusterRequest(BaseModel):
     nodes: int | None = Field(default=None, ge=1, le=256)
     gpus_per_node: int | None = Field(default=None, ge=1, le=64)
     min_gpus: int | None = Field(default=None, ge=1, le=1024)
+    """Autoscaling: at least this many units (GPUs; nodes on a CPU cluster)."""
     max_gpus: int | None = Field(default=None, ge=1, le=1024)
+    """Autoscaling: at most this many units."""
     duration_s: int = Field(ge=60, le=MAX_DURATION_S)
     max_price_per_gpu_hour_micro: int | None = Field(default=None, ge=0, le=10**12)
     regions: list[str] = Field(default_factory=list, max_length=32)
@@ -40,10 +42,15 @@ class ClusterRequest(BaseModel):
                 raise ValueError("give both min_gpus and max_gpus to autoscale")
             if self.min_gpus > self.max_gpus:
                 raise ValueError("min_gpus must not exceed max_gpus")
-            if not self.gpus:
-                self.gpus = self.min_gpus
-            if not self.min_gpus <= self.gpus <= self.max_gpus:
-                raise ValueError("gpus must lie between min_gpus and max_gpus")
+            # Units: GPUs on GPU clusters, nodes on CPU clusters.
+            if self.gpu_model is None:
+                self.nodes = self.nodes or self.min_gpus
+                if not self.min_gpus <= self.nodes <= self.max_gpus:
+                    raise ValueError("nodes must lie between min_gpus and max_gpus")
+            else:
+                self.gpus = self.gpus or self.min_gpus
+                if not self.min_gpus <= self.gpus <= self.max_gpus:
+                    raise ValueError("gpus must lie between min_gpus and max_gpus")
         if self.gpu_model is None and not self.nodes:
             raise ValueError("a CPU cluster needs nodes >= 1 (or give a gpu_model)")
         if self.gpu_model is not None and not self.gpus and not (self.nodes and self.gpus_per_node):

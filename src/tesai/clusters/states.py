@@ -36,6 +36,8 @@ REASONS: Final[dict[str, str]] = {
     "released": "Every node was released and the bill settled.",
     "scaled_up": "The autoscaler added nodes for pending demand.",
     "scaled_down": "The autoscaler removed idle nodes.",
+    "scale_up_refused": "The autoscaler wanted a node but could not add one.",
+    "join_failed": "A node's agent could not start its Ray node.",
     "extended": "The customer extended the rental.",
 }
 
