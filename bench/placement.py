@@ -345,7 +345,13 @@ def _committed_worker(
     out: Any,
 ) -> None:
     """One "API process": create clusters through the service, one transaction each."""
-    out.put(asyncio.run(_worker_loop(url, home, customers, requests, concurrency, start, seconds)))
+    try:
+        out.put(
+            asyncio.run(_worker_loop(url, home, customers, requests, concurrency, start, seconds))
+        )
+    except BaseException as exc:  # the parent waits for one result per process
+        out.put(WorkerResult(errors=1, first_error=f"worker crashed: {exc!r}"))
+        raise
 
 
 async def _worker_loop(
@@ -382,7 +388,7 @@ async def _worker_loop(
                     await service.create_cluster(session, runtime, customer, body)
                 except NoCapacity as exc:
                     await session.rollback()
-                    if "booked by someone else" in exc.detail or "changed" in exc.detail:
+                    if "booked by someone else" in str(exc) or "changed" in str(exc):
                         result.conflicts += 1
                     else:
                         result.shortfalls += 1
@@ -390,7 +396,7 @@ async def _worker_loop(
                 except AppError as exc:
                     await session.rollback()
                     result.errors += 1
-                    result.first_error = result.first_error or f"{exc.code}: {exc.detail}"
+                    result.first_error = result.first_error or f"{exc.code}: {exc}"
                     continue
                 await session.commit()
                 await run_after_commit(session)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 13:18:11.527791+00:00
+Create Date: 2026-11-28 13:26:42.462620+00:00
 
 """
 
@@ -207,6 +207,7 @@ def upgrade() -> None:
         sa.Column("running_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("terminated_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("replacements", sa.Integer(), nullable=False),
+        sa.Column("demand_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("charged_micro", sa.BigInteger(), nullable=False),
         sa.Column("settled_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("version", sa.Integer(), nullable=False),
@@ -605,6 +606,7 @@ def upgrade() -> None:
         sa.Column("running_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lost_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("released_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("idle_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("healthy_seconds", sa.BigInteger(), nullable=False),
         sa.Column("metered_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("settled_seconds", sa.BigInteger(), nullable=False),
