@@ -332,6 +332,8 @@ class WorkerResult:
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
     first_error: str = ""
+    elapsed: float = 0.0
+    """From the start signal until the last request of the window finished."""
 
 
 def _committed_worker(
@@ -375,7 +377,8 @@ async def _worker_loop(
     bodies = [CreateCluster(name="bench", request=r) for r in requests]  # type: ignore[arg-type]
     counter = iter(range(10**9))
     start.wait()
-    deadline = time.monotonic() + seconds
+    t_start = time.monotonic()
+    deadline = t_start + seconds
 
     async def loop(slot: int) -> None:
         customer = uuid.UUID(customers[slot % len(customers)])
@@ -405,6 +408,7 @@ async def _worker_loop(
 
     try:
         await asyncio.gather(*(loop(i) for i in range(concurrency)))
+        result.elapsed = time.monotonic() - t_start
     finally:
         await runtime.close()
     return result
@@ -432,6 +436,30 @@ CHECKS = {
             WHERE a.kind IN ('customer_available', 'customer_held')
             GROUP BY a.owner_user_id) x WHERE x.total <> 10000000000000""",
 }
+
+
+async def _breakdown(url: str, home: str, requests: list[dict[str, object]]) -> tuple[float, float]:
+    """Median time of ``load_pool`` (every device read per request) and of the scan over it."""
+    from tesai.clusters.pool import load_pool, to_placement_request
+    from tesai.clusters.schemas import ClusterRequest
+    from tesai.kit.time import utcnow
+    from tesai.runtime import open_runtime
+
+    runtime = await open_runtime(_settings(url, home), run_periodic=False)
+    loads, places = [], []
+    try:
+        for body in requests:
+            async with runtime.sessionmaker() as s:
+                t = time.perf_counter()
+                pool = await load_pool(s, utcnow())
+                loads.append(time.perf_counter() - t)
+            preq = to_placement_request(ClusterRequest.model_validate(body))
+            t = time.perf_counter()
+            place_reference(pool, preq)
+            places.append(time.perf_counter() - t)
+    finally:
+        await runtime.close()
+    return statistics.median(loads), statistics.median(places)
 
 
 async def _check(url: str) -> tuple[int, int, dict[str, int]]:
@@ -493,10 +521,9 @@ def bench_committed(
             for p in procs:
                 p.start()
             time.sleep(8)  # let every process import and connect before the clock starts
-            t0 = time.perf_counter()
             start.set()
             results: list[WorkerResult] = [out.get(timeout=seconds + 300) for _ in procs]
-            wall = time.perf_counter() - t0
+            wall = max([r.elapsed for r in results] + [0.01])
             for p in procs:
                 p.join()
             committed = sum(r.committed for r in results)
@@ -519,6 +546,11 @@ def bench_committed(
                     f"p99 {percentile(lat, 99) * 1e3:.0f} ms"
                 )
             print(f"load average after the run: {os.getloadavg()[0]:.1f}")
+            load_s, place_s = asyncio.run(_breakdown(url, home, requests[:20]))
+            print(
+                f"  one request's parts (single process, pool as left): load_pool "
+                f"{load_s * 1e3:.0f} ms, place_reference {place_s * 1e3:.0f} ms"
+            )
             ok = clusters == committed
             print(f"checker: {clusters} clusters in the database (committed {committed})")
             for name, count in found.items():

@@ -100,12 +100,15 @@ class Pool:
         data: dict[str, Any] = r.json()
         return data
 
-    async def join(self, join_token: str, hw: HardwareSpec | None = None) -> httpx.Response:
+    async def join(
+        self, join_token: str, hw: HardwareSpec | None = None, instance: str | None = None
+    ) -> httpx.Response:
         req = JoinRequest(
             join_token=join_token,
             hardware=hw or hardware(),
             agent_version="0.1.0",
             ray_version="2.60.0",
+            agent_instance_id=instance,
         )
         return await self.client.post("/api/v1/agent/join", json=req.model_dump(mode="json"))
 

@@ -48,6 +48,27 @@ async def test_reused_join_token(pool: Pool) -> None:
     assert r.json()["code"] == "join_token_used"
 
 
+async def test_the_same_agent_may_retry_a_join_whose_answer_it_lost(pool: Pool) -> None:
+    created = await pool.create()
+    first = await pool.join(created["join_token"], instance="agent-a")
+    assert first.status_code == 200
+    retry = await pool.join(created["join_token"], instance="agent-a")
+    assert retry.status_code == 200
+    assert retry.json()["device_id"] == first.json()["device_id"]
+    # The first answer's credential is replaced; another installation cannot reuse the token.
+    old = {"Authorization": f"Bearer {first.json()['device_token']}"}
+    new = {"Authorization": f"Bearer {retry.json()['device_token']}"}
+    assert (
+        await pool.client.post("/api/v1/agent/heartbeat", json=beat(), headers=old)
+    ).status_code == 401
+    assert (
+        await pool.client.post("/api/v1/agent/heartbeat", json=beat(), headers=new)
+    ).status_code == 200
+    other = await pool.join(created["join_token"], instance="agent-b")
+    assert other.status_code == 401
+    assert other.json()["code"] == "join_token_used"
+
+
 async def test_expired_join_token(pool: Pool, runtime: Runtime) -> None:
     created = await pool.create()
     async with runtime.sessionmaker.begin() as s:

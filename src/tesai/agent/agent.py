@@ -277,6 +277,7 @@ class Agent:
             hardware=self.hardware,
             agent_version=AGENT_VERSION,
             ray_version=_ray_version(),
+            agent_instance_id=self.state.instance_id(),
         )
         attempt = 0
         while not self._stop.is_set():

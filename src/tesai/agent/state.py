@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import tempfile
 from collections import OrderedDict
 from datetime import datetime
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 from tesai.protocol.v1 import CommandResult
 
 CREDENTIAL_FILE = "credential.json"
+INSTANCE_FILE = "instance_id"
 APPLIED_FILE = "applied_commands.json"
 MAX_REMEMBERED_COMMANDS = 2000
 
@@ -77,6 +79,18 @@ class AgentState:
                     self._applied[str(key)] = value
 
     # --- credential ---
+
+    def instance_id(self) -> str:
+        """This agent installation's random id (created once, kept with the credential)."""
+        path = self.dir / INSTANCE_FILE
+        try:
+            value = path.read_text().strip()
+        except FileNotFoundError:
+            value = ""
+        if not value:
+            value = secrets.token_hex(16)
+            write_private(path, value)
+        return value
 
     @property
     def credential_path(self) -> Path:

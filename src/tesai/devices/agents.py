@@ -149,14 +149,29 @@ async def join(
     ).scalar_one_or_none()
     if jt is None:
         raise JoinTokenInvalid("Unknown join token")
-    if jt.used_at is not None:
-        raise JoinTokenUsed("This join token was already used; create a new one")
     if jt.expires_at <= utcnow():
         raise JoinTokenExpired("This join token has expired; create a new one")
-    jt.used_at = utcnow()
+    retry = (
+        jt.used_at is not None
+        and req.agent_instance_id is not None
+        and jt.used_by_instance == req.agent_instance_id
+    )
+    if jt.used_at is not None and not retry:
+        raise JoinTokenUsed("This join token was already used; create a new one")
+    jt.used_at = jt.used_at or utcnow()
+    jt.used_by_instance = req.agent_instance_id
     device = await get_device(session, jt.device_id, lock=True)
+    # The first join's credential may have reached nobody: replace it.
     await revoke_credentials(session, cache, device.id)
     cred = await _new_credential(session, settings, device.id)
+    if retry:
+        await session.flush()
+        return JoinResponse(
+            device_id=device.id,
+            device_token=cred.device_token,
+            token_expires_at=cred.token_expires_at,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+        )
     apply_hardware(device, req.hardware)
     device.agent_version = without_nul(req.agent_version)[:64]
     device.ray_version = without_nul(req.ray_version)[:64] if req.ray_version else None

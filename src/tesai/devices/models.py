@@ -116,6 +116,9 @@ class JoinToken(IdMixin, CreatedAtMixin, Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    used_by_instance: Mapped[str | None] = mapped_column(String(64))
+    """The agent installation that used it: only that one may retry a join whose response
+    it never got."""
 
 
 class DeviceCredential(IdMixin, CreatedAtMixin, Base):

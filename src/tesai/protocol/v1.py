@@ -138,6 +138,10 @@ class JoinRequest(WireModel):
     hardware: HardwareSpec
     agent_version: Str
     ray_version: Str | None = None
+    agent_instance_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    """A random id the agent keeps in its state dir. A join retried with the same id and
+    token (its first response was lost) gets a fresh credential instead of
+    ``join_token_used``."""
 
 
 class JoinResponse(WireModel):
