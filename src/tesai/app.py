@@ -19,6 +19,7 @@ from tesai import __version__
 from tesai.api import mount_routes
 from tesai.errors import install_error_handlers
 from tesai.middleware import BodySizeLimitMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
+from tesai.observability.business import with_business_metrics
 from tesai.observability.logging import configure_logging
 from tesai.observability.metrics import multiprocess_dir, update_pool_gauges
 from tesai.observability.middleware import RequestContextMiddleware
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         openapi_url="/api/openapi.json",
         docs_url="/api/docs",
         redoc_url=None,
-        lifespan=lifespan,
+        lifespan=with_business_metrics(lifespan),
     )
     app.state.settings = settings
     install_error_handlers(app)

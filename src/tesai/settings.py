@@ -228,6 +228,11 @@ class Settings(BaseSettings):
     task_worker_concurrency: int = 2
     """Processes per `tesai tasks worker` (each runs one task at a time, one event loop)."""
 
+    # --- monitoring: business metrics -----------------------------------------------------
+    business_metrics_interval_s: float = 15.0
+    """How often each API process refreshes the snapshot behind its business gauges
+    (devices and clusters by state, settlement lag, task queue depth); 0 turns it off."""
+
     # --- embedded mode (`tesai up`) -------------------------------------------------------
     admin_email: str = "admin@example.com"
     """Email of the local administrator `tesai up` creates on first start."""

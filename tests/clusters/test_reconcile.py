@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 
 from tesai.billing import ledger
 from tesai.billing import service as billing
+from tesai.billing.models import NodeMeter, UsageBucket
 from tesai.clusters.models import Cluster, ClusterNode, ClusterStatus, NodeState
 from tesai.clusters.reconcile import reconcile
 from tesai.clusters.service import hold_ref
@@ -93,7 +94,7 @@ async def test_running_meters_healthy_time_and_a_silent_node_is_not_billed(
 
     # 30 s of healthy time for both nodes (the watermark moved back to simulate elapsed time).
     async with runtime.sessionmaker.begin() as s:
-        await s.execute(update(ClusterNode).values(metered_until=utcnow() - timedelta(seconds=4)))
+        await s.execute(update(NodeMeter).values(metered_until=utcnow() - timedelta(seconds=4)))
     await reconcile(runtime.task_context)
     after = await node_rows(runtime, cid)
     assert all(4 <= n.healthy_seconds <= 6 for n in after), [n.healthy_seconds for n in after]
@@ -102,7 +103,7 @@ async def test_running_meters_healthy_time_and_a_silent_node_is_not_billed(
     worker = next(n for n in after if n.role.value == "worker")
     await runtime.cache.delete(keys.telemetry(str(worker.device_id)))
     async with runtime.sessionmaker.begin() as s:
-        await s.execute(update(ClusterNode).values(metered_until=utcnow() - timedelta(seconds=4)))
+        await s.execute(update(NodeMeter).values(metered_until=utcnow() - timedelta(seconds=4)))
     await reconcile(runtime.task_context)
     later = {n.id: n for n in await node_rows(runtime, cid)}
     assert (
@@ -124,6 +125,13 @@ async def test_running_meters_healthy_time_and_a_silent_node_is_not_billed(
     charged = 100_000_000 - available
     # 1,000 µ/s per node to providers + 10 % fee.
     assert charged == paid_seconds * 1000 + paid_seconds * 100
+    # The usage statement's buckets hold exactly those seconds, all settled.
+    async with runtime.sessionmaker() as s:
+        buckets = list(
+            (await s.execute(select(UsageBucket).where(UsageBucket.cluster_id == cid))).scalars()
+        )
+    assert sum(b.seconds for b in buckets) == paid_seconds
+    assert all(b.settled for b in buckets)
 
 
 async def test_autoscaler_grows_under_demand_and_shrinks_when_idle(
@@ -173,3 +181,26 @@ async def test_autoscaler_grows_under_demand_and_shrinks_when_idle(
         "scaled_up",
         "scaled_down",
     ]
+
+
+async def test_a_cluster_over_its_budget_is_stopped_with_that_reason(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    await add_device(gpu_model=None, gpus=0, price=3_600_000)  # 1,000 µUSDC per second
+    user, headers = await make_user()
+    await grant(user.id, 100_000_000)
+    body = {"request": {"nodes": 1, "duration_s": 3600}, "budget_micro": 2_200}  # 2 s
+    cid = uuid.UUID(
+        (await client.post("/api/v1/clusters", json=body, headers=headers)).json()["id"]
+    )
+    await bring_up(runtime, cid)
+    async with runtime.sessionmaker.begin() as s:
+        await s.execute(update(NodeMeter).values(metered_until=utcnow() - timedelta(seconds=5)))
+    await reconcile(runtime.task_context)  # meters ~5 s: over budget
+    await reconcile(runtime.task_context)  # stops it
+    await reconcile(runtime.task_context)  # releases and settles
+    detail = (await client.get(f"/api/v1/clusters/{cid}", headers=headers)).json()
+    assert detail["status"] == "terminated"
+    assert "budget_exhausted" in [e["reason"] for e in detail["events"]]
+    async with runtime.sessionmaker() as s:
+        assert await ledger.balance_of(s, billing.held(user.id, hold_ref(cid))) == 0

@@ -17,6 +17,7 @@ every ``settle_interval_s`` and at the end.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,8 +26,10 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tesai.billing import metering
 from tesai.billing import service as billing
 from tesai.billing.errors import InsufficientFunds
+from tesai.billing.models import NodeMeter, UsageBucket
 from tesai.billing.money import accrue, customer_charge
 from tesai.clusters.autoscale import ScalingNode, ScalingView, decide
 from tesai.clusters.models import (
@@ -115,6 +118,23 @@ async def _reports(
     return {d: orjson.loads(r) for d, r in zip(device_ids, raws, strict=True) if r is not None}
 
 
+async def _spent(
+    session: AsyncSession, settings: Settings, cluster_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """What each cluster has cost so far (metered usage plus the platform fee)."""
+    if not cluster_ids:
+        return {}
+    rows = await session.execute(
+        select(UsageBucket.cluster_id, func.sum(UsageBucket.amount_micro))
+        .where(UsageBucket.cluster_id.in_(cluster_ids))
+        .group_by(UsageBucket.cluster_id)
+    )
+    return {
+        cid: customer_charge(int(total or 0), settings.platform_fee_bps)
+        for cid, total in rows.tuples()
+    }
+
+
 async def _join_failures(
     session: AsyncSession, starting: list[ClusterNode]
 ) -> dict[uuid.UUID, str]:
@@ -166,8 +186,6 @@ def build_view(
             )
         )
     budget_left = None
-    if cluster.budget_micro is not None:
-        budget_left = cluster.budget_micro - cluster.charged_micro
     return ClusterView(
         id=cluster.id,
         status=cluster.status,
@@ -202,6 +220,7 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
         join_failures = await _join_failures(
             session, [n for n in nodes if n.state is NodeState.starting]
         )
+        spent = await _spent(session, ctx.settings, [c.id for c in clusters if c.budget_micro])
         statuses = dict(
             (
                 await session.execute(
@@ -220,6 +239,8 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
         view = build_view(
             cluster, by_cluster.get(cluster.id, []), statuses, reports, now, join_failures
         )
+        if cluster.budget_micro is not None:
+            view = replace(view, budget_left_micro=cluster.budget_micro - spent.get(cluster.id, 0))
         plan = next_steps(view)
         try:
             steps += await apply(ctx, cluster.id, cluster.version, plan, view, reports)
@@ -263,82 +284,108 @@ async def apply(
             await applier.apply(step)
         await applier.autoscale()
         if cluster.status in BILLED:
-            _meter(ctx.settings, cluster, nodes.values(), reports, view.now)
-        settle_due = cluster.settled_at is None or (
-            view.now - cluster.settled_at >= timedelta(seconds=ctx.settings.settle_interval_s)
-        )
-        if cluster.status in BILLED and settle_due:
-            await settle(session, ctx.settings, cluster, list(nodes.values()))
+            await meter_nodes(session, ctx.settings, list(nodes.values()), reports, view.now)
+        if cluster.status in (ClusterStatus.terminated, ClusterStatus.failed):
+            await finalize(session, ctx.settings, cluster, view.now)
         await session.commit()
         await run_after_commit(session)
         return len(plan.steps)
 
 
-def _meter(
+async def meter_nodes(
+    session: AsyncSession,
     settings: Settings,
-    cluster: Cluster,
-    nodes: Any,
+    nodes: list[ClusterNode],
     reports: dict[uuid.UUID, dict[str, Any]],
     now: datetime,
 ) -> None:
+    """Accrue each running node's time since its meter's watermark into usage buckets:
+    healthy (its device heartbeat within 1.5 intervals) time is billed, the rest is not.
+
+    A reconciler that stalled bills at most a few intervals of the gap it did not observe.
+    """
+    cap = timedelta(
+        seconds=3 * max(settings.heartbeat_interval_s, settings.cluster_reconcile_interval_s) + 1
+    )
     now_s = now.timestamp()
     for node in nodes:
         if node.state is not NodeState.running:
             continue
-        start = node.metered_until or node.running_at or now
-        elapsed = max(0, int((now - start).total_seconds()))
-        if elapsed == 0:
+        meter = await session.get(NodeMeter, node.id)
+        if meter is None or not meter.active:
             continue
-        if _fresh(reports.get(node.device_id), settings, now_s):
-            # Cap one step at a few intervals: a reconciler that stalled must not bill a gap
-            # it did not observe.
-            cap = (
-                int(3 * max(settings.heartbeat_interval_s, settings.cluster_reconcile_interval_s))
-                + 1
+        healthy = _fresh(reports.get(node.device_id), settings, now_s)
+        if now - meter.metered_until > cap:
+            await metering.record_interval(
+                session, node.id, meter.metered_until, now - cap, healthy=False
             )
-            node.healthy_seconds += min(elapsed, cap)
-        node.metered_until = start + timedelta(seconds=elapsed)
-
-
-async def settle(
-    session: AsyncSession, settings: Settings, cluster: Cluster, nodes: list[ClusterNode]
-) -> None:
-    """Pay every node's unpaid healthy seconds from the hold to its provider (plus the fee).
-
-    Idempotent: the key names the node and the seconds paid up to, so a replay after a crash
-    returns the first result and moves nothing twice.
-    """
-    providers = dict(
-        (
-            await session.execute(
-                select(Device.id, Device.provider_id).where(
-                    Device.id.in_([n.device_id for n in nodes])
-                )
-            )
+        node.healthy_seconds += await metering.record_interval(
+            session, node.id, meter.metered_until, now, healthy=healthy
         )
-        .tuples()
-        .all()
+
+
+async def stop_node_meter(
+    session: AsyncSession,
+    settings: Settings,
+    node: ClusterNode,
+    reports: dict[uuid.UUID, dict[str, Any]],
+    now: datetime,
+) -> None:
+    """Account the node's last seconds, then stop billing it."""
+    await meter_nodes(session, settings, [node], reports, now)
+    await metering.stop_meter(session, node.id)
+
+
+async def finalize(
+    session: AsyncSession, settings: Settings, cluster: Cluster, now: datetime
+) -> None:
+    """A cluster ended: settle every bucket its nodes left and return the rest of the hold.
+
+    Idempotent: the keys name the cluster, so a replay moves nothing twice.
+    """
+    await metering.settle_usage_batch(
+        session,
+        before=now + timedelta(minutes=1),
+        fee_bps=settings.platform_fee_bps,
+        idempotency_key=f"cluster-final-settle:{cluster.id}",
     )
-    for node in nodes:
-        due_seconds = node.healthy_seconds - node.settled_seconds
-        if due_seconds <= 0:
-            continue
-        amount = accrue(node.settled_seconds, due_seconds, node.price_per_hour_micro)
-        if amount > 0:
-            movement = await billing.settle_usage(
-                session,
-                user_id=cluster.customer_id,
-                ref=hold_ref(cluster.id),
-                provider_user_id=providers[node.device_id],
-                provider_amount_micro=amount,
-                fee_bps=settings.platform_fee_bps,
-                idempotency_key=f"settle:{node.id}:{node.healthy_seconds}",
-            )
-            cluster.charged_micro += int(movement.result.get("charged", 0))
-            if movement.result.get("exhausted") and cluster.status in BILLED:
-                record_event(session, cluster, "budget_exhausted", to=ClusterStatus.terminating)
-        node.settled_seconds = node.healthy_seconds
-    cluster.settled_at = utcnow()
+    await billing.release_hold(
+        session,
+        user_id=cluster.customer_id,
+        ref=hold_ref(cluster.id),
+        idempotency_key=f"cluster-release:{cluster.id}",
+    )
+
+
+async def settle_all(ctx: TaskContext) -> dict[str, Any]:
+    """Settle every complete minute of usage (all clusters, one ledger transaction), then
+    stop the clusters whose hold cannot pay: they are out of money, not left running free."""
+    now = utcnow()
+    async with ctx.sessionmaker() as session:
+        result = await metering.settle_usage_batch(
+            session,
+            before=now,
+            fee_bps=ctx.settings.platform_fee_bps,
+            idempotency_key=f"settle-batch:{now.isoformat()}",
+        )
+        if result.short_holds:
+            await _stop_broke_clusters(session, result.short_holds)
+        await session.commit()
+    return {"buckets": result.buckets, "short_holds": len(result.short_holds)}
+
+
+async def _stop_broke_clusters(session: AsyncSession, hold_account_ids: list[int]) -> None:
+    cluster_ids = (
+        await session.execute(
+            select(NodeMeter.cluster_id)
+            .where(NodeMeter.hold_account_id.in_(hold_account_ids))
+            .distinct()
+        )
+    ).scalars()
+    for cid in cluster_ids:
+        cluster = await session.get(Cluster, cid, with_for_update=True)
+        if cluster is not None and cluster.status in BILLED:
+            record_event(session, cluster, "budget_exhausted", to=ClusterStatus.terminating)
 
 
 class _Applier:
@@ -385,7 +432,21 @@ class _Applier:
         rep = _node_report(self.reports.get(node.device_id), self.cluster.id) or {}
         node.state = NodeState.running
         node.running_at = node.running_at or self.view.now
-        node.metered_until = self.view.now
+        provider_id = (
+            await self.session.execute(
+                select(Device.provider_id).where(Device.id == node.device_id)
+            )
+        ).scalar_one()
+        await metering.start_meter(
+            self.session,
+            node_id=node.id,
+            cluster_id=self.cluster.id,
+            device_id=node.device_id,
+            customer_user_id=self.cluster.customer_id,
+            provider_user_id=provider_id,
+            price_per_hour_micro=node.price_per_hour_micro,
+            started_at=self.view.now,
+        )
         node.ray_address = rep.get("ray_address")
         port = rep.get("dashboard_port")
         if port and node.ray_address:
@@ -396,7 +457,7 @@ class _Applier:
         node = self.nodes.get(step.node_id)  # type: ignore[arg-type]
         if node is None:
             return
-        await settle(self.session, self.ctx.settings, self.cluster, [node])
+        await stop_node_meter(self.session, self.ctx.settings, node, self.reports, self.view.now)
         node.state = NodeState.lost
         node.state_reason = step.reason
         node.lost_at = self.view.now
@@ -547,8 +608,7 @@ class _Applier:
 
     async def _release_node(self, node: ClusterNode, reason: str) -> None:
         """Stop billing one node (paying what it earned), tell its agent, free its device."""
-        _meter(self.ctx.settings, self.cluster, [node], self.reports, self.view.now)
-        await settle(self.session, self.ctx.settings, self.cluster, [node])
+        await stop_node_meter(self.session, self.ctx.settings, node, self.reports, self.view.now)
         await create_command(
             self.session,
             self.ctx.cache,
@@ -668,13 +728,6 @@ class _Applier:
             self.cluster.ends_at = now + timedelta(seconds=self.cluster.duration_s)
         if target in (ClusterStatus.terminated, ClusterStatus.failed):
             self.cluster.terminated_at = now
-            await settle(self.session, self.ctx.settings, self.cluster, list(self.nodes.values()))
-            await billing.release_hold(
-                self.session,
-                user_id=self.cluster.customer_id,
-                ref=hold_ref(self.cluster.id),
-                idempotency_key=f"cluster-release:{self.cluster.id}",
-            )
 
     async def _send_leave_all(self, step: Step) -> None:
         for node in self.nodes.values():
@@ -690,12 +743,11 @@ class _Applier:
 
     async def _release_all(self, step: Step) -> None:
         now = self.view.now
-        # Pay for healthy time up to now before the nodes stop counting.
-        _meter(self.ctx.settings, self.cluster, self.nodes.values(), self.reports, now)
-        await settle(self.session, self.ctx.settings, self.cluster, list(self.nodes.values()))
         for node in self.nodes.values():
             if node.released_at is not None:
                 continue
+            # Pay for healthy time up to now before the node stops counting.
+            await stop_node_meter(self.session, self.ctx.settings, node, self.reports, now)
             node.state = NodeState.released
             node.released_at = now
             device = await self.session.get(Device, node.device_id, with_for_update=True)

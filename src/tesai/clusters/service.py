@@ -45,6 +45,7 @@ from tesai.devices.models import Device, DeviceStatus
 from tesai.devices.service import record_transition
 from tesai.kit.secretbox import SecretBox, load_box
 from tesai.kit.time import utcnow
+from tesai.observability.business import PLACEMENT_DURATION
 from tesai.runtime import Runtime
 from tesai.scheduling import placement as pl
 from tesai.scheduling.pricing import PriceBreakdown, price_placement
@@ -113,7 +114,8 @@ async def _place(
     except pl.InvalidPlacementRequest as exc:
         raise InvalidClusterRequest(str(exc)) from exc
     pool = await load_pool(session, utcnow(), quote_id=quote_id)
-    result = pl.place_reference(pool, preq)
+    with PLACEMENT_DURATION.time():
+        result = pl.place_reference(pool, preq)
     if isinstance(result, pl.Shortfall):
         raise NoCapacity(
             result.message,

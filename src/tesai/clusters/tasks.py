@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tesai.clusters import reconcile
 from tesai.tasks import TaskContext, periodic
 
@@ -10,3 +12,9 @@ from tesai.tasks import TaskContext, periodic
 async def reconcile_clusters(ctx: TaskContext) -> dict[str, int]:
     """Joins, health, replacements, metering and settlement of every active cluster."""
     return await reconcile.reconcile(ctx)
+
+
+@periodic("clusters.settle", every_s=60.0)
+async def settle_usage(ctx: TaskContext) -> dict[str, Any]:
+    """Pay providers for every complete minute of healthy node time, from the holds."""
+    return await reconcile.settle_all(ctx)

@@ -47,6 +47,7 @@ from tesai.devices.verification import judge
 from tesai.errors import InvalidInput
 from tesai.kit.cache import Cache
 from tesai.kit.time import utcnow
+from tesai.observability.business import HEARTBEATS
 from tesai.protocol.v1 import (
     DEVICE_TOKEN_PREFIX,
     MAX_COMMANDS,
@@ -247,6 +248,7 @@ async def heartbeat(
     if offline is not None:
         ops.append(cache.zadd(keys.RESUMED, {device_id: now}))
     await asyncio.gather(*ops)
+    HEARTBEATS.inc()
 
     commands: list[Command] = []
     if flag is not None or beat.acked_commands or beat.command_results:

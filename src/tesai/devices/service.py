@@ -35,6 +35,7 @@ from tesai.devices.models import (
 from tesai.devices.states import InvalidTransition, check_transition
 from tesai.kit.cache import Cache
 from tesai.kit.time import utcnow
+from tesai.observability.business import DEVICE_TRANSITIONS
 from tesai.protocol.v1 import VerifyArgs
 from tesai.settings import Settings
 
@@ -81,6 +82,7 @@ def record_transition(
         message=t.message,
         at=utcnow(),
     )
+    DEVICE_TRANSITIONS.labels(target.value, reason).inc()
     device.status = target
     device.status_reason = reason
     device.version += 1

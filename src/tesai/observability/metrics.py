@@ -35,6 +35,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -71,6 +72,7 @@ TASK_DURATION = Histogram(
 )
 
 _engines: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
+SNAPSHOT_COLLECTORS: list[Collector] = []  # per-process views of global state (business.py)
 
 
 def multiprocess_dir() -> str | None:
@@ -99,6 +101,8 @@ def render() -> tuple[bytes, str]:
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in SNAPSHOT_COLLECTORS:
+            registry.register(collector)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 

@@ -39,6 +39,7 @@ from tesai.billing.errors import (
 from tesai.chain.base import ChainClient, level_reached
 from tesai.kit.cache import Cache
 from tesai.kit.time import utcnow
+from tesai.observability.business import PAYOUT_FAILURES
 from tesai.payments.models import Payout, PayoutWallet
 from tesai.payments.rules import payout_wallet_message
 from tesai.settings import Settings
@@ -202,6 +203,7 @@ async def _reverse(session: AsyncSession, payout: Payout, reason: str) -> None:
         idempotency_key=f"payout_reverse:{payout.id}",
     )
     payout.status, payout.reason = "reversed", reason[:300]
+    PAYOUT_FAILURES.inc()
     await session.flush()
 
 
