@@ -28,6 +28,7 @@ up: install
 
 ## Every test (real PostgreSQL, Redis, RabbitMQ at 127.0.0.1; see tests/conftest.py).
 test: install
+	@command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: install

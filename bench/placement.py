@@ -36,8 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-from _util import REDIS_URL, _plain, machine, scratch_database
+from _util import REDIS_URL, machine, scratch_database
 
 from tesai.scheduling import Device, Placement, PlacementRequest, PoolIndex, place_reference
 
@@ -463,13 +462,23 @@ async def _breakdown(url: str, home: str, requests: list[dict[str, object]]) -> 
 
 
 async def _check(url: str) -> tuple[int, int, dict[str, int]]:
-    conn = await asyncpg.connect(_plain(url))
+    from sqlalchemy import text
+
+    from tesai.db import create_engine
+    from tesai.settings import Settings
+
+    engine = create_engine(Settings(database_url=url))
     try:
-        clusters = int(await conn.fetchval("SELECT count(*) FROM clusters"))
-        nodes = int(await conn.fetchval("SELECT count(*) FROM cluster_nodes"))
-        found = {name: int(await conn.fetchval(sql)) for name, sql in CHECKS.items()}
+        async with engine.connect() as conn:
+
+            async def count(sql: str) -> int:
+                return int((await conn.execute(text(sql))).scalar_one())
+
+            clusters = await count("SELECT count(*) FROM clusters")
+            nodes = await count("SELECT count(*) FROM cluster_nodes")
+            found = {name: await count(sql) for name, sql in CHECKS.items()}
     finally:
-        await conn.close()
+        await engine.dispose()
     return clusters, nodes, found
 
 
@@ -581,7 +590,7 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=64, help="--committed: customers")
     args = parser.parse_args()
     if args.committed:
-        n = args.devices if "--devices" in sys.argv else 20_000
+        n = args.devices if any(a.startswith("--devices") for a in sys.argv) else 20_000
         return bench_committed(
             n, args.workers, args.concurrency, args.seconds, args.customers, args.seed
         )

@@ -52,7 +52,7 @@ JOB = textwrap.dedent(
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(
-        update={"heartbeat_interval_s": 1.0, "proof_matrix_n_cpu": 128, "proof_iterations": 2}
+        update={"heartbeat_interval_s": 2.0, "proof_matrix_n_cpu": 128, "proof_iterations": 2}
     )
 
 

@@ -38,7 +38,7 @@ def test_the_local_device_runs_a_one_node_cluster_and_a_job(home: Path, tmp_path
     base = f"http://127.0.0.1:{port}"
     env = clean_env(
         TESAI_HOME=str(home),
-        TESAI_HEARTBEAT_INTERVAL_S="1",
+        TESAI_HEARTBEAT_INTERVAL_S="2",
         TESAI_PUBLIC_URL=base,
         TESAI_RAY_NODE_IP="127.0.0.1",
         TESAI_RAY_PORT_RANGE="26000-26999",

@@ -235,6 +235,11 @@ async def heartbeat(
         ]
     )
     acc, closed = accumulate(orjson.loads(acc_raw) if acc_raw else None, minute_of(now), sample)
+    net = beat.telemetry.net
+    if net is not None and net.tier is not None:
+        # The tier rides in the minute accumulator (no extra cache or SQL work per beat); the
+        # flush task writes it to the device row when it changed. Join cannot measure it.
+        acc["t"] = net.tier
     writes: dict[str, bytes | str] = {
         keys.accumulator(device_id): orjson.dumps(acc),
         keys.telemetry(device_id): latest,

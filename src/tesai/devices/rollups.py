@@ -1,7 +1,9 @@
 """Periodic bookkeeping: per-minute uptime and telemetry rollups, reliability, re-verification.
 
 ``flush`` copies closed minute accumulators from the cache to PostgreSQL with upserts on
-``(device_id, minute)``, so running it twice (two workers, a retry) writes the same rows.
+``(device_id, minute)``, so running it twice (two workers, a retry) writes the same rows. It
+also writes a device's connectivity tier, reported in heartbeat telemetry (``net.tier``) and
+carried in the minute accumulator, when it differs from the stored one.
 """
 
 from __future__ import annotations
@@ -52,10 +54,15 @@ async def flush(ctx: TaskContext) -> int:
         raws = await cache.mget([keys.closed_minute(d, minute) for d, minute in parsed])
         uptime: list[dict[str, Any]] = []
         rollups: list[dict[str, Any]] = []
+        tiers: dict[uuid.UUID, tuple[int, str]] = {}
         for (device_id, minute), raw in zip(parsed, raws, strict=True):
             if raw is None:
                 continue
             acc = orjson.loads(raw)
+            if acc.get("t") is not None:
+                seen = tiers.get(uuid.UUID(device_id))
+                if seen is None or seen[0] < minute:
+                    tiers[uuid.UUID(device_id)] = (minute, str(acc["t"]))
             avg = rollup_averages(acc)
             key = {"device_id": uuid.UUID(device_id), "minute": _minute_dt(minute)}
             uptime.append(
@@ -75,13 +82,21 @@ async def flush(ctx: TaskContext) -> int:
             )
         if uptime:
             async with ctx.sessionmaker.begin() as session:
-                existing = set(
-                    (
-                        await session.execute(
-                            select(Device.id).where(Device.id.in_({r["device_id"] for r in uptime}))
-                        )
-                    ).scalars()
+                rows = await session.execute(
+                    select(Device.id, Device.connectivity_tier).where(
+                        Device.id.in_({r["device_id"] for r in uptime})
+                    )
                 )
+                current = {device_id: tier for device_id, tier in rows}
+                existing = set(current)
+                changed = [
+                    {"id": d, "connectivity_tier": tier}
+                    for d, (_, tier) in tiers.items()
+                    if d in current and current[d] != tier
+                ]
+                if changed:
+                    # Only rows whose tier moved (the agent re-measures every 30 min).
+                    await session.execute(update(Device), changed)
                 uptime = [r for r in uptime if r["device_id"] in existing]
                 rollups = [r for r in rollups if r["device_id"] in existing]
                 if uptime:

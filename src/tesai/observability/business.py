@@ -98,8 +98,8 @@ def bound_models(counts: dict[tuple[str, str | None], int]) -> dict[tuple[str, s
     named = set(sorted(per_model, key=lambda m: (-per_model[m], m))[:MAX_MODELS])
     out: dict[tuple[str, str], int] = {}
     for model in named | ({OTHER_MODEL} if len(per_model) > len(named) else set()):
-        for state in DeviceStatus:
-            out[(state.value, model)] = 0
+        for status in DeviceStatus:
+            out[(status.value, model)] = 0
     for (state, model), n in counts.items():
         name = model or CPU_MODEL
         key = (state, name if name in named else OTHER_MODEL)
@@ -146,7 +146,7 @@ def celery_queue_depths(app: Celery, names: Iterable[str]) -> dict[str, int]:
     with app.connection_for_read() as conn:
         for name in names:
             # A passive declare of a missing queue closes its channel: one channel each.
-            channel = conn.channel()
+            channel: Any = conn.channel()  # a py-amqp channel; kombu's stub is too narrow
             try:
                 _, count, _ = channel.queue_declare(queue=name, passive=True)
                 depths[name] = int(count)
@@ -163,6 +163,8 @@ async def take_snapshot(
 ) -> Snapshot:
     """Read everything the gauges need; the broker is asked outside any DB transaction."""
     async with sessionmaker() as session:
+        # One view of the database for all the queries, so the numbers agree with each other.
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         data = await read_snapshot(session)
     depths: dict[str, int] = {}
     app = getattr(tasks, "app", None)

@@ -34,6 +34,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -98,7 +99,9 @@ def update_pool_gauges() -> None:
 def render() -> tuple[bytes, str]:
     """The exposition text for a scrape, and its content type."""
     update_pool_gauges()
-    if multiprocess_dir():
+    # Samples live in files only if prometheus_client was imported after the variable was set
+    # (`tesai server --workers 1` serves from the process that imported it before).
+    if multiprocess_dir() and values.ValueClass is not values.MutexValue:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         for collector in SNAPSHOT_COLLECTORS:
