@@ -222,3 +222,25 @@ async def test_provisioning_deadline_fails_cleanly_and_releases_the_hold(
     assert detail["status"] == ClusterStatus.failed.value
     assert detail["status_reason"] == "provisioning_deadline"
     assert await balances(runtime, user.id, cid) == (10_000_000, 0)
+
+
+async def test_graphql_offers_match_rest(
+    client: httpx.AsyncClient, make_user, add_device: AddDevice
+) -> None:
+    await add_device(price=2_000_000)
+    await add_device(gpu_model="NVIDIA H100", price=3_000_000)
+    rest = (await client.get("/api/v1/offers", params={"gpu_model": "NVIDIA A100"})).json()
+    query = """query { offers(gpuModel: "NVIDIA A100") {
+        offers { deviceId gpuModel pricePerGpuHourMicro }
+        groups { gpuModel listedDevices bookableDevices } } }"""
+    r = await client.post("/graphql", json={"query": query})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]["offers"]
+    assert [o["deviceId"] for o in data["offers"]] == [o["device_id"] for o in rest["offers"]]
+    assert data["offers"][0]["pricePerGpuHourMicro"] == 2_000_000
+    assert data["groups"] == [{"gpuModel": "NVIDIA A100", "listedDevices": 1, "bookableDevices": 1}]
+    bad = await client.post(
+        "/graphql", json={"query": 'query { offers(sort: "nope") { groups { gpuModel } } }'}
+    )
+    assert bad.status_code == 200
+    assert bad.json()["errors"][0]["extensions"]["code"] == "invalid_input"
