@@ -127,7 +127,8 @@ async def join_devices(base_url: str, n: int, concurrency: int = 8) -> list[str]
     email, password = "bench-provider@example.com", "bench-password-123"
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
         r = await http.post(
-            "/api/v1/auth/signup", json={"email": email, "password": password, "roles": ["provider"]}
+            "/api/v1/auth/signup",
+            json={"email": email, "password": password, "roles": ["provider"]},
         )
         if r.status_code != 201:
             raise RuntimeError(f"signup failed: {r.status_code} {r.text}")
@@ -172,16 +173,23 @@ async def join_devices(base_url: str, n: int, concurrency: int = 8) -> list[str]
                 headers = {"Authorization": f"Bearer {token}"}
                 # First beat delivers the verify command, the second acknowledges it: from
                 # then on the device has nothing pending and beats stay off the database.
-                r = await post("/api/v1/agent/heartbeat", beat_body(1), headers, "device_token_invalid")
+                r = await post(
+                    "/api/v1/agent/heartbeat", beat_body(1), headers, "device_token_invalid"
+                )
                 r.raise_for_status()
                 ids = [c["id"] for c in r.json()["commands"]]
-                r = await post("/api/v1/agent/heartbeat", beat_body(2, ids), headers, "")
+                r = await post(
+                    "/api/v1/agent/heartbeat", beat_body(2, ids), headers, "device_token_invalid"
+                )
                 r.raise_for_status()
                 return token
 
         tokens = list(await asyncio.gather(*(one(i) for i in range(n))))
         if retries[0]:
-            print(f"{retries[0]} calls retried after a 401: the previous call's commit had not landed", file=sys.stderr)
+            print(
+                f"{retries[0]} calls retried after a 401 (the previous commit had not landed)",
+                file=sys.stderr,
+            )
         return tokens
 
 
@@ -381,7 +389,9 @@ def main() -> int:
                 t0 = time.perf_counter()
                 tokens = asyncio.run(join_devices(server.base_url, args.devices))
                 join_s = time.perf_counter() - t0
-                print(f"created and joined {len(tokens)} devices in {join_s:.1f} s", file=sys.stderr)
+                print(
+                    f"created and joined {len(tokens)} devices in {join_s:.1f} s", file=sys.stderr
+                )
                 pids = server.worker_pids()
                 rounds = asyncio.run(measure(server.base_url, tokens, pids, args))
                 if args.profile:

@@ -166,3 +166,17 @@ def test_ray_reporting_every_node_alive_marks_lagging_workers_running() -> None:
     steps = next_steps(view(ClusterStatus.provisioning, [head, w])).steps
     assert ("mark_node_running", w.id) in [(s.kind, s.node_id) for s in steps]
     assert steps[-1].status is ClusterStatus.running
+
+
+def test_degraded_waits_for_the_replacements_own_report() -> None:
+    # Ray still counts the lost node, so its count matches before the replacement is up.
+    head = node(
+        NodeRole.head,
+        state=NodeState.running,
+        join_sent=True,
+        reported="running",
+        ray_address="h:1",
+        alive_nodes=2,
+    )
+    fresh = node(state=NodeState.starting, join_sent=True, reported="starting")
+    assert next_steps(view(ClusterStatus.degraded, [head, fresh])).steps == []

@@ -58,7 +58,13 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def server(settings: Settings, runtime: Runtime, tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = ServerProcess(settings, tmp_path / "server.log", TESAI_PROVISIONING_DEADLINE_S="240")
+    srv = ServerProcess(
+        settings,
+        tmp_path / "server.log",
+        TESAI_PROVISIONING_DEADLINE_S="240",
+        TESAI_AUTOSCALE_UP_AFTER_S="2",
+        TESAI_AUTOSCALE_IDLE_TIMEOUT_S="5",
+    )
     srv.env["TESAI_PUBLIC_URL"] = srv.url
     srv.start()
     try:
@@ -251,4 +257,90 @@ async def test_rent_run_heal_and_terminate_a_three_node_cluster(
         left = [p.pid for p in find_processes(f"{cluster_id}/")]
         assert time.monotonic() < deadline, f"Ray processes left: {left}"
         await asyncio.sleep(1)
+    await api.aclose()
+
+
+DEMAND_JOB = textwrap.dedent(
+    """
+    import time
+    import ray
+
+    ray.init()
+
+    @ray.remote(num_cpus=1)
+    def busy():
+        time.sleep(15)
+        return ray.get_runtime_context().get_node_id()
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    # Twice what one node has: half of it waits until the autoscaler adds a node.
+    nodes = ray.get([busy.remote() for _ in range(2 * cpus)])
+    print("RAN_ON", len(set(nodes)))
+    """
+)
+
+
+async def test_an_autoscaled_cluster_grows_under_demand_and_shrinks_when_idle(
+    server: ServerProcess,
+    pool: Pool,
+    runtime: Runtime,
+    make_user: MakeUser,
+    tmp_path: Path,
+) -> None:
+    customer, headers = await make_user()
+    async with runtime.sessionmaker.begin() as s:
+        await billing.admin_grant_credit(
+            s,
+            admin_user_id=None,
+            user_id=customer.id,
+            amount_micro=100_000_000,
+            reason="e2e",
+            idempotency_key=f"e2e:{uuid.uuid4()}",
+        )
+    api = httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60)
+
+    def explain() -> str:
+        return pool.tail() + "\n--- server\n" + server.log.read_text()[-3000:]
+
+    body = {"request": {"nodes": 1, "min_gpus": 1, "max_gpus": 2, "duration_s": 3600}}
+    r = await api.post("/api/v1/clusters", json=body)
+    assert r.status_code == 201, r.text
+    cluster_id = r.json()["id"]
+
+    async def detail() -> dict[str, Any]:
+        body: dict[str, Any] = (await api.get(f"/api/v1/clusters/{cluster_id}")).json()
+        return body
+
+    def live(d: dict[str, Any]) -> list[dict[str, Any]]:
+        return [n for n in d["nodes"] if n["released_at"] is None]
+
+    await _until(detail, lambda d: d["status"] == "running", 240, explain)
+    (tmp_path / "demand").mkdir()
+    (tmp_path / "demand" / "demand.py").write_text(DEMAND_JOB)
+    ray_client = JobSubmissionClient(r.json()["ray_address"], headers=headers)
+    sub = ray_client.submit_job(
+        entrypoint="python demand.py", runtime_env={"working_dir": str(tmp_path / "demand")}
+    )
+    grown = await _until(
+        detail,
+        lambda d: len([n for n in live(d) if n["state"] == "running"]) == 2,
+        180,
+        explain,
+    )
+    assert grown["gpus"] == 2
+    assert any(e["reason"] == "scaled_up" for e in grown["events"])
+    deadline = time.monotonic() + 180
+    while ray_client.get_job_status(sub) not in {JobStatus.SUCCEEDED, JobStatus.FAILED}:
+        assert time.monotonic() < deadline, explain()
+        await asyncio.sleep(1)
+    assert ray_client.get_job_status(sub) == JobStatus.SUCCEEDED, ray_client.get_job_logs(sub)
+    # Idle past the timeout: back to min, never below.
+    shrunk = await _until(detail, lambda d: len(live(d)) == 1, 120, explain)
+    assert live(shrunk)[0]["role"] == "head"
+    assert [e["reason"] for e in shrunk["events"] if e["reason"].startswith("scale")] == [
+        "scaled_up",
+        "scaled_down",
+    ]
+    await api.post(f"/api/v1/clusters/{cluster_id}/terminate")
+    await _until(detail, lambda d: d["status"] == "terminated", 60, explain)
     await api.aclose()

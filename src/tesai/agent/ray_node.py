@@ -752,7 +752,8 @@ def alive_node_count(client: httpx.Client) -> int:
     return sum(1 for r in rows if r.get("state") == "ALIVE")
 
 
-_NODE_RESOURCE = re.compile(r"^tesai_node_(\d+)$")
+# The dashboard's cluster status camel-cases resource names (tesai_node_3 → tesaiNode3).
+_NODE_RESOURCE = re.compile(r"^(?:tesai_node_|tesaiNode)(\d+)$")
 
 
 def _node_label(ray_node_id: str, usage: Mapping[str, Any]) -> str:

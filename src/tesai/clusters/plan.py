@@ -133,6 +133,10 @@ def next_steps(view: ClusterView) -> Plan:
                 plan.add("mark_node_running", node_id=n.id)
 
     all_alive = head_up and head.alive_nodes is not None and head.alive_nodes >= len(nodes)
+    if all_alive and s is ClusterStatus.degraded:
+        # Ray keeps counting a killed node ALIVE for a while, so after a loss its count can
+        # match before the replacement is up: then every node's own agent must say so too.
+        all_alive = all(n.reported == "running" for n in nodes)
     if all_alive:
         # Ray itself reports every node alive: that is the truth for all of them, even if a
         # worker's own heartbeat has not said so yet.
