@@ -143,7 +143,7 @@ async def join_devices(base_url: str, n: int, concurrency: int = 8) -> list[str]
         ) -> httpx.Response:
             """POST; on a 401 with ``code``, try again: the server commits a request's
             transaction after sending its response, so the next call can outrun it."""
-            for _ in range(100):
+            for _ in range(200):  # a cached miss lives 5 s (NEGATIVE_TTL_S)
                 r = await http.post(path, json=body, headers=headers)
                 if not code or r.status_code != 401 or code not in r.text:
                     return r

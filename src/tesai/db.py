@@ -109,4 +109,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             await run_after_commit(session)
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": commit before the response is sent, so a client never sees a success
+# for a change that is not yet (or never) committed — e.g. a ledger transaction that the
+# database's balance check rejects at commit.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
