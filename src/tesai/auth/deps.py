@@ -103,7 +103,8 @@ ProviderUser = Annotated[User, Depends(require_role("provider"))]
 AdminUser = Annotated[User, Depends(require_role("admin"))]
 
 
-def get_runtime(request: Request) -> Runtime:
+# async: a plain def would cost every request a trip through the thread pool.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
