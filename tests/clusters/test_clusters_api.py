@@ -244,3 +244,28 @@ async def test_graphql_offers_match_rest(
     )
     assert bad.status_code == 200
     assert bad.json()["errors"][0]["extensions"]["code"] == "invalid_input"
+
+
+async def test_extend_adds_the_price_of_the_extra_time_to_the_hold(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    await add_device(price=2_000_000)
+    user, headers = await make_user()
+    await grant(user.id, 10_000_000)
+    body = {"request": {**REQ, "gpus": 1}}
+    cid = (await client.post("/api/v1/clusters", json=body, headers=headers)).json()["id"]
+    r = await client.post(
+        f"/api/v1/clusters/{cid}/extend", json={"duration_s": 1800}, headers=headers
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["duration_s"] == 5400
+    # 1 h booked (2.20) + 30 min more (1.00 + 10 % fee) held.
+    assert await balances(runtime, user.id, uuid.UUID(cid)) == (10_000_000 - 3_300_000, 3_300_000)
+    # More than the balance: 402, nothing changes.
+    r = await client.post(
+        f"/api/v1/clusters/{cid}/extend", json={"duration_s": 30 * 24 * 3600}, headers=headers
+    )
+    assert r.status_code == 402
+    assert (await client.get(f"/api/v1/clusters/{cid}", headers=headers)).json()[
+        "duration_s"
+    ] == 5400
