@@ -125,6 +125,21 @@ async def pool(
                 agent.stop()
 
 
+async def funded_customer(runtime: Runtime, make_user: MakeUser) -> dict[str, str]:
+    """A customer with $100 of credit; returns their auth headers."""
+    customer, headers = await make_user()
+    async with runtime.sessionmaker.begin() as s:
+        await billing.admin_grant_credit(
+            s,
+            admin_user_id=None,
+            user_id=customer.id,
+            amount_micro=100_000_000,
+            reason="e2e",
+            idempotency_key=f"e2e:{uuid.uuid4()}",
+        )
+    return headers
+
+
 async def _device_status(client: httpx.AsyncClient, headers: dict[str, str], device_id: str) -> str:
     r = await client.get(f"/api/v1/provider/devices/{device_id}", headers=headers)
     return str(r.json()["device"]["status"])
@@ -149,16 +164,7 @@ async def test_rent_run_heal_and_terminate_a_three_node_cluster(
     make_user: MakeUser,
     tmp_path: Path,
 ) -> None:
-    customer, headers = await make_user()
-    async with runtime.sessionmaker.begin() as s:
-        await billing.admin_grant_credit(
-            s,
-            admin_user_id=None,
-            user_id=customer.id,
-            amount_micro=100_000_000,
-            reason="e2e",
-            idempotency_key=f"e2e:{uuid.uuid4()}",
-        )
+    headers = await funded_customer(runtime, make_user)
     api = httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60)
 
     async def detail() -> dict[str, Any]:
@@ -287,16 +293,7 @@ async def test_an_autoscaled_cluster_grows_under_demand_and_shrinks_when_idle(
     make_user: MakeUser,
     tmp_path: Path,
 ) -> None:
-    customer, headers = await make_user()
-    async with runtime.sessionmaker.begin() as s:
-        await billing.admin_grant_credit(
-            s,
-            admin_user_id=None,
-            user_id=customer.id,
-            amount_micro=100_000_000,
-            reason="e2e",
-            idempotency_key=f"e2e:{uuid.uuid4()}",
-        )
+    headers = await funded_customer(runtime, make_user)
     api = httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60)
 
     def explain() -> str:

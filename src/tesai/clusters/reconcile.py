@@ -407,6 +407,16 @@ class _Applier:
         self.reports = reports
         self.box = box
 
+    async def _send_leave(self, node: ClusterNode) -> None:
+        """Tell the node's agent to stop this cluster's Ray node (applied once, even if late)."""
+        await create_command(
+            self.session,
+            self.ctx.cache,
+            node.device_id,
+            "leave_cluster",
+            {"cluster_id": str(self.cluster.id), "node_id": str(node.id)},
+        )
+
     async def apply(self, step: Step) -> None:
         handler = getattr(self, f"_{step.kind}")
         await handler(step)
@@ -470,13 +480,7 @@ class _Applier:
             data={"node_id": str(node.id), "device_id": str(node.device_id)},
         )
         # The agent may come back: tell it to stop this cluster's Ray node then.
-        await create_command(
-            self.session,
-            self.ctx.cache,
-            node.device_id,
-            "leave_cluster",
-            {"cluster_id": str(self.cluster.id), "node_id": str(node.id)},
-        )
+        await self._send_leave(node)
         if node.role is NodeRole.head:
             await self._head_lost()
 
@@ -487,13 +491,7 @@ class _Applier:
                 NodeState.starting,
                 NodeState.running,
             ):
-                await create_command(
-                    self.session,
-                    self.ctx.cache,
-                    other.device_id,
-                    "leave_cluster",
-                    {"cluster_id": str(self.cluster.id), "node_id": str(other.id)},
-                )
+                await self._send_leave(other)
                 other.state = NodeState.assigned
         await self.session.execute(
             update(Job)
@@ -609,13 +607,7 @@ class _Applier:
     async def _release_node(self, node: ClusterNode, reason: str) -> None:
         """Stop billing one node (paying what it earned), tell its agent, free its device."""
         await stop_node_meter(self.session, self.ctx.settings, node, self.reports, self.view.now)
-        await create_command(
-            self.session,
-            self.ctx.cache,
-            node.device_id,
-            "leave_cluster",
-            {"cluster_id": str(self.cluster.id), "node_id": str(node.id)},
-        )
+        await self._send_leave(node)
         node.state = NodeState.released
         node.state_reason = reason
         node.released_at = self.view.now
@@ -733,13 +725,7 @@ class _Applier:
         for node in self.nodes.values():
             if node.state is NodeState.released:
                 continue
-            await create_command(
-                self.session,
-                self.ctx.cache,
-                node.device_id,
-                "leave_cluster",
-                {"cluster_id": str(self.cluster.id), "node_id": str(node.id)},
-            )
+            await self._send_leave(node)
 
     async def _release_all(self, step: Step) -> None:
         now = self.view.now
