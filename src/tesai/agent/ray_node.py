@@ -887,16 +887,24 @@ def join_cluster(args: Mapping[str, Any]) -> NodeState:
 def leave_cluster(args: Mapping[str, Any]) -> NodeState:
     """``leave_cluster`` command: stop this device's nodes of the cluster (all of them)."""
     cluster_id = str(UUID(str(args["cluster_id"])))
+    index = args.get("node_index")
+    # With a node index, only that node: several devices' agents may share a host (tests, a
+    # provider's multi-device box), and another node of the same cluster must live on.
+    sweep = f"{cluster_id}/" if index is None else node_marker(cluster_id, int(index))
     with _nodes_lock:
-        mine = [n for n in _nodes.values() if n.cluster_id == cluster_id]
+        mine = [
+            n
+            for n in _nodes.values()
+            if n.cluster_id == cluster_id and (index is None or n.node_index == int(index))
+        ]
     role: Role = mine[0].role if mine else "worker"
     try:
         for node in mine:
             stop_node(node, allocator=default_allocator())
             with _nodes_lock:
                 _nodes.pop(node.marker, None)
-        # Also processes of the cluster this agent lost track of (e.g. after a restart).
-        stop_node(marker=f"{cluster_id}/")
+        # Also processes of this node this agent lost track of (e.g. after a restart).
+        stop_node(marker=sweep)
     except RayNodeError as exc:
         return NodeState(cluster_id=UUID(cluster_id), role=role, state="failed", reason=exc.reason)
     return NodeState(cluster_id=UUID(cluster_id), role=role, state="stopped")

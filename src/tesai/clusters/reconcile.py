@@ -414,7 +414,7 @@ class _Applier:
             self.ctx.cache,
             node.device_id,
             "leave_cluster",
-            {"cluster_id": str(self.cluster.id), "node_id": str(node.id)},
+            {"cluster_id": str(self.cluster.id), "node_id": str(node.id), "node_index": node.index},
         )
 
     async def apply(self, step: Step) -> None:
