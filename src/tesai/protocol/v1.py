@@ -1,4 +1,4 @@
-"""Agent ⇄ control plane wire contract, version 1 (see /work/notes/PROTOCOL.md).
+"""Agent ⇄ control plane wire contract, version 1.
 
 Every path lives under ``/api/v1/agent``:
 
