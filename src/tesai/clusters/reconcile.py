@@ -17,7 +17,6 @@ every ``settle_interval_s`` and at the end.
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -163,6 +162,7 @@ def build_view(
     reports: dict[uuid.UUID, dict[str, Any]],
     now: datetime,
     join_failures: dict[uuid.UUID, str] | None = None,
+    spent_micro: int = 0,
 ) -> ClusterView:
     views = []
     for n in nodes:
@@ -185,7 +185,6 @@ def build_view(
                 alive_nodes=rep.get("alive_nodes") if rep else None,
             )
         )
-    budget_left = None
     return ClusterView(
         id=cluster.id,
         status=cluster.status,
@@ -193,7 +192,9 @@ def build_view(
         now=now,
         provisioning_deadline=cluster.provisioning_deadline,
         ends_at=cluster.ends_at,
-        budget_left_micro=budget_left,
+        budget_left_micro=(
+            None if cluster.budget_micro is None else cluster.budget_micro - spent_micro
+        ),
     )
 
 
@@ -237,10 +238,14 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
     steps = 0
     for cluster in clusters:
         view = build_view(
-            cluster, by_cluster.get(cluster.id, []), statuses, reports, now, join_failures
+            cluster,
+            by_cluster.get(cluster.id, []),
+            statuses,
+            reports,
+            now,
+            join_failures,
+            spent.get(cluster.id, 0),
         )
-        if cluster.budget_micro is not None:
-            view = replace(view, budget_left_micro=cluster.budget_micro - spent.get(cluster.id, 0))
         plan = next_steps(view)
         try:
             steps += await apply(ctx, cluster.id, cluster.version, plan, view, reports)

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.billing import service as billing
+from tesai.billing.money import customer_charge
 from tesai.clusters.errors import (
     ClusterNotActive,
     ClusterNotFound,
@@ -48,7 +49,7 @@ from tesai.kit.time import utcnow
 from tesai.observability.business import PLACEMENT_DURATION
 from tesai.runtime import Runtime
 from tesai.scheduling import placement as pl
-from tesai.scheduling.pricing import PriceBreakdown, price_placement
+from tesai.scheduling.pricing import PriceBreakdown, ceil_div, price_placement
 from tesai.settings import Settings
 
 RESERVE_ATTEMPTS = 3
@@ -354,8 +355,9 @@ async def extend_cluster(
     """Add ``duration_s`` to the rental and its price to the hold (402 when short)."""
     if cluster.status not in LIVE:
         raise ClusterNotActive(f"Cluster is {cluster.status.value}")
-    amount = -(-cluster.hourly_price_micro * duration_s // 3600)
-    amount += -(-amount * settings.platform_fee_bps // 10_000)
+    amount = customer_charge(
+        ceil_div(cluster.hourly_price_micro * duration_s, 3600), settings.platform_fee_bps
+    )
     await billing.extend_hold(
         session,
         user_id=cluster.customer_id,
