@@ -64,6 +64,19 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: floa
     raise AssertionError(f"{url} not ready in {timeout} s:\n{log.read_text()[-5000:]}")
 
 
+def wait_printed(proc: subprocess.Popen[bytes], text: str, log: Path, timeout: float) -> None:
+    """Wait until the command has printed ``text`` (the API answers before the banner, which
+    comes once the local agent has started)."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if text in log.read_text():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode}:\n{log.read_text()[-5000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not printed in {timeout} s:\n{log.read_text()[-5000:]}")
+
+
 def process_tree(pid: int) -> list[psutil.Process]:
     proc = psutil.Process(pid)
     return [proc, *proc.children(recursive=True)]

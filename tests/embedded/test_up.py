@@ -17,6 +17,7 @@ from tests.embedded.helpers import (
     interrupt,
     process_tree,
     start,
+    wait_printed,
     wait_ready,
 )
 
@@ -43,6 +44,7 @@ def test_up_serves_stops_everything_and_keeps_users(home: Path, tmp_path: Path) 
     proc = start(["up", "--port", str(port)], env, log, tmp_path)
     try:
         wait_ready(proc, f"{base}/readyz", log, timeout=60)
+        wait_printed(proc, "Press Ctrl-C to stop.", log, timeout=120)
         admin_password = (home / "admin-password").read_text().strip()
         assert admin_password in log.read_text(), "first start prints the admin password"
         signup = httpx.post(f"{base}/api/v1/auth/signup", json=USER, timeout=30)
