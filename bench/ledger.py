@@ -1,6 +1,6 @@
 """Ledger throughput and the metering + settlement tick at scale.
 
-    .venv/bin/python bench/ledger.py [--nodes 100000] [--ops 2000]
+    .venv/bin/python bench/ledger.py [--nodes 100000] [--ops 2000] [--ticks 3] [--tick-only]
 
 Figures, on a scratch database of the local PostgreSQL:
 1. postings/s, single: one money movement (hold or settlement: 2–3 postings) per commit,
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 import uuid
@@ -218,10 +219,13 @@ async def run(args: argparse.Namespace, url: str) -> None:
         sm = create_sessionmaker(engine)
         try:
             print(f"machine: {machine()}")
-            rate = await single(sm, args.ops)
-            print(f"postings/s single (1 movement per commit, 1 connection): {rate:,.0f}")
-            rate = await batched(sm, args.ops * 20)
-            print(f"postings/s batched (1,000 movements per commit, 4 connections): {rate:,.0f}")
+            if not args.tick_only:
+                rate = await single(sm, args.ops)
+                print(f"postings/s single (1 movement per commit, 1 connection): {rate:,.0f}")
+                rate = await batched(sm, args.ops * 20)
+                print(
+                    f"postings/s batched (1,000 movements per commit, 4 connections): {rate:,.0f}"
+                )
             clusters, providers = args.nodes // 4, max(1, args.nodes // 10)
             t = time.perf_counter()
             await fleet(sm, args.nodes, clusters, providers)
@@ -229,16 +233,25 @@ async def run(args: argparse.Namespace, url: str) -> None:
                 f"fleet: {args.nodes:,} nodes, {clusters:,} cluster holds, {providers:,}"
                 f" providers (set up in {time.perf_counter() - t:.1f} s)"
             )
+            totals = []
             for minute in range(1, args.ticks + 1):
                 before = await _postings(sm)
                 t_meter, t_settle, moved, buckets = await tick(sm, minute)
                 posted = await _postings(sm) - before
+                totals.append(t_meter + t_settle)
+                if buckets != args.nodes:  # a broken tick would look fast
+                    raise SystemExit(f"tick {minute} settled {buckets:,} of {args.nodes:,} buckets")
                 print(
                     f"tick {minute}: meter {moved:,} nodes {t_meter:.3f} s + settle"
                     f" {buckets:,} buckets ({posted:,} postings) {t_settle:.3f} s ="
                     f" {t_meter + t_settle:.3f} s; set-based postings/s"
                     f" {posted / t_settle:,.0f}"
                 )
+            totals.sort()
+            print(
+                f"tick (meter + settle) over {len(totals)} ticks: median"
+                f" {statistics.median(totals):.3f} s, max {totals[-1]:.3f} s"
+            )
         finally:
             await engine.dispose()
 
@@ -248,6 +261,9 @@ if __name__ == "__main__":
     parser.add_argument("--nodes", type=int, default=100_000)
     parser.add_argument("--ops", type=int, default=2000)
     parser.add_argument("--ticks", type=int, default=3)
+    parser.add_argument(
+        "--tick-only", action="store_true", help="skip the postings/s figures (1 and 2)"
+    )
     arguments = parser.parse_args()
     with scratch_database("tesai_bench_ledger") as database_url:
         asyncio.run(run(arguments, database_url))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select, text
 
 from tesai.billing import holds, metering, service
-from tesai.billing.ledger import balance_of
+from tesai.billing.ledger import balance_of, set_fault_hook
 from tesai.billing.models import UsageBucket
 from tesai.runtime import Runtime
 from tests.billing.conftest import NewUser
@@ -119,3 +121,149 @@ async def test_incomplete_minute_is_not_settled_and_short_hold_is_reported(
         assert batch.short_holds
         assert batch.buckets == 0
     del node
+
+
+async def test_a_crash_at_any_point_of_a_tick_counts_each_second_once(
+    runtime: Runtime, new_user: NewUser
+) -> None:
+    """Crashes inside the metering stage, between the stages and inside settlement: each
+    stage is replayed with the same inputs, and the minute is charged exactly once."""
+    customer, provider, cluster, nodes = await _cluster(runtime, new_user, 3)
+    now = T0 + timedelta(minutes=2)
+
+    class Crash(Exception):
+        pass
+
+    async def tick_then_die() -> None:
+        async with runtime.sessionmaker() as s, s.begin():
+            await metering.meter_tick(s, now=now)
+            raise Crash
+
+    async def settle_then_die() -> None:
+        async with runtime.sessionmaker() as s, s.begin():
+            await metering.settle_usage_batch(s, before=now, fee_bps=1000, idempotency_key="t")
+            raise Crash
+
+    # 1. The metering stage dies after its statement, before commit: nothing stays.
+    with pytest.raises(Crash):
+        await tick_then_die()
+    async with runtime.sessionmaker() as s:
+        assert await s.scalar(select(func.count()).select_from(UsageBucket)) == 0
+    # 2. Replayed, it commits; the process dies before settling (between the stages), and
+    #    the tick is replayed once more after the restart: the watermark makes it a no-op.
+    for _ in range(2):
+        async with runtime.sessionmaker() as s, s.begin():
+            await metering.meter_tick(s, now=now)
+    # 3. Settlement dies after its ledger statement (checkpoint "batch_posted"), then again
+    #    before its commit: both roll back whole.
+    for point in ("batch_claimed", "batch_posted"):
+
+        def hook(name: str, point: str = point) -> None:
+            if name == point:
+                raise Crash(name)
+
+        set_fault_hook(hook)
+        try:
+            with pytest.raises(Crash):
+                async with runtime.sessionmaker() as s, s.begin():
+                    await metering.settle_usage_batch(
+                        s, before=now, fee_bps=1000, idempotency_key=f"t:{point}"
+                    )
+        finally:
+            set_fault_hook(None)
+    with pytest.raises(Crash):
+        await settle_then_die()
+    async with runtime.sessionmaker() as s:
+        assert await balance_of(s, service.earnings(provider)) == 0
+    # 4. The replay settles; a replay of the settled run (its caller never heard) does not.
+    for key in ("t", "t-again"):
+        async with runtime.sessionmaker() as s, s.begin():
+            await metering.meter_tick(s, now=now)
+            await metering.settle_usage_batch(s, before=now, fee_bps=1000, idempotency_key=key)
+    provider_micro = 3 * 120 * 1000  # 3 nodes × 120 s × 1,000 µUSDC/s
+    async with runtime.sessionmaker() as s:
+        assert await balance_of(s, service.earnings(provider)) == provider_micro
+        assert (
+            await holds.cluster_hold_balance(s, customer_user_id=customer, cluster_id=cluster)
+            == 1_000_000 - provider_micro * 11 // 10
+        )
+        assert await s.scalar(select(func.count()).select_from(UsageBucket)) == 6
+        assert (
+            await s.scalar(
+                select(func.count()).select_from(UsageBucket).where(UsageBucket.settled.is_(False))
+            )
+            == 0
+        )
+        assert (
+            await s.scalar(
+                text("SELECT count(*) FROM ledger_transactions WHERE kind = 'settle_batch'")
+            )
+            == 1
+        )
+        assert await s.scalar(text("SELECT sum(amount) FROM ledger_postings")) == 0
+        assert [await metering.unsettled_seconds(s, n) for n in nodes] == [0, 0, 0]
+
+
+async def test_meter_nodes_meters_only_the_listed_nodes_and_reports_their_seconds(
+    runtime: Runtime, new_user: NewUser
+) -> None:
+    _, _, _, (a, b, c) = await _cluster(runtime, new_user, 3)
+    async with runtime.sessionmaker() as s, s.begin():
+        got = await metering.meter_nodes(
+            s, now=T0 + timedelta(seconds=90), node_ids=[a, b], unhealthy=[b]
+        )
+        # A replay moves nothing; an earlier ``now`` neither.
+        again = await metering.meter_nodes(s, now=T0 + timedelta(seconds=90), node_ids=[a, b])
+        earlier = await metering.meter_nodes(s, now=T0 + timedelta(seconds=30), node_ids=[a])
+        # One node over an interval that skips a gap (not billed) and spans two minutes.
+        billed = await metering.record_interval(
+            s, c, T0 + timedelta(seconds=50), T0 + timedelta(seconds=130), healthy=True
+        )
+        await metering.stop_meter(s, a)
+        stopped = await metering.meter_nodes(s, now=T0 + timedelta(minutes=5), node_ids=[a])
+    assert got == {a: 90, b: 0}
+    assert again == {}
+    assert earlier == {}
+    assert stopped == {}
+    assert billed == 80
+    async with runtime.sessionmaker() as s:
+        rows = (
+            await s.execute(
+                select(UsageBucket.node_id, UsageBucket.minute, UsageBucket.seconds).order_by(
+                    UsageBucket.node_id, UsageBucket.minute
+                )
+            )
+        ).all()
+    assert sorted((n, m - T0, sec) for n, m, sec in rows) == sorted(
+        [
+            (a, timedelta(0), 60),
+            (a, timedelta(minutes=1), 30),
+            (c, timedelta(0), 10),
+            (c, timedelta(minutes=1), 60),
+            (c, timedelta(minutes=2), 10),
+        ]
+    )
+
+
+async def test_two_ticks_at_once_count_each_second_once(
+    runtime: Runtime, new_user: NewUser
+) -> None:
+    """A second tick that read the meters before the first committed waits on their row
+    locks and then sees the moved watermark: nothing is counted twice."""
+    _, _, _, nodes = await _cluster(runtime, new_user, 2)
+    now = T0 + timedelta(seconds=45)
+
+    async def second() -> int:
+        async with runtime.sessionmaker() as s, s.begin():
+            return await metering.meter_tick(s, now=now)
+
+    async with runtime.sessionmaker() as first:
+        await first.begin()
+        assert await metering.meter_tick(first, now=now) == 2
+        other = asyncio.create_task(second())
+        await asyncio.sleep(0.5)
+        assert not other.done()  # waiting on the meters the first tick holds
+        await first.commit()
+    assert await other == 0
+    async with runtime.sessionmaker() as s:
+        assert [await metering.unsettled_seconds(s, n) for n in nodes] == [45, 45]

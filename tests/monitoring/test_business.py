@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,8 @@ from prometheus_client import REGISTRY, values
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tesai.billing import holds, metering
+from tesai.billing import service as billing
 from tesai.clusters.models import Cluster, ClusterStatus
 from tesai.devices.models import Device, DeviceStatus
 from tesai.kit.time import utcnow
@@ -62,9 +64,7 @@ async def _fleet(session: AsyncSession, provider: uuid.UUID, customer: uuid.UUID
             hardware={},
         )
 
-    def cluster(
-        status: ClusterStatus, settled_ago_s: float | None, running_ago_s: float
-    ) -> Cluster:
+    def cluster(status: ClusterStatus, running_ago_s: float) -> Cluster:
         now = utcnow()
         return Cluster(
             customer_id=customer,
@@ -76,7 +76,6 @@ async def _fleet(session: AsyncSession, provider: uuid.UUID, customer: uuid.UUID
             ray_version="2.60.0",
             ray_token_sealed="x",
             running_at=now - timedelta(seconds=running_ago_s),
-            settled_at=None if settled_ago_s is None else now - timedelta(seconds=settled_ago_s),
         )
 
     session.add_all(
@@ -86,12 +85,10 @@ async def _fleet(session: AsyncSession, provider: uuid.UUID, customer: uuid.UUID
             device(DeviceStatus.busy, "NVIDIA H100"),
             device(DeviceStatus.offline, "NVIDIA A100"),
             device(DeviceStatus.online, None),
-            cluster(ClusterStatus.running, 30, 4000),
-            # Degraded and never settled: as late as its start, the oldest watermark.
-            cluster(ClusterStatus.degraded, None, 500),
-            # Terminated long ago: not billed, so not lagging.
-            cluster(ClusterStatus.terminated, 90_000, 100_000),
-            cluster(ClusterStatus.failed, None, 0),
+            cluster(ClusterStatus.running, 4000),
+            cluster(ClusterStatus.degraded, 500),
+            cluster(ClusterStatus.terminated, 100_000),
+            cluster(ClusterStatus.failed, 0),
         ]
     )
     await session.commit()
@@ -117,8 +114,8 @@ async def test_scrape_reports_devices_clusters_and_settlement_lag_from_the_snaps
     assert got[("tesai_clusters", (("state", "running"),))] == 1
     assert got[("tesai_clusters", (("state", "failed"),))] == 1
     assert got[("tesai_clusters", (("state", "pending"),))] == 0
-    lag = got[("tesai_settlement_lag_seconds", ())]
-    assert 499 <= lag < 600
+    # No usage metered yet: nothing waits for settlement.
+    assert got[("tesai_settlement_lag_seconds", ())] == 0
     # No label names a device, a user or a cluster.
     for _, labels in got:
         for key, _ in labels:
@@ -126,6 +123,71 @@ async def test_scrape_reports_devices_clusters_and_settlement_lag_from_the_snaps
     # In-process tasks have no broker queue.
     assert not [k for k in got if k[0] == "tesai_task_queue_depth"]
     assert got[("tesai_business_snapshot_age_seconds", ())] < 60
+
+
+def _age(t: datetime) -> float:
+    return (utcnow() - t).total_seconds()
+
+
+async def _lag_scraped(runtime: Runtime, client: httpx.AsyncClient) -> float:
+    BUSINESS.snapshot = await take_snapshot(runtime.sessionmaker)
+    r = await client.get("/metrics")
+    assert r.status_code == 200
+    return samples(r.text)[("tesai_settlement_lag_seconds", ())]
+
+
+async def test_settlement_lag_is_zero_after_settlement_and_grows_when_it_stops(
+    runtime: Runtime, client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    provider, _ = await make_user(roles=("provider",))
+    customer, _ = await make_user()
+    cluster_id = uuid.uuid4()
+    start = utcnow().replace(second=0, microsecond=0) - timedelta(minutes=10)
+    async with runtime.sessionmaker() as s, s.begin():
+        await billing.admin_grant_credit(
+            s,
+            admin_user_id=None,
+            user_id=customer.id,
+            amount_micro=10**9,
+            reason="t",
+            idempotency_key=f"g{cluster_id}",
+        )
+        await holds.place_cluster_hold(
+            s,
+            customer_user_id=customer.id,
+            cluster_id=cluster_id,
+            amount_micro=10**8,
+            idempotency_key=f"h{cluster_id}",
+        )
+        await metering.start_meter(
+            s,
+            node_id=uuid.uuid4(),
+            cluster_id=cluster_id,
+            device_id=uuid.uuid4(),
+            customer_user_id=customer.id,
+            provider_user_id=provider.id,
+            price_per_hour_micro=3_600_000,
+            started_at=start,
+        )
+        await metering.meter_tick(s, now=start + timedelta(minutes=5, seconds=30))
+    # Five complete minutes wait; the oldest became due at start + 1 min (~9 min ago).
+    lag = await _lag_scraped(runtime, client)
+    assert lag == pytest.approx(_age(start + timedelta(minutes=1)), abs=5)
+    async with runtime.sessionmaker() as s, s.begin():
+        batch = await metering.settle_usage_batch(
+            s, before=utcnow(), fee_bps=1000, idempotency_key=f"s{cluster_id}"
+        )
+    assert batch.buckets == 5
+    # Settled: the half-metered sixth minute is not complete, so nothing is late.
+    assert await _lag_scraped(runtime, client) == 0
+    # Metering goes on, settlement stops: the lag is the age of the oldest due minute.
+    async with runtime.sessionmaker() as s, s.begin():
+        await metering.meter_tick(s, now=start + timedelta(minutes=8))
+    lag = await _lag_scraped(runtime, client)
+    assert lag == pytest.approx(_age(start + timedelta(minutes=6)), abs=5)
+    async with runtime.sessionmaker() as s, s.begin():
+        await metering.meter_tick(s, now=start + timedelta(minutes=9, seconds=30))
+    assert await _lag_scraped(runtime, client) >= lag  # the oldest due minute is still there
 
 
 async def test_multiprocess_scrapes_include_the_snapshot(

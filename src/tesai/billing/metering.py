@@ -6,12 +6,17 @@ statements whatever the number of nodes, so 100,000 running nodes fit in a tick.
 - ``start_meter`` / ``stop_meter``: a node starts or stops being billable.
 - ``meter_tick(now, unhealthy)``: every active node's healthy seconds since its watermark
   go into its minute bucket(s); unhealthy nodes only move their watermark (not billed).
-  Ticks must come at most 60 s apart (a gap is split over at most two minutes).
-- ``record_interval``: the same for one node and any interval (pure splitting).
+  One statement, whatever the number of nodes or the length of the gap.
+- ``meter_nodes(now, node_ids, unhealthy)``: the same statement for some nodes (the
+  reconciler, per cluster); ``record_interval``: one node, any interval.
 - ``settle_usage_batch(before)``: all unsettled buckets of closed minutes become ONE ledger
   transaction (holds → provider earnings + platform fees); buckets are marked settled in
-  the same database transaction, so a replay settles nothing twice. Holds that cannot
-  cover their charge are left out and reported, for ``settle_usage`` (capped) and a stop.
+  the same statement, so a replay settles nothing twice. Holds that cannot cover their
+  charge are left out and reported, for ``settle_usage`` (capped) and a stop.
+
+A crash anywhere rolls back the open database transaction: a committed tick is a moved
+watermark (replaying it adds nothing), a committed settlement is settled buckets (replaying
+it finds nothing due).
 """
 
 from __future__ import annotations
@@ -22,8 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
-from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.audit.service import record as audit
@@ -31,7 +35,7 @@ from tesai.billing import service
 from tesai.billing.holds import cluster_hold_ref
 from tesai.billing.ledger import account_id, checkpoint
 from tesai.billing.models import NodeMeter, UsageBucket
-from tesai.billing.money import accrue, seconds_by_minute
+from tesai.billing.money import customer_charge
 
 
 def whole_second(t: datetime) -> datetime:
@@ -86,103 +90,112 @@ async def record_interval(
 ) -> int:
     """Account for ``[start, end)`` of one node; returns the seconds billed.
 
-    Time before the node's watermark is ignored, so replaying an interval adds nothing.
+    Time before the node's watermark is ignored, so replaying an interval adds nothing; time
+    between the watermark and ``start`` is skipped (not billed).
     """
-    meter = await session.get(NodeMeter, node_id, with_for_update=True)
-    if meter is None or not meter.active:
-        return 0
-    end = whole_second(end)
-    if end <= meter.metered_until:
-        return 0
-    billed = 0
-    if healthy:
-        for minute, seconds in sorted(seconds_by_minute(start, end, meter.metered_until).items()):
-            amount = accrue(meter.billed_seconds + billed, seconds, meter.price_per_hour_micro)
-            await _add_bucket(session, meter, minute, seconds, amount)
-            billed += seconds
-    meter.metered_until = end
-    meter.billed_seconds += billed
-    await session.flush()
-    return billed
-
-
-async def _add_bucket(
-    session: AsyncSession, meter: NodeMeter, minute: datetime, seconds: int, amount: int
-) -> None:
-    stmt = insert(UsageBucket).values(
-        cluster_id=meter.cluster_id,
-        node_id=meter.node_id,
-        device_id=meter.device_id,
-        hold_account_id=meter.hold_account_id,
-        earnings_account_id=meter.earnings_account_id,
-        minute=minute,
-        seconds=seconds,
-        price_per_hour_micro=meter.price_per_hour_micro,
-        amount_micro=amount,
-        settled=False,
+    await meter_nodes(session, now=start, node_ids=[node_id], unhealthy=[node_id])
+    billed = await meter_nodes(
+        session, now=end, node_ids=[node_id], unhealthy=() if healthy else [node_id]
     )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["node_id", "minute"],
-        set_={
-            "seconds": UsageBucket.seconds + stmt.excluded.seconds,
-            "amount_micro": UsageBucket.amount_micro + stmt.excluded.amount_micro,
-        },
-        where=UsageBucket.settled.is_(False),
-    )
-    await session.execute(stmt)
+    return billed.get(node_id, 0)
 
 
 _NOW = "CAST(:now AS timestamptz)"
 _UNHEALTHY = "CAST(:unhealthy AS uuid[])"
 
-# Healthy active nodes: (watermark, now] split into minutes, cumulative rounding on the
-# running total of billed seconds (see money.accrue). One statement for every node.
-_TICK_SQL = f"""
+
+def _tick_sql(*, listed: bool) -> str:
+    """Every active meter (or those in ``:nodes``) from its watermark to ``:now``, in ONE
+    statement: healthy seconds into minute buckets (cumulative rounding on the running total
+    of billed seconds, see ``money.accrue``), watermark and running total moved on.
+
+    ``cum`` is the node's healthy seconds from its watermark to the end of the minute's part,
+    so no window (sort) is needed. The meters are locked as they are read (``FOR UPDATE``
+    re-reads a row another tick moved meanwhile), and each is updated only once read through
+    ``m``, so two ticks never count a second twice. ``listed`` restricts to ``:nodes`` and
+    returns each node's billed seconds.
+    """
+    only = "AND node_id = ANY(CAST(:nodes AS uuid[]))" if listed else ""
+    returning = "RETURNING n.node_id, m.added" if listed else ""
+    return f"""
 WITH m AS (
   SELECT node_id, cluster_id, device_id, hold_account_id, earnings_account_id,
-         price_per_hour_micro AS p, billed_seconds AS b, metered_until AS wm
+         price_per_hour_micro AS p, billed_seconds AS b,
+         date_trunc('second', metered_until) AS wm,
+         CASE WHEN node_id = ANY({_UNHEALTHY}) THEN 0
+           ELSE CAST(extract(epoch FROM {_NOW} - date_trunc('second', metered_until)) AS bigint)
+         END AS added
   FROM billing_node_meters
-  WHERE active AND metered_until < {_NOW} AND NOT (node_id = ANY({_UNHEALTHY}))
+  WHERE active AND metered_until < {_NOW} {only}
+  FOR UPDATE
 ), s AS (
   SELECT m.*, g AS minute,
          CAST(extract(epoch FROM LEAST({_NOW}, g + interval '1 minute') - GREATEST(m.wm, g))
-              AS bigint) AS seconds
+              AS bigint) AS seconds,
+         CAST(extract(epoch FROM LEAST({_NOW}, g + interval '1 minute') - m.wm) AS bigint) AS cum
   FROM m CROSS JOIN LATERAL
        generate_series(date_trunc('minute', m.wm), {_NOW}, interval '1 minute') AS g
-), c AS (
-  SELECT s.*, CAST(sum(seconds) OVER (PARTITION BY node_id ORDER BY minute) AS bigint) AS cum
-  FROM s WHERE seconds > 0
+  WHERE m.added > 0
 ), ins AS (
   INSERT INTO usage_buckets AS u (cluster_id, node_id, device_id, hold_account_id,
       earnings_account_id, minute, seconds, price_per_hour_micro, amount_micro, settled)
   SELECT cluster_id, node_id, device_id, hold_account_id, earnings_account_id, minute,
          seconds, p, ((b + cum) * p) / 3600 - ((b + cum - seconds) * p) / 3600, false
-  FROM c
+  FROM s WHERE seconds > 0
   ON CONFLICT (node_id, minute) DO UPDATE
     SET seconds = u.seconds + excluded.seconds,
         amount_micro = u.amount_micro + excluded.amount_micro
     WHERE NOT u.settled
 )
 UPDATE billing_node_meters n
-SET metered_until = {_NOW},
-    billed_seconds = n.billed_seconds + CASE WHEN n.node_id = ANY({_UNHEALTHY}) THEN 0
-      ELSE CAST(extract(epoch FROM {_NOW} - n.metered_until) AS bigint) END
-WHERE n.active AND n.metered_until < {_NOW}
+SET metered_until = {_NOW}, billed_seconds = n.billed_seconds + m.added
+FROM m WHERE n.node_id = m.node_id AND n.active AND n.metered_until < {_NOW}
+{returning}
 """  # noqa: S608
+
+
+_TICK_ALL = _tick_sql(listed=False)
+_TICK_LISTED = _tick_sql(listed=True)
+
+
+async def _no_jit(session: AsyncSession) -> None:
+    """Row estimates of these set-based statements are far off (generate_series, CTEs), and
+    JIT compiling them costs more than it saves."""
+    await session.execute(text("SET LOCAL jit = off"))
 
 
 async def meter_tick(
     session: AsyncSession, *, now: datetime, unhealthy: Sequence[uuid.UUID] = ()
 ) -> int:
-    """Accrue every active node up to ``now`` (≤ 60 s since its watermark); returns nodes moved.
+    """Accrue every active node up to ``now``; returns the number of nodes moved.
 
     ``unhealthy`` nodes (offline per the control plane's heartbeats) get no usage for the
     interval: their watermark moves on, so that time is never billed later either.
     """
+    await _no_jit(session)
     result = await session.execute(
-        text(_TICK_SQL), {"now": whole_second(now), "unhealthy": list(unhealthy)}
+        text(_TICK_ALL), {"now": whole_second(now), "unhealthy": list(unhealthy)}
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def meter_nodes(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    node_ids: Sequence[uuid.UUID],
+    unhealthy: Sequence[uuid.UUID] = (),
+) -> dict[uuid.UUID, int]:
+    """``meter_tick`` for the listed nodes only (one statement); returns the seconds billed
+    per node moved. Nodes already metered up to ``now`` or stopped are left alone."""
+    if not node_ids:
+        return {}
+    await _no_jit(session)
+    rows = await session.execute(
+        text(_TICK_LISTED),
+        {"now": whole_second(now), "nodes": list(node_ids), "unhealthy": list(unhealthy)},
+    )
+    return {node: int(seconds) for node, seconds in rows.tuples()}
 
 
 @dataclass
@@ -195,6 +208,57 @@ class BatchSettlement:
     """Hold accounts whose balance cannot cover their charge (not settled in this batch)."""
 
 
+# One statement: complete unsettled buckets → per (hold, provider) sums → holds locked in
+# id order → the holds that can pay are charged in ONE ledger transaction (postings) and
+# their buckets marked settled with it; holds that cannot pay are reported. One snapshot,
+# so a tick committing meanwhile can neither slip a bucket in nor out.
+_SETTLE_SQL = """
+WITH b AS (
+  SELECT u.id, u.hold_account_id AS hold, u.earnings_account_id AS earn, u.amount_micro AS amount
+  FROM usage_buckets u JOIN billing_node_meters n ON n.node_id = u.node_id
+  WHERE NOT u.settled AND u.minute < CAST(:before AS timestamptz)
+    AND (u.minute + interval '1 minute' <= n.metered_until OR NOT n.active)
+), due AS (
+  SELECT hold, earn, CAST(sum(amount) AS bigint) AS amount,
+         (CAST(sum(amount) AS bigint) * CAST(:bps AS bigint) + 9999) / 10000 AS fee
+  FROM b GROUP BY hold, earn
+), charge AS (
+  SELECT hold, sum(amount + fee) AS total FROM due GROUP BY hold
+), locked AS (
+  SELECT a.id, a.balance FROM ledger_accounts a
+  WHERE a.id IN (SELECT hold FROM charge) ORDER BY a.id FOR UPDATE
+), verdict AS (
+  SELECT c.hold, c.total <= l.balance AS pays FROM charge c JOIN locked l ON l.id = c.hold
+), pay AS (
+  SELECT due.* FROM due JOIN verdict v ON v.hold = due.hold WHERE v.pays
+), tx AS (
+  INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, memo, refs)
+  SELECT 'settle_batch', :key, '', :memo, CAST(:refs AS jsonb)
+  WHERE EXISTS (SELECT 1 FROM pay WHERE amount + fee <> 0)
+  RETURNING id
+), posted AS (
+  INSERT INTO ledger_postings (transaction_id, account_id, amount)
+  SELECT tx.id, p.account_id, p.amount FROM tx, (
+    SELECT hold AS account_id, -sum(amount + fee) AS amount FROM pay
+      GROUP BY hold HAVING sum(amount + fee) <> 0
+    UNION ALL
+    SELECT earn, sum(amount) FROM pay GROUP BY earn HAVING sum(amount) <> 0
+    UNION ALL
+    SELECT CAST(:fees AS bigint), sum(fee) FROM pay HAVING sum(fee) <> 0
+  ) AS p
+  RETURNING 1
+), marked AS (
+  UPDATE usage_buckets u SET settled = true, settlement_transaction_id = (SELECT id FROM tx)
+  WHERE u.id = ANY(ARRAY(
+    SELECT b.id FROM b JOIN verdict v ON v.hold = b.hold WHERE v.pays))
+  RETURNING 1
+)
+SELECT (SELECT id FROM tx), (SELECT count(*) FROM marked), (SELECT count(*) FROM posted),
+       (SELECT coalesce(sum(amount), 0) FROM pay), (SELECT coalesce(sum(fee), 0) FROM pay),
+       ARRAY(SELECT hold FROM verdict WHERE NOT pays ORDER BY hold)
+"""
+
+
 async def settle_usage_batch(
     session: AsyncSession, *, before: datetime, fee_bps: int, idempotency_key: str
 ) -> BatchSettlement:
@@ -202,120 +266,71 @@ async def settle_usage_batch(
 
     A minute is complete when the node's watermark has passed its end (or the node stopped),
     so a later tick can never add seconds to a settled bucket. Runs are serialised by an
-    advisory lock; a second run finds the buckets settled and does nothing.
+    advisory lock; a second run finds the buckets settled and does nothing. Buckets worth
+    nothing are marked settled without a ledger transaction.
     """
-    out = BatchSettlement()
     await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('tesai.settle_batch'))"))
-    await session.execute(
-        text(
-            """
-CREATE TEMP TABLE IF NOT EXISTS settle_buckets (
-  id bigint, hold_account_id bigint, earnings_account_id bigint, amount bigint
-) ON COMMIT DELETE ROWS"""
-        )
-    )
-    await session.execute(text("DELETE FROM settle_buckets"))
-    await session.execute(
-        text(
-            """
-INSERT INTO settle_buckets
-SELECT u.id, u.hold_account_id, u.earnings_account_id, u.amount_micro
-FROM usage_buckets u JOIN billing_node_meters n ON n.node_id = u.node_id
-WHERE NOT u.settled AND u.minute < :before
-  AND (u.minute + interval '1 minute' <= n.metered_until OR NOT n.active)"""
-        ),
-        {"before": before},
-    )
-    due = """
-SELECT hold_account_id, earnings_account_id, CAST(sum(amount) AS bigint) AS amount,
-       (CAST(sum(amount) AS bigint) * CAST(:bps AS bigint) + 9999) / 10000 AS fee
-FROM settle_buckets GROUP BY hold_account_id, earnings_account_id"""
-    # Lock the holds in id order and find the ones that cannot pay their charge.
-    short = await session.execute(
-        text(
-            f"""
-WITH due AS ({due}), charge AS (
-  SELECT hold_account_id, sum(amount + fee) AS total FROM due GROUP BY hold_account_id
-), locked AS (
-  SELECT a.id, a.balance FROM ledger_accounts a
-  WHERE a.id IN (SELECT hold_account_id FROM charge) ORDER BY a.id FOR UPDATE
-)
-SELECT l.id FROM locked l JOIN charge c ON c.hold_account_id = l.id WHERE c.total > l.balance"""  # noqa: S608
-        ),
-        {"bps": fee_bps},
-    )
-    out.short_holds = [int(r[0]) for r in short]
-    if out.short_holds:
+    await _no_jit(session)
+    await session.execute(text("SET LOCAL work_mem = '64MB'"))
+    fees_account = await account_id(session, service.FEES)
+    checkpoint("batch_claimed")
+    row = (
         await session.execute(
-            text("DELETE FROM settle_buckets WHERE hold_account_id = ANY(:ids)"),
-            {"ids": out.short_holds},
-        )
-    totals = (
-        await session.execute(
-            text(f"SELECT coalesce(sum(amount), 0), coalesce(sum(fee), 0) FROM ({due}) d"),  # noqa: S608
-            {"bps": fee_bps},
+            text(_SETTLE_SQL),
+            {
+                "before": before,
+                "bps": fee_bps,
+                "fees": fees_account,
+                "key": idempotency_key,
+                "memo": f"usage before {before.isoformat()}",
+                "refs": orjson.dumps(
+                    {"before": before.isoformat(), "fee_bps": fee_bps, "result": {}}
+                ).decode(),
+            },
         )
     ).one()
-    out.provider_micro, out.fee_micro = int(totals[0]), int(totals[1])
-    if out.provider_micro + out.fee_micro == 0:
-        return out
-    fees_account = await account_id(session, service.FEES)
-    tx_id = await session.scalar(
-        text(
-            """
-INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, memo, refs)
-VALUES ('settle_batch', :key, '', :memo, CAST(:refs AS jsonb)) RETURNING id"""
-        ),
-        {
-            "key": idempotency_key,
-            "memo": f"usage before {before.isoformat()}",
-            "refs": orjson.dumps(
-                {"before": before.isoformat(), "fee_bps": fee_bps, "result": {}}
-            ).decode(),
-        },
-    )
-    assert tx_id is not None
-    out.transaction_id = int(tx_id)
-    checkpoint("batch_claimed")
-    await session.execute(
-        text(
-            f"""
-WITH due AS ({due})
-INSERT INTO ledger_postings (transaction_id, account_id, amount)
-SELECT CAST(:tx AS bigint), hold_account_id, -sum(amount + fee) FROM due
-  GROUP BY hold_account_id
-UNION ALL
-SELECT CAST(:tx AS bigint), earnings_account_id, sum(amount) FROM due
-  GROUP BY earnings_account_id HAVING sum(amount) <> 0
-UNION ALL
-SELECT CAST(:tx AS bigint), CAST(:fees AS bigint), sum(fee) FROM due HAVING sum(fee) <> 0"""  # noqa: S608
-        ),
-        {"tx": tx_id, "fees": fees_account, "bps": fee_bps},
+    out = BatchSettlement(
+        transaction_id=None if row[0] is None else int(row[0]),
+        buckets=int(row[1]),
+        provider_micro=int(row[3]),
+        fee_micro=int(row[4]),
+        short_holds=[int(h) for h in row[5]],
     )
     checkpoint("batch_posted")
-    marked = await session.execute(
-        text(
-            """
-UPDATE usage_buckets u SET settled = true, settlement_transaction_id = :tx
-FROM settle_buckets b WHERE u.id = b.id"""
-        ),
-        {"tx": tx_id},
-    )
-    out.buckets = int(getattr(marked, "rowcount", 0) or 0)
+    if out.transaction_id is None:
+        return out
     await audit(
         session,
         action="money.usage_settled_batch",
         actor_kind="system",
         subject_type="ledger_transaction",
-        subject_id=str(tx_id),
+        subject_id=str(out.transaction_id),
         details={
             "buckets": out.buckets,
+            "postings": int(row[2]),
             "provider_micro": out.provider_micro,
             "fee_micro": out.fee_micro,
             "short_holds": len(out.short_holds),
         },
     )
     return out
+
+
+async def oldest_unsettled_end(session: AsyncSession) -> datetime | None:
+    """When the oldest complete, unsettled minute of usage ended (None: nothing waits).
+
+    Settlement lag is measured from it: right after a settlement run nothing complete is
+    left; when settlement stops, this stays put while time goes on.
+    """
+    oldest: datetime | None = await session.scalar(
+        text(
+            """
+SELECT min(u.minute) + interval '1 minute'
+FROM usage_buckets u JOIN billing_node_meters n ON n.node_id = u.node_id
+WHERE NOT u.settled AND (u.minute + interval '1 minute' <= n.metered_until OR NOT n.active)"""
+        )
+    )
+    return oldest
 
 
 async def unsettled_seconds(session: AsyncSession, node_id: uuid.UUID) -> int:
@@ -326,3 +341,17 @@ async def unsettled_seconds(session: AsyncSession, node_id: uuid.UUID) -> int:
         )
     )
     return sum(rows.all())
+
+
+async def spent_by_cluster(
+    session: AsyncSession, fee_bps: int, cluster_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """What each cluster has cost so far: its metered usage plus the platform fee."""
+    if not cluster_ids:
+        return {}
+    rows = await session.execute(
+        select(UsageBucket.cluster_id, func.sum(UsageBucket.amount_micro))
+        .where(UsageBucket.cluster_id.in_(cluster_ids))
+        .group_by(UsageBucket.cluster_id)
+    )
+    return {cid: customer_charge(int(total or 0), fee_bps) for cid, total in rows.tuples()}

@@ -159,3 +159,16 @@ class UsageBucket(Base):
     amount_micro: Mapped[int] = mapped_column(BigInteger)
     settled: Mapped[bool] = mapped_column(Boolean, default=False)
     settlement_transaction_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class SpendCap(Base):
+    """A customer's monthly spend cap (see ``tesai.billing.guardrails``); no row: no cap."""
+
+    __tablename__ = "spend_caps"
+    __table_args__ = (CheckConstraint("monthly_cap_micro > 0", name="positive"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    monthly_cap_micro: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -65,3 +65,27 @@ class MonthlyStatementOut(BaseModel):
     granted_micro: int
     charged_micro: int
     released_micro: int
+
+
+class SpendCapIn(BaseModel):
+    monthly_cap_micro: int | None = Field(
+        gt=0,
+        le=MAX_MICRO,
+        strict=True,
+        description="Monthly spend cap in micro-USDC; null removes the cap",
+    )
+
+
+class SpendCapOut(BaseModel):
+    monthly_cap_micro: int | None
+    """None: no cap."""
+    period: str
+    """The calendar month (UTC) the figures are for: ``2026-11``."""
+    period_start: datetime
+    period_end: datetime
+    month_to_date_micro: int
+    """Usage charged this month (metered, settled or not, with the platform fee)."""
+    open_holds_micro: int
+    """What the open cluster holds can still spend."""
+    used_pct: float | None
+    """Month-to-date spend as a percentage of the cap."""

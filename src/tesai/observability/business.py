@@ -15,7 +15,8 @@ refreshes every ``business_metrics_interval_s``; a scrape never runs SQL:
 - ``tesai_devices{state, gpu_model}``: devices by status and GPU model (``cpu`` for CPU-only
   devices; models beyond the ``MAX_MODELS`` most common are counted as ``other``).
 - ``tesai_clusters{state}``: clusters by status (terminal states count every cluster ever).
-- ``tesai_settlement_lag_seconds``: age of the oldest settlement watermark of a billed cluster.
+- ``tesai_settlement_lag_seconds``: how long the oldest complete, unsettled minute of usage
+  (a usage bucket whose node was metered past its end) has been waiting for settlement.
 - ``tesai_task_queue_depth{queue}``: messages waiting in each broker queue (Celery only).
 - ``tesai_business_snapshot_age_seconds``: how old the snapshot is (stale when refreshes fail).
 
@@ -41,6 +42,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tesai.billing import metering
 from tesai.clusters.models import Cluster, ClusterStatus
 from tesai.devices.models import Device, DeviceStatus
 from tesai.kit.time import utcnow
@@ -55,7 +57,6 @@ MAX_MODELS = 50
 """GPU models named in labels; model names come from agents, so the set is capped."""
 CPU_MODEL = "cpu"
 OTHER_MODEL = "other"
-BILLED_STATES = (ClusterStatus.running, ClusterStatus.degraded)
 
 HEARTBEATS = Counter("tesai_heartbeats", "Heartbeats accepted from agents.")
 DEVICE_TRANSITIONS = Counter(
@@ -107,11 +108,11 @@ def bound_models(counts: dict[tuple[str, str | None], int]) -> dict[tuple[str, s
     return out
 
 
-def settlement_lag(oldest_watermark: datetime | None, now: datetime) -> float:
-    """Seconds since the oldest settlement watermark of a billed cluster (0 when none)."""
-    if oldest_watermark is None:
+def settlement_lag(oldest_due: datetime | None, now: datetime) -> float:
+    """Seconds since the oldest unsettled usage became due for settlement (0 when none)."""
+    if oldest_due is None:
         return 0.0
-    return max(0.0, (now - oldest_watermark).total_seconds())
+    return max(0.0, (now - oldest_due).total_seconds())
 
 
 async def read_snapshot(session: AsyncSession) -> dict[str, Any]:
@@ -124,12 +125,7 @@ async def read_snapshot(session: AsyncSession) -> dict[str, Any]:
     cluster_rows = await session.execute(
         select(Cluster.status, func.count()).group_by(Cluster.status)
     )
-    # A billed cluster never settled yet is as late as the time it started running.
-    oldest = await session.scalar(
-        select(func.min(func.coalesce(Cluster.settled_at, Cluster.running_at))).where(
-            Cluster.status.in_(BILLED_STATES)
-        )
-    )
+    oldest = await metering.oldest_unsettled_end(session)
     devices = {(s.value, m): int(n) for s, m, n in device_rows.tuples()}
     clusters = {s.value: 0 for s in ClusterStatus} | {
         s.value: int(n) for s, n in cluster_rows.tuples()
@@ -194,7 +190,7 @@ class BusinessCollector(Collector):
         clusters = GaugeMetricFamily("tesai_clusters", "Clusters by status.", labels=["state"])
         lag = GaugeMetricFamily(
             "tesai_settlement_lag_seconds",
-            "Seconds since the oldest settlement watermark of a running or degraded cluster.",
+            "Seconds the oldest complete, unsettled minute of usage has waited for settlement.",
         )
         depth = GaugeMetricFamily(
             "tesai_task_queue_depth", "Task messages waiting in a broker queue.", labels=["queue"]

@@ -1,0 +1,1 @@
+"""Stored notifications for customers and providers (spend warnings, clusters stopped)."""
