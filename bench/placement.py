@@ -1,7 +1,7 @@
 """Placement benchmark: pure decisions over a large synthetic pool.
 
     .venv/bin/python bench/placement.py [--devices 100000] [--requests 20000] [--reference 200]
-    .venv/bin/python bench/placement.py --committed [--devices 20000] [--workers 4] [--seconds 20]
+    .venv/bin/python bench/placement.py --committed [--devices 100000] [--workers 4] [--seconds 20]
 
 Builds ``PoolIndex`` over N synthetic devices (a realistic mix of GPU models, regions, GPUs per
 device and prices), then places requests of 1–8 GPUs one after another, booking each placement
@@ -10,11 +10,14 @@ would. Prints placements/s and p50/p99 latency of ``place``, and the same for th
 scan on a smaller sample of the same requests (with the speed-up ratio). Goal: ≥ 10,000
 placements/s and p99 ≤ 5 ms on the index path.
 
-``--committed`` instead seeds a scratch PostgreSQL database with N online devices (default
-20,000) and customers with credit, then lets 4 processes create clusters through the real
-service path (``tesai.clusters.service.create_cluster``, one transaction each) for a fixed time,
-and prints clusters/s committed plus checker queries: zero double-booked devices, every hold in
-the ledger. Goal ≥ 1,000 clusters/s.
+``--committed`` instead seeds a scratch PostgreSQL database with N online devices and customers
+with credit, then lets 4 OS processes create clusters through the service function the API's
+``POST /clusters`` calls (``tesai.clusters.service.create_cluster``, one transaction each,
+committed like ``tesai.db.get_session``; not over HTTP) for a fixed time. Each process keeps its
+own ``PoolCache`` (warmed before the clock starts, as an API process does on its first request).
+Prints clusters/s committed, p50/p99 latency, lost races, then checker queries: zero
+double-booked devices, every hold in the ledger. Goal ≥ 1,000 clusters/s. ``--pgbench`` adds the
+commit floor of this machine's PostgreSQL (pgbench, 4 clients, single-row insert transactions).
 """
 
 from __future__ import annotations
@@ -331,8 +334,16 @@ class WorkerResult:
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
     first_error: str = ""
+    first_conflict: str = ""
     elapsed: float = 0.0
     """From the start signal until the last request of the window finished."""
+    warm_s: float = 0.0
+    """The process's first full read of the pool into its index."""
+    stale_picks: int = 0
+    """Placements whose locked rows disagreed with the index (retried on other devices)."""
+    deltas: int = 0
+    delta_rows: int = 0
+    full_loads: int = 0
 
 
 def _committed_worker(
@@ -366,6 +377,7 @@ async def _worker_loop(
 ) -> WorkerResult:
     from tesai.clusters import service
     from tesai.clusters.errors import NoCapacity
+    from tesai.clusters.pool import pool_cache
     from tesai.clusters.schemas import CreateCluster
     from tesai.db import run_after_commit
     from tesai.errors import AppError
@@ -375,6 +387,12 @@ async def _worker_loop(
     result = WorkerResult()
     bodies = [CreateCluster(name="bench", request=r) for r in requests]  # type: ignore[arg-type]
     counter = iter(range(10**9))
+    cache = pool_cache(runtime.state)
+    t = time.perf_counter()
+    async with runtime.sessionmaker() as session:
+        await cache.current(session)
+    result.warm_s = time.perf_counter() - t
+    gc.freeze()  # the index is long-lived data (see the pure benchmark)
     start.wait()
     t_start = time.monotonic()
     deadline = t_start + seconds
@@ -392,6 +410,8 @@ async def _worker_loop(
                     await session.rollback()
                     if "booked by someone else" in str(exc) or "changed" in str(exc):
                         result.conflicts += 1
+                        cause = exc.__cause__
+                        result.first_conflict = result.first_conflict or f"{exc} ({cause!r:.300})"
                     else:
                         result.shortfalls += 1
                     continue
@@ -410,6 +430,10 @@ async def _worker_loop(
         result.elapsed = time.monotonic() - t_start
     finally:
         await runtime.close()
+    result.stale_picks = cache.stats.conflicts
+    result.deltas = cache.stats.deltas
+    result.delta_rows = cache.stats.delta_rows
+    result.full_loads = cache.stats.full_loads
     return result
 
 
@@ -437,28 +461,31 @@ CHECKS = {
 }
 
 
-async def _breakdown(url: str, home: str, requests: list[dict[str, object]]) -> tuple[float, float]:
-    """Median time of ``load_pool`` (every device read per request) and of the scan over it."""
-    from tesai.clusters.pool import load_pool, to_placement_request
-    from tesai.clusters.schemas import ClusterRequest
-    from tesai.kit.time import utcnow
-    from tesai.runtime import open_runtime
+def _pgbench(url: str, clients: int, seconds: int) -> str:
+    """Commit floor: pgbench, ``clients`` connections, one single-row INSERT per transaction
+    (synchronous commit as configured), in the scratch database."""
+    import subprocess
+    from urllib.parse import urlsplit
 
-    runtime = await open_runtime(_settings(url, home), run_periodic=False)
-    loads, places = [], []
-    try:
-        for body in requests:
-            async with runtime.sessionmaker() as s:
-                t = time.perf_counter()
-                pool = await load_pool(s, utcnow())
-                loads.append(time.perf_counter() - t)
-            preq = to_placement_request(ClusterRequest.model_validate(body))
-            t = time.perf_counter()
-            place_reference(pool, preq)
-            places.append(time.perf_counter() - t)
-    finally:
-        await runtime.close()
-    return statistics.median(loads), statistics.median(places)
+    parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://"))
+    env = dict(os.environ, PGPASSWORD=parts.password or "")
+    conn = [
+        "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432),
+        "-U", parts.username or "postgres",
+    ]  # fmt: skip
+    db = parts.path.lstrip("/")
+    script = Path(tempfile.mkdtemp(prefix="tesai-pgbench-")) / "insert.sql"
+    script.write_text("INSERT INTO bench_commit (at) VALUES (now());\n")
+    setup = "CREATE TABLE IF NOT EXISTS bench_commit (id bigserial PRIMARY KEY, at timestamptz)"
+    subprocess.run(["psql", *conn, "-d", db, "-qc", setup], env=env, check=True)
+    out = subprocess.run(
+        ["pgbench", *conn, "-n", "-c", str(clients), "-j", "2", "-T", str(seconds),
+         "-f", str(script), db],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    shutil.rmtree(script.parent, ignore_errors=True)
+    tps = [line for line in out.splitlines() if line.startswith(("tps", "latency average"))]
+    return "; ".join(tps)
 
 
 async def _check(url: str) -> tuple[int, int, dict[str, int]]:
@@ -483,14 +510,20 @@ async def _check(url: str) -> tuple[int, int, dict[str, int]]:
 
 
 def bench_committed(
-    n_devices: int, workers: int, concurrency: int, seconds: float, customers: int, seed: int
+    n_devices: int,
+    workers: int,
+    concurrency: int,
+    seconds: float,
+    customers: int,
+    seed: int,
+    pgbench: bool = False,
 ) -> int:
     """Place + commit clusters to PostgreSQL from ``workers`` concurrent processes.
 
-    Each process opens its own runtime (engine, pool) like an API worker and calls
-    ``tesai.clusters.service.create_cluster`` with a request in its own transaction per cluster,
-    committed like ``tesai.db.get_session`` does. Afterwards checker queries confirm no device is
-    booked twice and every cluster's hold is in the ledger. Goal ≥ 1,000 clusters/s.
+    Each process opens its own runtime (engine, pool, ``PoolCache``) like an API worker and
+    calls ``tesai.clusters.service.create_cluster`` with a request in its own transaction per
+    cluster, committed like ``tesai.db.get_session`` does. Afterwards checker queries confirm no
+    device is booked twice and every cluster's hold is in the ledger. Goal ≥ 1,000 clusters/s.
     """
     print(machine())
     rng = random.Random(seed)
@@ -509,7 +542,7 @@ def bench_committed(
                 f"in {time.perf_counter() - t:.1f} s"
             )
             ctx = mp.get_context("spawn")
-            start = ctx.Event()
+            start = ctx.Barrier(workers + 1)  # passed once every process has warmed its index
             out = ctx.Queue()
             procs = [
                 ctx.Process(
@@ -529,8 +562,7 @@ def bench_committed(
             ]
             for p in procs:
                 p.start()
-            time.sleep(8)  # let every process import and connect before the clock starts
-            start.set()
+            start.wait(timeout=600)
             results: list[WorkerResult] = [out.get(timeout=seconds + 300) for _ in procs]
             wall = max([r.elapsed for r in results] + [0.01])
             for p in procs:
@@ -549,17 +581,25 @@ def bench_committed(
                 f"{sum(r.errors for r in results)} "
                 f"{next((r.first_error for r in results if r.first_error), '')}"
             )
+            first_conflict = next((r.first_conflict for r in results if r.first_conflict), "")
+            if first_conflict:
+                print(f"  first lost race: {first_conflict}")
             if lat:
                 print(
-                    f"  create_cluster latency p50 {percentile(lat, 50) * 1e3:.0f} ms, "
-                    f"p99 {percentile(lat, 99) * 1e3:.0f} ms"
+                    f"  create_cluster latency p50 {percentile(lat, 50) * 1e3:.1f} ms, "
+                    f"p99 {percentile(lat, 99) * 1e3:.1f} ms"
                 )
-            print(f"load average after the run: {os.getloadavg()[0]:.1f}")
-            load_s, place_s = asyncio.run(_breakdown(url, home, requests[:20]))
             print(
-                f"  one request's parts (single process, pool as left): load_pool "
-                f"{load_s * 1e3:.0f} ms, place_reference {place_s * 1e3:.0f} ms"
+                f"  index per process: warm-up (full read) "
+                f"{statistics.median(r.warm_s for r in results):.1f} s; "
+                f"{sum(r.deltas for r in results)} delta reads of "
+                f"{sum(r.delta_rows for r in results)} changed rows; "
+                f"{sum(r.full_loads for r in results) - len(results)} later full reads; "
+                f"{sum(r.stale_picks for r in results)} stale picks retried"
             )
+            print(f"load average after the run: {os.getloadavg()[0]:.1f}")
+            if pgbench:
+                print(f"  pgbench commit floor, {workers} clients: {_pgbench(url, workers, 10)}")
             ok = clusters == committed
             print(f"checker: {clusters} clusters in the database (committed {committed})")
             for name, count in found.items():
@@ -588,11 +628,17 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=1, help="--committed: per process")
     parser.add_argument("--seconds", type=float, default=20, help="--committed: how long")
     parser.add_argument("--customers", type=int, default=64, help="--committed: customers")
+    parser.add_argument("--pgbench", action="store_true", help="--committed: commit floor too")
     args = parser.parse_args()
     if args.committed:
-        n = args.devices if any(a.startswith("--devices") for a in sys.argv) else 20_000
         return bench_committed(
-            n, args.workers, args.concurrency, args.seconds, args.customers, args.seed
+            args.devices,
+            args.workers,
+            args.concurrency,
+            args.seconds,
+            args.customers,
+            args.seed,
+            args.pgbench,
         )
     return run(args.devices, args.requests, args.reference, args.live, args.seed)
 

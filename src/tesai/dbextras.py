@@ -132,3 +132,29 @@ EXTRA_DDL += [
     "ALTER TABLE usage_buckets SET (fillfactor = 80)",
     "ALTER TABLE ledger_accounts SET (fillfactor = 70)",
 ]
+
+# --- placement pool (tesai.clusters.pool) -----------------------------------------------
+# Every change to what placement reads of a device stamps the row with the writing database
+# transaction (``devices.change_xact``), whoever writes it; each API process's placement index
+# reads the rows stamped at or after its watermark (the snapshot's xmin) instead of the pool.
+EXTRA_DDL += [
+    """
+CREATE OR REPLACE FUNCTION devices_stamp_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' OR (NEW.status, NEW.gpu_model, NEW.gpu_count, NEW.vram_bytes_per_gpu,
+      NEW.region, NEW.country, NEW.connectivity_tier, NEW.price_per_gpu_hour_micro,
+      NEW.reliability, NEW.verified_score)
+    IS DISTINCT FROM (OLD.status, OLD.gpu_model, OLD.gpu_count, OLD.vram_bytes_per_gpu,
+      OLD.region, OLD.country, OLD.connectivity_tier, OLD.price_per_gpu_hour_micro,
+      OLD.reliability, OLD.verified_score) THEN
+    NEW.change_xact := txid_current();
+  END IF;
+  RETURN NEW;
+END $$
+""",
+    "DROP TRIGGER IF EXISTS devices_stamp_change ON devices",
+    """
+CREATE TRIGGER devices_stamp_change BEFORE INSERT OR UPDATE ON devices
+FOR EACH ROW EXECUTE FUNCTION devices_stamp_change()
+""",
+]

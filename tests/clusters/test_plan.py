@@ -6,7 +6,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from tesai.clusters.models import ClusterStatus, NodeRole, NodeState
-from tesai.clusters.plan import ClusterView, NodeView, next_steps
+from tesai.clusters.plan import (
+    ClusterView,
+    NodeView,
+    job_after_head_loss,
+    next_steps,
+    uploaded_packages,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -180,3 +186,79 @@ def test_degraded_waits_for_the_replacements_own_report() -> None:
     )
     fresh = node(state=NodeState.starting, join_sent=True, reported="starting")
     assert next_steps(view(ClusterStatus.degraded, [head, fresh])).steps == []
+
+
+def test_a_lost_head_degrades_the_cluster_with_its_own_reason() -> None:
+    head = node(NodeRole.head, state=NodeState.running, join_sent=True, device_live=False)
+    w = node(state=NodeState.running, join_sent=True, reported="running")
+    steps = next_steps(view(ClusterStatus.running, [head, w])).steps
+    assert [(s.kind, s.node_id) for s in steps[:2]] == [
+        ("mark_node_lost", head.id),
+        ("place_replacement", head.id),
+    ]
+    assert (steps[-1].status, steps[-1].reason) == (ClusterStatus.degraded, "head_lost")
+    # The worker's device lives: it is not lost, it will rejoin the new head.
+    assert w.id not in {s.node_id for s in steps}
+
+
+def test_a_rejoining_workers_old_report_is_ignored_until_the_new_head_runs() -> None:
+    # After a head loss the worker is back to assigned while its agent still reports the
+    # Ray node of the dead cluster (running, or failed once its raylet gave up).
+    new_head = node(NodeRole.head, state=NodeState.starting, join_sent=True, reported="starting")
+    for old in ("running", "failed"):
+        w = node(reported=old, ray_address="old:1")
+        steps = next_steps(view(ClusterStatus.degraded, [new_head, w])).steps
+        assert steps == [], old
+
+
+def test_workers_rejoin_the_new_head_and_the_cluster_runs_again() -> None:
+    new_head = node(
+        NodeRole.head,
+        state=NodeState.starting,
+        join_sent=True,
+        reported="running",
+        ray_address="new:1",
+        alive_nodes=1,
+    )
+    w = node(reported="running", ray_address="old:1")
+    steps = next_steps(view(ClusterStatus.degraded, [new_head, w])).steps
+    assert [(s.kind, s.node_id, s.head_address) for s in steps] == [
+        ("mark_node_running", new_head.id, None),
+        ("send_join", w.id, "new:1"),
+    ]
+    joined = node(state=NodeState.starting, join_sent=True, reported="running")
+    head_up = node(
+        NodeRole.head,
+        state=NodeState.running,
+        join_sent=True,
+        reported="running",
+        ray_address="new:1",
+        alive_nodes=2,
+    )
+    steps = next_steps(view(ClusterStatus.degraded, [head_up, joined])).steps
+    assert [(s.kind, s.reason) for s in steps] == [
+        ("mark_node_running", None),
+        ("set_status", "node_replaced"),
+    ]
+
+
+def test_a_job_under_a_lost_head_is_resubmitted_while_retries_are_left() -> None:
+    first = job_after_head_loss(attempts=1, max_retries=2, packages_lost=False)
+    assert first.resubmit
+    assert "attempt 2 of 3" in first.message
+    assert job_after_head_loss(attempts=3, max_retries=2, packages_lost=False).resubmit is False
+    assert job_after_head_loss(attempts=1, max_retries=0, packages_lost=False).resubmit is False
+    # Its uploaded working dir died with the head: it cannot run again as submitted.
+    lost = job_after_head_loss(attempts=1, max_retries=2, packages_lost=True)
+    assert not lost.resubmit
+    assert "working dir" in lost.message
+
+
+def test_uploaded_packages_are_the_gcs_uris_of_a_runtime_env() -> None:
+    env = {
+        "working_dir": "gcs://_ray_pkg_abc.zip",
+        "py_modules": ["gcs://_ray_pkg_def.zip", "s3://bucket/m.zip"],
+    }
+    assert uploaded_packages(env) == ["gcs://_ray_pkg_abc.zip", "gcs://_ray_pkg_def.zip"]
+    assert uploaded_packages({"working_dir": "https://example.com/a.zip"}) == []
+    assert uploaded_packages(None) == []

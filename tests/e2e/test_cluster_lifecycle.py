@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import tempfile
 import textwrap
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +19,10 @@ import httpx
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from tesai.agent.local import LocalAgentProcess, start_local_agent
 from tesai.agent.ray_node import find_processes, node_marker
-from tesai.billing import service as billing
 from tesai.runtime import Runtime
-from tesai.settings import Settings
 from tests.fixtures.auth import MakeUser
+from tests.fixtures.cluster import Pool, funded_customer, job_done, until
 from tests.fixtures.processes import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -50,129 +45,12 @@ JOB = textwrap.dedent(
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={"heartbeat_interval_s": 2.0, "proof_matrix_n_cpu": 128, "proof_iterations": 2}
-    )
-
-
-@pytest.fixture
-def server(settings: Settings, runtime: Runtime, tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = ServerProcess(
-        settings,
-        tmp_path / "server.log",
-        TESAI_PROVISIONING_DEADLINE_S="240",
-        TESAI_AUTOSCALE_UP_AFTER_S="2",
-        TESAI_AUTOSCALE_IDLE_TIMEOUT_S="5",
-    )
-    srv.env["TESAI_PUBLIC_URL"] = srv.url
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-class Pool:
-    def __init__(self) -> None:
-        self.agents: dict[str, LocalAgentProcess] = {}
-        self.logs: dict[str, Path] = {}
-
-    def tail(self) -> str:
-        return "\n".join(f"--- {d}\n{p.read_text()[-1500:]}" for d, p in self.logs.items())
-
-
-@pytest.fixture
-async def pool(
-    server: ServerProcess, client: httpx.AsyncClient, make_user: MakeUser, tmp_path: Path
-) -> AsyncIterator[Pool]:
-    """Four CPU devices, joined and verified."""
-    _, provider = await make_user(roles=("provider",))
-    p = Pool()
-    try:
-        for i in range(4):
-            r = await client.post(
-                "/api/v1/provider/devices",
-                json={"name": f"box{i}", "region": "eu-west", "country": "DE"},
-                headers=provider,
-            )
-            assert r.status_code == 201, r.text
-            device_id = r.json()["device"]["id"]
-            p.logs[device_id] = tmp_path / f"agent{i}.log"
-            p.agents[device_id] = start_local_agent(
-                server.url,
-                tmp_path / f"agent{i}",
-                r.json()["join_token"],
-                log_file=p.logs[device_id],
-                extra_env={
-                    "TESAI_RAY_PORT_RANGE": f"{21000 + i * 1000}-{21999 + i * 1000}",
-                    "TESAI_RAY_NODE_IP": "127.0.0.1",
-                    # Short: Ray's unix socket paths live below it (~107 bytes at most).
-                    "TESAI_RAY_TEMP_ROOT": tempfile.mkdtemp(prefix=f"tr{i}-", dir="/tmp"),
-                },
-            )
-        for device_id in p.agents:
-            await _until(
-                lambda d=device_id: _device_status(client, provider, d),
-                lambda s: s == "online",
-                90,
-                p.tail,
-            )
-        yield p
-    finally:
-        for agent in p.agents.values():
-            if agent.poll() is None:
-                agent.stop()
-
-
-async def funded_customer(runtime: Runtime, make_user: MakeUser) -> dict[str, str]:
-    """A customer with $100 of credit; returns their auth headers."""
-    customer, headers = await make_user()
-    async with runtime.sessionmaker.begin() as s:
-        await billing.admin_grant_credit(
-            s,
-            admin_user_id=None,
-            user_id=customer.id,
-            amount_micro=100_000_000,
-            reason="e2e",
-            idempotency_key=f"e2e:{uuid.uuid4()}",
-        )
-    return headers
-
-
-async def _job_done(
-    ray_client: JobSubmissionClient, sub: str, timeout: float, explain: Any
-) -> JobStatus:
-    """The job's final status. A head busy starting a node may miss a poll (the proxy then
-    answers 409): such a miss is retried until the deadline, with the logs if it passes."""
-    deadline = time.monotonic() + timeout
-    misses: list[str] = []
-    while time.monotonic() < deadline:
-        try:
-            status = ray_client.get_job_status(sub)
-        except RuntimeError as exc:
-            misses.append(str(exc)[:200])
-        else:
-            if status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-                return status
-        await asyncio.sleep(1)
-    raise AssertionError(f"job not done; missed polls: {misses[-3:]}\n{explain()}")
-
-
-async def _device_status(client: httpx.AsyncClient, headers: dict[str, str], device_id: str) -> str:
-    r = await client.get(f"/api/v1/provider/devices/{device_id}", headers=headers)
-    return str(r.json()["device"]["status"])
-
-
-async def _until(fetch: Any, check: Any, timeout: float, explain: Any = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await fetch()
-        if check(last):
-            return last
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out; last: {last}\n{explain()}")
+def server_env() -> dict[str, str]:
+    return {
+        "TESAI_PROVISIONING_DEADLINE_S": "240",
+        "TESAI_AUTOSCALE_UP_AFTER_S": "2",
+        "TESAI_AUTOSCALE_IDLE_TIMEOUT_S": "5",
+    }
 
 
 async def test_rent_run_heal_and_terminate_a_three_node_cluster(
@@ -202,7 +80,7 @@ async def test_rent_run_heal_and_terminate_a_three_node_cluster(
     cluster_id = r.json()["id"]
     ray_address = r.json()["ray_address"]
     assert ray_address == f"{server.url}/api/v1/clusters/{cluster_id}/ray"
-    running = await _until(detail, lambda d: d["status"] == "running", 240, explain)
+    running = await until(detail, lambda d: d["status"] == "running", 240, explain)
     nodes = [n for n in running["nodes"] if n["state"] == "running"]
     assert len(nodes) == 3
     used = {n["device_id"] for n in nodes}
@@ -215,7 +93,7 @@ async def test_rent_run_heal_and_terminate_a_three_node_cluster(
     sub = ray_client.submit_job(
         entrypoint="python spread.py", runtime_env={"working_dir": str(tmp_path / "job")}
     )
-    status = await _job_done(ray_client, sub, 120, explain)
+    status = await job_done(ray_client, sub, 120, explain)
     logs = ray_client.get_job_logs(sub)
     assert status == JobStatus.SUCCEEDED, logs
     assert "DISTINCT_NODES 3" in logs
@@ -235,7 +113,7 @@ async def test_rent_run_heal_and_terminate_a_three_node_cluster(
     )
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    await _until(
+    await until(
         lambda: api.get(f"/api/v1/clusters/{cluster_id}/jobs/{job_id}"),
         lambda resp: resp.json()["status"] in ("SUCCEEDED", "FAILED"),
         120,
@@ -253,9 +131,9 @@ async def test_rent_run_heal_and_terminate_a_three_node_cluster(
     pool.agents[victim["device_id"]].wait()
     for proc in find_processes(node_marker(cluster_id, int(victim["index"]))):
         proc.send_signal(signal.SIGKILL)
-    degraded = await _until(detail, lambda d: d["status"] == "degraded", 60, explain)
+    degraded = await until(detail, lambda d: d["status"] == "degraded", 60, explain)
     assert any(e["reason"] == "node_lost" for e in degraded["events"])
-    healed = await _until(
+    healed = await until(
         detail,
         lambda d: (
             d["status"] == "running"
@@ -272,7 +150,7 @@ async def test_rent_run_heal_and_terminate_a_three_node_cluster(
     # Terminate: every Ray process of the cluster is gone from every machine.
     r = await api.post(f"/api/v1/clusters/{cluster_id}/terminate")
     assert r.status_code == 200, r.text
-    done = await _until(detail, lambda d: d["status"] == "terminated", 60, explain)
+    done = await until(detail, lambda d: d["status"] == "terminated", 60, explain)
     assert {n["state"] for n in done["nodes"]} <= {"released", "lost"}
     deadline = time.monotonic() + 60
     while find_processes(f"{cluster_id}/"):
@@ -327,14 +205,14 @@ async def test_an_autoscaled_cluster_grows_under_demand_and_shrinks_when_idle(
     def live(d: dict[str, Any]) -> list[dict[str, Any]]:
         return [n for n in d["nodes"] if n["released_at"] is None]
 
-    await _until(detail, lambda d: d["status"] == "running", 240, explain)
+    await until(detail, lambda d: d["status"] == "running", 240, explain)
     (tmp_path / "demand").mkdir()
     (tmp_path / "demand" / "demand.py").write_text(DEMAND_JOB)
     ray_client = JobSubmissionClient(r.json()["ray_address"], headers=headers)
     sub = ray_client.submit_job(
         entrypoint="python demand.py", runtime_env={"working_dir": str(tmp_path / "demand")}
     )
-    grown = await _until(
+    grown = await until(
         detail,
         lambda d: len([n for n in live(d) if n["state"] == "running"]) == 2,
         180,
@@ -342,15 +220,15 @@ async def test_an_autoscaled_cluster_grows_under_demand_and_shrinks_when_idle(
     )
     assert grown["gpus"] == 2
     assert any(e["reason"] == "scaled_up" for e in grown["events"])
-    status = await _job_done(ray_client, sub, 180, explain)
+    status = await job_done(ray_client, sub, 180, explain)
     assert status == JobStatus.SUCCEEDED, ray_client.get_job_logs(sub)
     # Idle past the timeout: back to min, never below.
-    shrunk = await _until(detail, lambda d: len(live(d)) == 1, 120, explain)
+    shrunk = await until(detail, lambda d: len(live(d)) == 1, 120, explain)
     assert live(shrunk)[0]["role"] == "head"
     assert [e["reason"] for e in shrunk["events"] if e["reason"].startswith("scale")] == [
         "scaled_up",
         "scaled_down",
     ]
     await api.post(f"/api/v1/clusters/{cluster_id}/terminate")
-    await _until(detail, lambda d: d["status"] == "terminated", 60, explain)
+    await until(detail, lambda d: d["status"] == "terminated", 60, explain)
     await api.aclose()

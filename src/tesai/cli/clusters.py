@@ -306,6 +306,9 @@ def job_submit(
         str | None, typer.Option(help="Upload this folder as the job's working dir.")
     ] = None,
     follow: Annotated[bool, typer.Option(help="Stream logs until the job ends.")] = False,
+    max_retries: Annotated[
+        int, typer.Option(min=0, max=10, help="Resubmit this often if the head node is lost.")
+    ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Submit `-- ENTRYPOINT…` to the cluster."""
@@ -320,7 +323,7 @@ def job_submit(
         job = _call(
             c.post,
             f"/api/v1/clusters/{cluster}/jobs",
-            json={"entrypoint": entrypoint, "runtime_env": runtime_env},
+            json={"entrypoint": entrypoint, "runtime_env": runtime_env, "max_retries": max_retries},
         )
         if as_json and not follow:
             typer.echo(dumps(job))

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     ForeignKey,
@@ -97,9 +98,6 @@ class Cluster(IdMixin, CreatedAtMixin, Base):
     replacements: Mapped[int] = mapped_column(Integer, default=0)
     demand_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     """Autoscaling: since when Ray has reported resource demand it cannot place."""
-    charged_micro: Mapped[int] = mapped_column(BigInteger, default=0)
-    """What settlements took from the hold so far (providers + fee)."""
-    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, default=1)
 
 
@@ -137,10 +135,8 @@ class ClusterNode(IdMixin, CreatedAtMixin, Base):
     idle_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     """Autoscaling: since when Ray has reported this node idle."""
     healthy_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
-    metered_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    """Watermark: healthy time before this instant is counted in ``healthy_seconds``."""
-    settled_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
-    """Of ``healthy_seconds``, how many have been paid to the provider."""
+    """Healthy (billed) seconds so far; the watermark and the money live in the node's
+    meter and usage buckets (``tesai.billing.models.NodeMeter``, ``UsageBucket``)."""
 
 
 class ClusterEvent(Base):
@@ -196,13 +192,22 @@ class Job(IdMixin, CreatedAtMixin, Base):
     """A Ray job submitted through TES AI (jobs sent with plain `ray job submit` live in Ray)."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_cluster_id", "cluster_id"),)
+    __table_args__ = (
+        Index("ix_jobs_cluster_id", "cluster_id"),
+        Index("ix_jobs_resubmit", "cluster_id", postgresql_where=text("resubmit")),
+    )
 
     cluster_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"))
     submission_id: Mapped[str] = mapped_column(String(128), unique=True)
     entrypoint: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.pending.value)
     message: Mapped[str | None] = mapped_column(Text)
+    runtime_env: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    job_metadata: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    """Kept with the entrypoint so the job can be submitted again on a new head."""
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    """How often the job is resubmitted when its cluster's head is lost under it."""
     attempts: Mapped[int] = mapped_column(Integer, default=1)
+    resubmit: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    """Waiting to be submitted (as ``submission_id``) once the re-formed cluster runs."""
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from tesai.clusters.models import ClusterStatus, NodeRole, NodeState
 
@@ -103,17 +103,19 @@ def next_steps(view: ClusterView) -> Plan:
         plan.add("set_status", status=ClusterStatus.terminating, reason="budget_exhausted")
         return plan
 
-    # Nodes whose device died stop counting and get replaced.
-    lost_any = False
+    # Nodes whose device died stop counting and get replaced. A lost head takes the Ray
+    # cluster with it: its replacement starts a fresh one and the workers rejoin that.
+    lost: list[NodeRole] = []
     for n in _live_nodes(view):
-        if not n.device_live or n.reported == "failed":
+        if not n.device_live or (n.join_sent and n.reported == "failed"):
             reason = "head_lost" if n.role is NodeRole.head else "node_lost"
             plan.add("mark_node_lost", node_id=n.id, reason=reason, detail=n.report_reason or "")
             plan.add("place_replacement", node_id=n.id)
-            lost_any = True
-    if lost_any:
+            lost.append(n.role)
+    if lost:
         if s is ClusterStatus.running:
-            plan.add("set_status", status=ClusterStatus.degraded, reason="node_lost")
+            reason = "head_lost" if NodeRole.head in lost else "node_lost"
+            plan.add("set_status", status=ClusterStatus.degraded, reason=reason)
         return plan
 
     nodes = _live_nodes(view)
@@ -122,21 +124,23 @@ def next_steps(view: ClusterView) -> Plan:
         return plan
     if not head.join_sent:
         plan.add("send_join", node_id=head.id)
-    head_up = head.reported == "running" and head.ray_address is not None
+    head_up = head.join_sent and head.reported == "running" and head.ray_address is not None
     if head_up and head.state is not NodeState.running:
         plan.add("mark_node_running", node_id=head.id)
     for n in nodes:
         if n.role is NodeRole.worker:
             if not n.join_sent and head_up:
                 plan.add("send_join", node_id=n.id, head_address=head.ray_address)
-            if n.reported == "running" and n.state is not NodeState.running:
+            # Before its join is sent, what the agent reports is a previous Ray node (a
+            # worker rejoining after its head was lost): it says nothing about this one.
+            if n.join_sent and n.reported == "running" and n.state is not NodeState.running:
                 plan.add("mark_node_running", node_id=n.id)
 
     all_alive = head_up and head.alive_nodes is not None and head.alive_nodes >= len(nodes)
     if all_alive and s is ClusterStatus.degraded:
         # Ray keeps counting a killed node ALIVE for a while, so after a loss its count can
         # match before the replacement is up: then every node's own agent must say so too.
-        all_alive = all(n.reported == "running" for n in nodes)
+        all_alive = all(n.join_sent and n.reported == "running" for n in nodes)
     if all_alive:
         # Ray itself reports every node alive: that is the truth for all of them, even if a
         # worker's own heartbeat has not said so yet.
@@ -160,3 +164,39 @@ def next_steps(view: ClusterView) -> Plan:
         plan.add("send_leave_all")
         plan.add("release_all")
     return plan
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What becomes of a job that was pending or running when its cluster's head was lost."""
+
+    resubmit: bool
+    message: str
+
+
+def job_after_head_loss(attempts: int, max_retries: int, packages_lost: bool) -> JobOutcome:
+    """Resubmit on the new head while retries are left, else fail. A job whose working dir
+    (or modules) was uploaded to the lost head's storage cannot run again unchanged: it fails,
+    saying so."""
+    if attempts > max_retries:
+        return JobOutcome(False, "The head node was lost while the job ran (no retries left).")
+    if packages_lost:
+        return JobOutcome(
+            False,
+            "The head node was lost while the job ran; its uploaded working dir was stored on"
+            " that head, so submit the job again.",
+        )
+    return JobOutcome(
+        True,
+        f"The head node was lost while the job ran; resubmitting on the new head"
+        f" (attempt {attempts + 1} of {max_retries + 1}).",
+    )
+
+
+def uploaded_packages(runtime_env: dict[str, Any] | None) -> list[str]:
+    """A job's runtime-env packages stored in its head's GCS (``gcs://…``, what `ray job
+    submit --working-dir` uploads): they are gone with that head."""
+    if not runtime_env:
+        return []
+    uris: list[Any] = [runtime_env.get("working_dir"), *(runtime_env.get("py_modules") or [])]
+    return [u for u in uris if isinstance(u, str) and u.startswith("gcs://")]

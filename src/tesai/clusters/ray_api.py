@@ -109,12 +109,26 @@ async def submit_job(
     metadata: dict[str, str] | None,
     submission_id: str,
 ) -> dict[str, Any]:
+    return await post_job(
+        http_client(runtime), up, entrypoint, runtime_env, metadata, submission_id
+    )
+
+
+async def post_job(
+    client: httpx.AsyncClient,
+    up: Upstream,
+    entrypoint: str,
+    runtime_env: dict[str, Any] | None,
+    metadata: dict[str, str] | None,
+    submission_id: str,
+) -> dict[str, Any]:
+    """``POST /api/jobs/`` on the head; raises ``httpx.HTTPStatusError`` when Ray refuses."""
     body: dict[str, Any] = {"entrypoint": entrypoint, "submission_id": submission_id}
     if runtime_env:
         body["runtime_env"] = runtime_env
     if metadata:
         body["metadata"] = metadata
-    r = await http_client(runtime).post(
+    r = await client.post(
         f"{up.base_url}/api/jobs/", json=body, headers={"Authorization": f"Bearer {up.token}"}
     )
     r.raise_for_status()

@@ -22,13 +22,13 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.billing import metering
 from tesai.billing import service as billing
 from tesai.billing.errors import InsufficientFunds
-from tesai.billing.models import NodeMeter, UsageBucket
+from tesai.billing.models import NodeMeter
 from tesai.billing.money import accrue, customer_charge
 from tesai.clusters.autoscale import ScalingNode, ScalingView, decide
 from tesai.clusters.models import (
@@ -41,7 +41,15 @@ from tesai.clusters.models import (
     NodeRole,
     NodeState,
 )
-from tesai.clusters.plan import ClusterView, NodeView, Plan, Step, next_steps
+from tesai.clusters.plan import (
+    ClusterView,
+    NodeView,
+    Plan,
+    Step,
+    job_after_head_loss,
+    next_steps,
+    uploaded_packages,
+)
 from tesai.clusters.pool import load_pool, to_placement_request
 from tesai.clusters.schemas import ClusterRequest
 from tesai.clusters.service import hold_ref, record_event, secret_box
@@ -115,23 +123,6 @@ async def _reports(
 ) -> dict[uuid.UUID, dict[str, Any]]:
     raws = await ctx.cache.mget([device_keys.telemetry(str(d)) for d in device_ids])
     return {d: orjson.loads(r) for d, r in zip(device_ids, raws, strict=True) if r is not None}
-
-
-async def _spent(
-    session: AsyncSession, settings: Settings, cluster_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, int]:
-    """What each cluster has cost so far (metered usage plus the platform fee)."""
-    if not cluster_ids:
-        return {}
-    rows = await session.execute(
-        select(UsageBucket.cluster_id, func.sum(UsageBucket.amount_micro))
-        .where(UsageBucket.cluster_id.in_(cluster_ids))
-        .group_by(UsageBucket.cluster_id)
-    )
-    return {
-        cid: customer_charge(int(total or 0), settings.platform_fee_bps)
-        for cid, total in rows.tuples()
-    }
 
 
 async def _join_failures(
@@ -221,7 +212,9 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
         join_failures = await _join_failures(
             session, [n for n in nodes if n.state is NodeState.starting]
         )
-        spent = await _spent(session, ctx.settings, [c.id for c in clusters if c.budget_micro])
+        spent = await metering.spent_by_cluster(
+            session, ctx.settings.platform_fee_bps, [c.id for c in clusters if c.budget_micro]
+        )
         statuses = dict(
             (
                 await session.execute(
@@ -308,25 +301,22 @@ async def meter_nodes(
     healthy (its device heartbeat within 1.5 intervals) time is billed, the rest is not.
 
     A reconciler that stalled bills at most a few intervals of the gap it did not observe.
+    Two set-based statements for all the nodes (``metering.meter_nodes``).
     """
     cap = timedelta(
         seconds=3 * max(settings.heartbeat_interval_s, settings.cluster_reconcile_interval_s) + 1
     )
     now_s = now.timestamp()
-    for node in nodes:
-        if node.state is not NodeState.running:
-            continue
-        meter = await session.get(NodeMeter, node.id)
-        if meter is None or not meter.active:
-            continue
-        healthy = _fresh(reports.get(node.device_id), settings, now_s)
-        if now - meter.metered_until > cap:
-            await metering.record_interval(
-                session, node.id, meter.metered_until, now - cap, healthy=False
-            )
-        node.healthy_seconds += await metering.record_interval(
-            session, node.id, meter.metered_until, now, healthy=healthy
-        )
+    running = [n for n in nodes if n.state is NodeState.running]
+    if not running:
+        return
+    ids = [n.id for n in running]
+    # The unobserved part of a stall (watermark older than now - cap) is not billed.
+    await metering.meter_nodes(session, now=now - cap, node_ids=ids, unhealthy=ids)
+    unhealthy = [n.id for n in running if not _fresh(reports.get(n.device_id), settings, now_s)]
+    billed = await metering.meter_nodes(session, now=now, node_ids=ids, unhealthy=unhealthy)
+    for node in running:
+        node.healthy_seconds += billed.get(node.id, 0)
 
 
 async def stop_node_meter(
@@ -490,7 +480,9 @@ class _Applier:
             await self._head_lost()
 
     async def _head_lost(self) -> None:
-        """Workers leave the lost head and rejoin the new one once it is up; jobs fail."""
+        """The Ray cluster died with its head. Workers leave it and go back to ``assigned``:
+        once the replacement head runs, the plan sends them joins to it. Jobs that were
+        pending or running are resubmitted per their retry policy or fail."""
         for other in self.nodes.values():
             if other.role is NodeRole.worker and other.state in (
                 NodeState.starting,
@@ -498,18 +490,38 @@ class _Applier:
             ):
                 await self._send_leave(other)
                 other.state = NodeState.assigned
-        await self.session.execute(
-            update(Job)
-            .where(
-                Job.cluster_id == self.cluster.id,
-                Job.status.in_([JobStatus.pending.value, JobStatus.running.value]),
+        jobs = (
+            await self.session.execute(
+                select(Job)
+                .where(
+                    Job.cluster_id == self.cluster.id,
+                    Job.status.in_([JobStatus.pending.value, JobStatus.running.value]),
+                )
+                .with_for_update()
             )
-            .values(
-                status=JobStatus.failed.value,
-                message="The head node was lost",
-                finished_at=self.view.now,
+        ).scalars()
+        for job in jobs:
+            outcome = job_after_head_loss(
+                job.attempts, job.max_retries, bool(uploaded_packages(job.runtime_env))
             )
-        )
+            job.message = outcome.message
+            data = {"job_id": str(job.id), "submission_id": job.submission_id}
+            if outcome.resubmit:
+                # A fresh submission id: the new head's job table starts empty, and a retry
+                # that already reached it is recognised by this id.
+                job.submission_id = f"tesai-{uuid.uuid4().hex[:16]}"
+                job.attempts += 1
+                job.status = JobStatus.pending.value
+                job.resubmit = True
+                record_event(
+                    self.session, self.cluster, "job_resubmitted", detail=outcome.message, data=data
+                )
+            else:
+                job.status = JobStatus.failed.value
+                job.finished_at = self.view.now
+                record_event(
+                    self.session, self.cluster, "job_failed", detail=outcome.message, data=data
+                )
 
     async def _place_replacement(self, step: Step) -> None:
         lost = self.nodes.get(step.node_id)  # type: ignore[arg-type]
@@ -599,7 +611,6 @@ class _Applier:
             gpus=gpus,
             price_per_hour_micro=price,
             healthy_seconds=0,
-            settled_seconds=0,
         )
         self.session.add(node)
         await self.session.flush()

@@ -17,11 +17,13 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
+from tesai.audit.service import record as audit
 from tesai.auth.deps import AdminUser, CustomerUser, RuntimeDep
 from tesai.clusters import offers as offers_service
 from tesai.clusters import ray_api, service
 from tesai.clusters.errors import ClusterNotReady
 from tesai.clusters.models import Cluster, Job, JobStatus, Quote
+from tesai.clusters.pool import pool_cache
 from tesai.clusters.schemas import (
     ClusterDetail,
     ClusterEventOut,
@@ -91,7 +93,9 @@ async def create_quote(
     body: ClusterRequest, user: CustomerUser, session: SessionDep, runtime: RuntimeDep
 ) -> QuoteOut:
     """Price a request and hold its devices for ``quote_ttl_s`` (default 60 s)."""
-    quote = await service.create_quote(session, runtime.settings, user.id, body)
+    quote = await service.create_quote(
+        session, runtime.settings, user.id, body, pool=pool_cache(runtime.state)
+    )
     return _quote_out(quote)
 
 
@@ -164,6 +168,14 @@ async def force_terminate_cluster(
     """Admin: terminate any cluster, with a reason kept in its events."""
     cluster = await service.get_cluster(session, None, cluster_id, lock=True)
     await service.terminate_cluster(session, cluster, "admin_terminated", reason)
+    await audit(
+        session,
+        action="ops.cluster_terminate",
+        actor_user_id=admin.id,
+        subject_type="cluster",
+        subject_id=cluster.id,
+        details={"reason": reason},
+    )
     return _cluster_out(runtime, cluster)
 
 
@@ -225,6 +237,8 @@ async def submit_job(
             cluster_id=cluster_id,
             submission_id=submission_id,
             entrypoint=body.entrypoint,
+            runtime_env=body.runtime_env,
+            job_metadata=body.metadata,
             status=JobStatus.pending.value,
             max_retries=body.max_retries,
             attempts=1,

@@ -179,5 +179,7 @@ class JobOut(BaseModel):
     entrypoint: str
     status: str
     message: str | None
+    max_retries: int
+    attempts: int
     created_at: datetime
     finished_at: datetime | None

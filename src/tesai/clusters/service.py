@@ -7,18 +7,20 @@ device; the loser's transaction fails and the customer gets a clear 409 to retry
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import secrets
 import uuid
-from dataclasses import asdict
-from datetime import timedelta
+from dataclasses import asdict, replace
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tesai.billing import guardrails
 from tesai.billing import service as billing
 from tesai.billing.money import customer_charge
 from tesai.clusters.errors import (
@@ -39,20 +41,22 @@ from tesai.clusters.models import (
     NodeState,
     Quote,
 )
-from tesai.clusters.pool import load_pool, to_placement_request
+from tesai.clusters.pool import PoolCache, load_pool, pool_cache, to_placement_request
 from tesai.clusters.schemas import ClusterRequest, CreateCluster
 from tesai.clusters.states import LIVE, InvalidClusterTransition, check_transition
-from tesai.devices.models import Device, DeviceStatus
-from tesai.devices.service import record_transition
+from tesai.devices.models import Device, DeviceEvent, DeviceStatus
+from tesai.devices.states import check_transition as check_device_transition
 from tesai.kit.secretbox import SecretBox, load_box
 from tesai.kit.time import utcnow
-from tesai.observability.business import PLACEMENT_DURATION
+from tesai.observability.business import DEVICE_TRANSITIONS, PLACEMENT_DURATION
 from tesai.runtime import Runtime
 from tesai.scheduling import placement as pl
 from tesai.scheduling.pricing import PriceBreakdown, ceil_div, price_placement
 from tesai.settings import Settings
 
 RESERVE_ATTEMPTS = 3
+BOOK_ATTEMPTS = 5
+"""Placements tried per create when the process's index turns out stale (then a 409)."""
 
 
 def secret_box(settings: Settings) -> SecretBox:
@@ -64,6 +68,7 @@ def hold_ref(cluster_id: uuid.UUID) -> str:
     return f"cluster:{cluster_id}"
 
 
+@functools.cache
 def ray_version() -> str:
     """The Ray version this control plane pins; every node of a cluster must run it."""
     return importlib.metadata.version("ray")
@@ -106,25 +111,105 @@ def record_event(
 # --- quotes ----------------------------------------------------------------------------------
 
 
-async def _place(
-    session: AsyncSession, req: ClusterRequest, quote_id: uuid.UUID | None, excluded: frozenset[str]
-) -> pl.Placement:
+def _placement_request(
+    req: ClusterRequest, excluded: frozenset[str] = frozenset()
+) -> pl.PlacementRequest:
     try:
         preq = to_placement_request(req, excluded=excluded)
         preq.shapes()
     except pl.InvalidPlacementRequest as exc:
         raise InvalidClusterRequest(str(exc)) from exc
-    pool = await load_pool(session, utcnow(), quote_id=quote_id)
-    with PLACEMENT_DURATION.time():
-        result = pl.place_reference(pool, preq)
+    return preq
+
+
+def _no_capacity(result: pl.Shortfall) -> NoCapacity:
+    return NoCapacity(
+        result.message,
+        need=result.need,
+        matching=result.matching,
+        eliminated=[asdict(e) for e in result.eliminated],
+    )
+
+
+async def _place(
+    session: AsyncSession,
+    req: ClusterRequest,
+    quote_id: uuid.UUID | None,
+    excluded: frozenset[str],
+    pool: PoolCache | None = None,
+) -> pl.Placement:
+    preq = _placement_request(req, excluded)
+    if pool is not None:
+        index = await pool.current(session)
+        with PLACEMENT_DURATION.time():
+            result = index.place(preq)
+    else:
+        devices = await load_pool(session, utcnow(), quote_id=quote_id)
+        with PLACEMENT_DURATION.time():
+            result = pl.place_reference(devices, preq)
     if isinstance(result, pl.Shortfall):
-        raise NoCapacity(
-            result.message,
-            need=result.need,
-            matching=result.matching,
-            eliminated=[asdict(e) for e in result.eliminated],
-        )
+        raise _no_capacity(result)
     return result
+
+
+async def _place_and_lock(
+    session: AsyncSession, pool: PoolCache, req: ClusterRequest
+) -> tuple[pl.Placement, list[str]]:
+    """Place on the process's index and lock the chosen devices' rows, all bookable.
+
+    The index may be stale: a chosen device that another transaction has locked, booked or
+    changed is learnt and the request placed again (``BOOK_ATTEMPTS`` times at most), so the
+    answer is other devices or a shortfall in numbers. The devices stay held in the index.
+    """
+    preq = _placement_request(req)
+    locked_elsewhere: set[str] = set()
+    for _ in range(BOOK_ATTEMPTS):
+        index = await pool.current(session)
+        if locked_elsewhere:
+            preq = replace(preq, excluded_device_ids=frozenset(locked_elsewhere))
+        with PLACEMENT_DURATION.time():
+            result = index.place(preq)
+        if isinstance(result, pl.Shortfall):
+            raise _no_capacity(result)
+        ids = list(result.device_ids)
+        pool.hold(ids)
+        checked = await pool.lock(session, ids)
+        if checked.ok:
+            return result, ids
+        locked_elsewhere |= {i for i in checked.unavailable if i not in checked.rows}
+    raise NoCapacity("The pool changed while placing; try again")
+
+
+async def _mark_rented(
+    session: AsyncSession, device_ids: list[uuid.UUID], cluster_id: uuid.UUID
+) -> None:
+    """online → busy for locked devices, with their events, in two statements."""
+    t = check_device_transition(
+        DeviceStatus.online, DeviceStatus.busy, "rented", f"cluster {cluster_id}"
+    )
+    await session.execute(
+        update(Device)
+        .where(Device.id.in_(device_ids))
+        .values(status=DeviceStatus.busy, status_reason="rented", version=Device.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    at = utcnow()
+    await session.execute(
+        insert(DeviceEvent).values(
+            [
+                {
+                    "device_id": d,
+                    "at": at,
+                    "from_status": DeviceStatus.online.value,
+                    "to_status": DeviceStatus.busy.value,
+                    "reason": "rented",
+                    "message": t.message,
+                }
+                for d in device_ids
+            ]
+        )
+    )
+    DEVICE_TRANSITIONS.labels(DeviceStatus.busy.value, "rented").inc(len(device_ids))
 
 
 async def _reserve(
@@ -165,17 +250,24 @@ def _quote_view(placement: pl.Placement, price: PriceBreakdown) -> dict[str, Any
 
 
 async def create_quote(
-    session: AsyncSession, settings: Settings, customer_id: uuid.UUID, req: ClusterRequest
+    session: AsyncSession,
+    settings: Settings,
+    customer_id: uuid.UUID,
+    req: ClusterRequest,
+    *,
+    pool: PoolCache | None = None,
 ) -> Quote:
     """Place the request, price it and reserve its devices until the quote expires.
 
+    With ``pool`` (the process's ``PoolCache``) placement runs on its index instead of a
+    full read of the pool; the reservation upsert arbitrates either way.
     Raises ``NoCapacity`` (409, with the shortfall in numbers) or ``InvalidClusterRequest``.
     """
     quote_id = uuid.uuid4()
     expires_at = utcnow() + timedelta(seconds=settings.quote_ttl_s)
     excluded: frozenset[str] = frozenset()
     for _ in range(RESERVE_ATTEMPTS):
-        placement = await _place(session, req, quote_id, excluded)
+        placement = await _place(session, req, quote_id, excluded, pool)
         price = price_placement(placement, req.duration_s, settings.platform_fee_bps)
         quote = Quote(
             id=quote_id,
@@ -200,6 +292,8 @@ async def create_quote(
         await session.delete(quote)
         await session.flush()
         excluded = excluded | {str(d) for d in set(wanted) - got}
+        if pool is not None and pool.index is not None:
+            pool.hold(excluded, ttl_s=settings.quote_ttl_s)
     raise NoCapacity("The pool changed while quoting; try again")
 
 
@@ -218,21 +312,63 @@ async def create_cluster(
 ) -> Cluster:
     """Book the quoted devices (all or none), hold the money and start provisioning.
 
+    Without a quote, the request is placed on the process's ``PoolCache`` index and the chosen
+    device rows are locked and re-checked (``SKIP LOCKED``; a stale pick is retried on other
+    devices); the partial unique index on live ``cluster_nodes.device_id`` stays the arbiter.
     Raises ``QuoteNotFound``, ``QuoteExpired``, ``NoCapacity`` (a device was taken),
     ``InsufficientFunds`` (402). Nothing is booked or held when it raises.
     """
     settings = runtime.settings
+    pool = pool_cache(runtime.state)
+    now = utcnow()
+    held: list[str] = []
     if body.quote_id is not None:
         quote = await get_quote(session, customer_id, body.quote_id)
         if quote.used_at is not None:
             raise QuoteExpired("This quote was already used")
-        if quote.expires_at <= utcnow():
+        if quote.expires_at <= now:
             raise QuoteExpired("This quote expired; ask for a new one")
+        quoted = [d["device_id"] for d in quote.placement["devices"]]
+        checked = await pool.lock(
+            session, quoted, quote_id=quote.id, skip_locked=False, compare=False
+        )
+        if not checked.ok:
+            raise NoCapacity("A quoted device is no longer available; ask for a new quote")
     else:
         assert body.request is not None
-        quote = await create_quote(session, settings, customer_id, body.request)
+        placement, held = await _place_and_lock(session, pool, body.request)
+        price = price_placement(placement, body.request.duration_s, settings.platform_fee_bps)
+        quote = Quote(
+            id=uuid.uuid4(),
+            customer_id=customer_id,
+            request=body.request.model_dump(mode="json"),
+            placement=_quote_view(placement, price),
+            hourly_micro=price.hourly_micro,
+            total_micro=price.total_micro,
+            fee_micro=price.fee_micro,
+            expires_at=now + timedelta(seconds=settings.quote_ttl_s),
+        )
+        session.add(quote)
+    try:
+        return await _book(session, runtime, customer_id, body, quote, now)
+    except BaseException:
+        if held and pool.index is not None:
+            pool.unhold(held)
+        raise
+
+
+async def _book(
+    session: AsyncSession,
+    runtime: Runtime,
+    customer_id: uuid.UUID,
+    body: CreateCluster,
+    quote: Quote,
+    now: datetime,
+) -> Cluster:
+    """Write the cluster for a quote whose device rows this transaction has locked."""
+    settings = runtime.settings
     req = ClusterRequest.model_validate(quote.request)
-    now = utcnow()
+    await guardrails.check_new_hold(session, settings, customer_id, quote.total_micro)
     cluster_id = uuid.uuid4()
     token = secrets.token_urlsafe(32)
     cluster = Cluster(
@@ -271,15 +407,14 @@ async def create_cluster(
                 healthy_seconds=0,
             )
         )
+    quote.used_at = now
+    record_event(session, cluster, "created", detail=f"{len(devices)} nodes, quote {quote.id}")
+    record_event(session, cluster, "provisioning", to=ClusterStatus.provisioning)
     try:
         await session.flush()
     except IntegrityError as exc:
         raise NoCapacity("A quoted device was booked by someone else; ask for a new quote") from exc
-    for d in devices:
-        device = await session.get(Device, uuid.UUID(d["device_id"]), with_for_update=True)
-        if device is None or device.status is not DeviceStatus.online:
-            raise NoCapacity("A quoted device is no longer online; ask for a new quote")
-        record_transition(session, device, DeviceStatus.busy, "rented", f"cluster {cluster_id}")
+    await _mark_rented(session, [uuid.UUID(d["device_id"]) for d in devices], cluster_id)
     await billing.place_hold(
         session,
         user_id=customer_id,
@@ -287,10 +422,10 @@ async def create_cluster(
         ref=hold_ref(cluster_id),
         idempotency_key=f"cluster-hold:{cluster_id}",
     )
-    quote.used_at = now
-    await session.execute(delete(DeviceReservation).where(DeviceReservation.quote_id == quote.id))
-    record_event(session, cluster, "created", detail=f"{len(devices)} nodes, quote {quote.id}")
-    record_event(session, cluster, "provisioning", to=ClusterStatus.provisioning)
+    if body.quote_id is not None:
+        await session.execute(
+            delete(DeviceReservation).where(DeviceReservation.quote_id == quote.id)
+        )
     await session.flush()
     return cluster
 
@@ -358,6 +493,7 @@ async def extend_cluster(
     amount = customer_charge(
         ceil_div(cluster.hourly_price_micro * duration_s, 3600), settings.platform_fee_bps
     )
+    await guardrails.check_new_hold(session, settings, cluster.customer_id, amount)
     await billing.extend_hold(
         session,
         user_id=cluster.customer_id,

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from tesai.clusters import reconcile
+from tesai.clusters import jobs, reconcile
 from tesai.tasks import TaskContext, periodic
 
 
 @periodic("clusters.reconcile", every_s=1.0)
 async def reconcile_clusters(ctx: TaskContext) -> dict[str, int]:
-    """Joins, health, replacements, metering and settlement of every active cluster."""
-    return await reconcile.reconcile(ctx)
+    """Joins, health, replacements, metering and settlement of every active cluster; then
+    jobs waiting to be resubmitted on a re-formed cluster."""
+    result = await reconcile.reconcile(ctx)
+    result["resubmitted"] = await jobs.resubmit_jobs(ctx)
+    return result
 
 
 @periodic("clusters.settle", every_s=60.0)

@@ -47,6 +47,10 @@ class DeviceStatus(enum.StrEnum):
     """Taken out of the pool by its provider or an admin."""
     rejected = "rejected"
     """Failed proof of compute; ``status_reason`` says why."""
+    draining = "draining"
+    """An operator is draining it: its current cluster nodes finish, no new ones are placed."""
+    drained = "drained"
+    """Drained: no cluster node is left on it and none is placed until it is undrained."""
 
 
 def _enum_values(e: type[enum.Enum]) -> list[str]:
@@ -60,6 +64,7 @@ class Device(IdMixin, CreatedAtMixin, Base):
     __table_args__ = (
         Index("ix_devices_status", "status"),
         Index("ix_devices_provider_id", "provider_id"),
+        Index("ix_devices_change_xact", "change_xact"),
     )
 
     provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -90,6 +95,10 @@ class Device(IdMixin, CreatedAtMixin, Base):
     """Last heartbeat the sweeper or flusher copied from the cache (not updated per beat)."""
     version: Mapped[int] = mapped_column(Integer, default=1)
     """Bumped on every status change; guarded updates compare it."""
+    change_xact: Mapped[int | None] = mapped_column(BigInteger)
+    """Database transaction that last changed what placement reads (status, GPUs, region,
+    price, scores), stamped by a trigger (``tesai.dbextras``): per-process placement indexes
+    read the devices changed since their watermark by it (``tesai.clusters.pool``)."""
 
 
 class DeviceEvent(Base):

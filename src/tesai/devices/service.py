@@ -190,7 +190,7 @@ async def disable_device(session: AsyncSession, device: Device, *, by_admin: boo
     """Take a device out of the pool. A provider cannot disable a rented device (409)."""
     if device.status is DeviceStatus.disabled:
         return
-    if device.status is DeviceStatus.busy and not by_admin:
+    if device.status in (DeviceStatus.busy, DeviceStatus.draining) and not by_admin:
         raise DeviceBusy("The device is rented; it can be disabled once its cluster ends")
     reason = "disabled_by_admin" if by_admin else "disabled_by_provider"
     record_transition(session, device, DeviceStatus.disabled, reason)
@@ -277,7 +277,7 @@ async def rotate_device_credential(
 
 async def remove_device(session: AsyncSession, cache: Cache, device: Device) -> None:
     """Delete a device and everything it owns; 409 while it is rented."""
-    if device.status is DeviceStatus.busy:
+    if device.status in (DeviceStatus.busy, DeviceStatus.draining):
         raise DeviceBusy("The device is rented; it can be removed once its cluster ends")
     await revoke_credentials(session, cache, device.id)
     device_id = str(device.id)
@@ -392,7 +392,7 @@ async def request_verification(
         raise StatusConflict("No agent has joined as this device yet")
     if device.status in (DeviceStatus.pending, DeviceStatus.rejected):
         record_transition(session, device, DeviceStatus.verifying, "verification_requested")
-    elif device.status in (DeviceStatus.disabled, DeviceStatus.busy):
+    elif device.status in (DeviceStatus.disabled, DeviceStatus.busy, DeviceStatus.draining):
         raise StatusConflict(f"Device is {device.status.value}; it cannot be verified now")
     result = await issue_challenge(session, cache, settings, device, trigger=trigger)
     await session.flush()

@@ -11,7 +11,7 @@ from typing import Final
 
 from tesai.devices.models import DeviceStatus as S
 
-LIVE_STATES: Final = frozenset({S.pending, S.verifying, S.online, S.busy})
+LIVE_STATES: Final = frozenset({S.pending, S.verifying, S.online, S.busy, S.draining})
 """States whose devices the sweeper watches for missed heartbeats."""
 
 LISTED_STATES: Final = frozenset({S.online})
@@ -20,11 +20,14 @@ LISTED_STATES: Final = frozenset({S.online})
 ALLOWED: Final[dict[S, frozenset[S]]] = {
     S.pending: frozenset({S.verifying, S.offline, S.disabled}),
     S.verifying: frozenset({S.online, S.rejected, S.offline, S.disabled, S.pending}),
-    S.online: frozenset({S.busy, S.verifying, S.offline, S.disabled, S.rejected}),
-    S.busy: frozenset({S.online, S.offline, S.disabled, S.rejected}),
-    S.offline: frozenset({S.online, S.verifying, S.pending, S.disabled, S.rejected}),
+    S.online: frozenset({S.busy, S.verifying, S.offline, S.disabled, S.rejected, S.drained}),
+    S.busy: frozenset({S.online, S.offline, S.disabled, S.rejected, S.draining}),
+    S.offline: frozenset({S.online, S.verifying, S.pending, S.disabled, S.rejected, S.drained}),
     S.disabled: frozenset({S.pending, S.verifying, S.online, S.offline}),
     S.rejected: frozenset({S.verifying, S.disabled, S.pending}),
+    # Draining: rented nodes finish (release leaves it draining); none are placed on it.
+    S.draining: frozenset({S.drained, S.busy, S.online, S.offline, S.disabled, S.rejected}),
+    S.drained: frozenset({S.online, S.verifying, S.pending, S.offline, S.disabled}),
 }
 
 REASONS: Final[dict[str, str]] = {
@@ -49,6 +52,9 @@ REASONS: Final[dict[str, str]] = {
     "rented": "The device was placed in a customer's cluster.",
     "released": "The device was released from a cluster.",
     "credential_revoked": "The device credential was revoked; the agent must join again.",
+    "drain_requested": "An operator is draining the device: its nodes finish, no new ones come.",
+    "drained": "The device is drained: no cluster node is left on it.",
+    "undrained": "An operator put the device back in the pool.",
 }
 """Every reason code with a sentence a person can read."""
 

@@ -140,6 +140,66 @@ class PoolIndex:
         rest = [d for d in self._bucket_devices(bucket) if d.id != device_id]
         self._set_bucket((first.gpu_model, first.gpu_count, first.region), rest)
 
+    def apply(self, devices: Iterable[Device], removed: Iterable[str] = ()) -> int:
+        """Bring the index up to date with changed devices; returns how many buckets were rebuilt.
+
+        A device whose placement attributes are unchanged only has its ``free`` state set
+        (O(log bucket)); a new device, one whose attributes changed, and the ``removed`` ids
+        (unknown ones are ignored) rebuild their buckets, each once per call. When an id
+        appears twice in ``devices`` the last one wins.
+        """
+        latest = {d.id: d for d in devices}
+        rebuild: dict[tuple[str | None, int, str], dict[str, Device]] = {}
+
+        def members(key: tuple[str | None, int, str]) -> dict[str, Device]:
+            if key not in rebuild:
+                current = self._buckets.get((key[0], key[1]), {}).get(key[2])
+                rebuild[key] = {d.id: d for d in self._bucket_devices(current)} if current else {}
+            return rebuild[key]
+
+        def key_of(bucket: _Bucket) -> tuple[str | None, int, str]:
+            first = bucket.devices[0]
+            return (first.gpu_model, first.gpu_count, first.region)
+
+        for device_id in removed:
+            located = self._where.pop(device_id, None)
+            if located is not None:
+                members(key_of(located[0])).pop(device_id, None)
+        for d in latest.values():
+            located = self._where.get(d.id)
+            if located is not None:
+                bucket, pos = located
+                old_key = key_of(bucket)
+                if old_key in rebuild:
+                    members(old_key).pop(d.id, None)
+                elif replace(bucket.devices[pos], free=d.free) == d:
+                    self._set_free(bucket, pos, d.free)
+                    continue
+                else:
+                    members(old_key).pop(d.id, None)
+            members((d.gpu_model, d.gpu_count, d.region))[d.id] = d
+            self._where[d.id] = (_EMPTY, 0)  # placed for real when its bucket is rebuilt
+        for key, group in rebuild.items():
+            self._set_bucket(key, list(group.values()))
+        return len(rebuild)
+
+    @staticmethod
+    def _set_free(bucket: _Bucket, pos: int, free: bool) -> None:
+        if free and not bucket.free_flags[pos]:
+            bucket.free_flags[pos] = 1
+            bisect.insort(bucket.free, pos)
+        elif not free and bucket.free_flags[pos]:
+            bucket.free_flags[pos] = 0
+            del bucket.free[bisect.bisect_left(bucket.free, pos)]
+
+    def get(self, device_id: str) -> Device:
+        """The indexed device with its current ``free`` state. Raises UnknownDevice."""
+        bucket, pos = self._locate(device_id)
+        return replace(bucket.devices[pos], free=bool(bucket.free_flags[pos]))
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._where
+
     def __len__(self) -> int:
         return len(self._where)
 
