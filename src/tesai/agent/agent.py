@@ -30,7 +30,7 @@ import httpx
 from tesai.agent import AGENT_VERSION
 from tesai.agent.backoff import BACKOFF_CAP_S, backoff_delay
 from tesai.agent.commands import CommandHandlers, load_ray_node, verification_result_data
-from tesai.agent.metrics import AgentMetrics, MetricsServer
+from tesai.agent.metrics import AgentMetrics, MetricsServer, find_dcgm_exporter
 from tesai.agent.netprobe import BANDWIDTH_BYTES, probe_network
 from tesai.agent.probe import probe_hardware
 from tesai.agent.proof import run_proof
@@ -91,6 +91,8 @@ class AgentConfig:
     metrics_port: int = 9400
     """Local /metrics port; 0 turns the endpoint off."""
     metrics_addr: str = "0.0.0.0"
+    dcgm_exporter_url: str | None = None
+    """Relay this dcgm-exporter's /metrics (``auto``: the default address, if one answers)."""
     net_probe_interval_s: float = 1800.0
     bandwidth_bytes: int = BANDWIDTH_BYTES
     request_timeout_s: float = 10.0
@@ -201,8 +203,11 @@ class Agent:
             self.metrics.set_hardware(self.hardware)
             if self.config.metrics_port:
                 try:
+                    relay = await asyncio.to_thread(
+                        find_dcgm_exporter, self.config.dcgm_exporter_url
+                    )
                     self._metrics_server = MetricsServer(
-                        self.metrics, self.config.metrics_port, self.config.metrics_addr
+                        self.metrics, self.config.metrics_port, self.config.metrics_addr, relay
                     )
                     log.info("metrics on :%d/metrics", self._metrics_server.port)
                 except OSError as exc:

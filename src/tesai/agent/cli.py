@@ -47,6 +47,13 @@ def agent(
         9400, "--metrics-port", envvar="TESAI_AGENT_METRICS_PORT", help="Local /metrics; 0: off."
     ),
     metrics_addr: str = typer.Option("0.0.0.0", "--metrics-addr", help="Address for /metrics."),
+    dcgm_exporter_url: str | None = typer.Option(
+        None,
+        "--dcgm-exporter-url",
+        envvar="TESAI_AGENT_DCGM_EXPORTER_URL",
+        help="Relay this dcgm-exporter's metrics on /metrics (e.g. http://127.0.0.1:9400/metrics;"
+        " 'auto': that address if an exporter answers there). Move --metrics-port off its port.",
+    ),
     no_gpu_proof: bool = typer.Option(
         False, "--no-gpu-proof", help="Run proofs of compute on the CPU even with a GPU."
     ),
@@ -70,6 +77,7 @@ def agent(
         state_dir=state_dir or default_state_dir(),
         metrics_port=metrics_port,
         metrics_addr=metrics_addr,
+        dcgm_exporter_url=dcgm_exporter_url,
         use_gpu_proof=not no_gpu_proof,
     )
     code = asyncio.run(run_agent(config))

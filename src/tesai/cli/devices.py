@@ -8,30 +8,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tesai.client import ApiError, NotLoggedIn, TesaiClient, dumps
-
-console = Console()
-err = Console(stderr=True)
+from tesai.cli.common import JsonOpt, console
+from tesai.cli.common import call as _call
+from tesai.client import dumps
 
 app = typer.Typer(help="Connect and manage your machines (provider).", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 BASE = "/api/v1/provider/devices"
-
-
-def _call(method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        with TesaiClient() as client:
-            return client.request(method, path, **kwargs)
-    except NotLoggedIn as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
-    except ApiError as exc:
-        err.print(f"[red]{exc.status} {exc.code}[/]: {exc.detail}")
-        raise typer.Exit(1) from exc
 
 
 def _usd(micro: int | None) -> str:

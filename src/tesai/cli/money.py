@@ -7,18 +7,15 @@ send an ``Idempotency-Key`` (a fresh one, or ``--idempotency-key`` to retry safe
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tesai.client import ApiError, NotLoggedIn, TesaiClient, dumps
+from tesai.cli.common import JsonOpt, console, err
+from tesai.cli.common import call as _call
+from tesai.client import dumps
 
-console = Console()
-err = Console(stderr=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 KeyOpt = Annotated[
     str | None,
     typer.Option("--idempotency-key", help="Reuse to retry a request safely (default: a new one)."),
@@ -35,18 +32,6 @@ def to_micro(amount: float) -> int:
         err.print("[red]The amount must be positive[/]")
         raise typer.Exit(2)
     return micro
-
-
-def _call(method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        with TesaiClient() as client:
-            return client.request(method, path, **kwargs)
-    except NotLoggedIn as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
-    except ApiError as exc:
-        err.print(f"[red]{exc.status} {exc.code}[/]: {exc.detail}")
-        raise typer.Exit(1) from exc
 
 
 def balance(json_out: JsonOpt = False) -> None:

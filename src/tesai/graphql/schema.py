@@ -24,12 +24,12 @@ from strawberry.types.unset import UNSET
 
 from graphql import GraphQLError
 from tesai.errors import problem, problem_response
-from tesai.graphql import accounts, offers, pool
+from tesai.graphql import accounts, analytics, offers, pool
 from tesai.graphql.context import get_context
 from tesai.graphql.errors import classify_result
 from tesai.graphql.scalars import SCALARS
 
-DOMAIN_QUERIES: tuple[type, ...] = (accounts.Query, offers.Query, pool.Query)
+DOMAIN_QUERIES: tuple[type, ...] = (accounts.Query, analytics.Query, offers.Query, pool.Query)
 """One ``Query`` per domain module; add yours here."""
 
 MAX_DEPTH = 8

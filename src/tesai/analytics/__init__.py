@@ -1,0 +1,1 @@
+"""Market and fleet analytics: rollups kept by periodic tasks, reports with pandas."""

@@ -1,0 +1,1 @@
+"""Internal operations: drain devices, move nodes, incident timelines and SLA reports."""
