@@ -7,6 +7,13 @@ LOCK := requirements/dev.lock
 
 .PHONY: up test test-fast test-slow lint bench install lock services clean
 
+# The web console (web/ → src/tesai/console/dist, served by the API at "/").
+WEB_INDEX := src/tesai/console/dist/index.html
+WEB_DEPS := web/node_modules/.package-lock.json
+WEB_SRC := $(shell find web/src web/index.html web/vite.config.ts web/tsconfig.json web/package.json -type f 2>/dev/null)
+
+.PHONY: web web-if-missing web-test chromium
+
 $(BIN)/uv:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
@@ -23,11 +30,32 @@ lock: $(BIN)/uv
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 -o $(LOCK)
 
 ## Run TES AI on this machine: embedded PostgreSQL, in-process cache and tasks, a local agent.
-up: install
+up: install web-if-missing
 	$(BIN)/tesai up
 
+$(WEB_DEPS): web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $(WEB_DEPS)
+
+$(WEB_INDEX): $(WEB_DEPS) $(WEB_SRC)
+	cd web && npm run build
+
+## Build the web console (only when its sources changed or it was never built).
+web: $(WEB_INDEX)
+
+web-if-missing:
+	@test -f $(WEB_INDEX) || { command -v npm >/dev/null && $(MAKE) --no-print-directory web; } \
+		|| echo "Web console not built (needs Node.js 20+: make web); the API runs without it."
+
+web-test: $(WEB_DEPS)
+	cd web && npm run test
+
+## Debian's chromium for the browser tests (never a downloaded browser).
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+
 ## Every test (real PostgreSQL, Redis, RabbitMQ at 127.0.0.1; see tests/conftest.py).
-test: install
+test: install chromium web web-test
 	@command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -17,6 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from tesai import __version__
 from tesai.api import mount_routes
+from tesai.console import mount_console
 from tesai.errors import install_error_handlers
 from tesai.middleware import BodySizeLimitMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
 from tesai.observability.business import with_business_metrics
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.settings = settings
     install_error_handlers(app)
     mount_routes(app)
+    mount_console(app, settings)  # last: its catch-all serves the web console
     install_middleware(app, settings)
     return app
 

@@ -192,6 +192,9 @@ class Settings(BaseSettings):
     """Label shown in wallets for Solana Pay requests."""
     idempotency_retention_days: int = 7
     """Stored answers to money requests are kept at least this long for replays."""
+    spend_guardrails_interval_s: float = 30.0
+    """How often budgets and monthly spend caps are checked: 80 % / 95 % warnings stored,
+    clusters of an account at its cap stopped (`spend_cap_reached`)."""
 
     # --- clusters: quotes, provisioning, self-healing, metering ---------------------------
     secret_box_key_file: Path | None = None
@@ -215,6 +218,8 @@ class Settings(BaseSettings):
     """A worker idle this long is removed from an autoscaled cluster (never below min)."""
     ray_proxy_timeout_s: float = 60.0
     """Timeout of a request proxied to a cluster's Ray dashboard."""
+    sla_promised_uptime: float = Field(default=0.99, ge=0.0, le=1.0)
+    """Uptime a provider promises unless an admin sets its own (operations SLA report)."""
 
     # --- logging -------------------------------------------------------------------------
     log_level: str = "INFO"

@@ -106,7 +106,7 @@ async def test_unknown_scope_and_key_minting_keys_rejected(
 async def scoped_client(settings: Settings, runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     """The app plus probe routes guarded by scope and role dependencies."""
     app = create_app(settings, runtime=runtime)
-    probe = APIRouter(prefix="/probe")
+    probe = APIRouter(prefix="/api/probe")  # under /api: the console serves other paths
 
     @probe.get("/clusters")
     async def clusters(
@@ -142,22 +142,24 @@ async def test_scopes_and_roles_enforced(
     admin_key_no_scope = (await create_key(client, admin, ["read"]))["key"]
     admin_key = (await create_key(client, admin, ["admin"]))["key"]
     async with scoped_client as c:
-        assert (await c.get("/probe/clusters", headers=customer)).status_code == 200
-        r = await c.get("/probe/clusters", headers={"X-API-Key": read_key})
+        assert (await c.get("/api/probe/clusters", headers=customer)).status_code == 200
+        r = await c.get("/api/probe/clusters", headers={"X-API-Key": read_key})
         assert r.status_code == 403
         assert r.json()["code"] == "missing_scope"
-        assert (await c.get("/probe/clusters", headers={"X-API-Key": cluster_key})).is_success
-        r = await c.get("/probe/provider", headers=customer)
+        assert (await c.get("/api/probe/clusters", headers={"X-API-Key": cluster_key})).is_success
+        r = await c.get("/api/probe/provider", headers=customer)
         assert r.status_code == 403
         assert r.json()["code"] == "missing_role"
-        assert (await c.get("/probe/admin", headers=customer)).status_code == 403
-        assert (await c.get("/probe/admin", headers=admin)).status_code == 200
+        assert (await c.get("/api/probe/admin", headers=customer)).status_code == 403
+        assert (await c.get("/api/probe/admin", headers=admin)).status_code == 200
         assert (
-            await c.get("/probe/admin", headers={"X-API-Key": admin_key_no_scope})
+            await c.get("/api/probe/admin", headers={"X-API-Key": admin_key_no_scope})
         ).status_code == 403
-        assert (await c.get("/probe/admin", headers={"X-API-Key": admin_key})).status_code == 200
-        assert (await c.get("/probe/any")).status_code == 401
-        r = await c.get("/probe/any", headers={"Authorization": f"Bearer {read_key}"})
+        assert (
+            await c.get("/api/probe/admin", headers={"X-API-Key": admin_key})
+        ).status_code == 200
+        assert (await c.get("/api/probe/any")).status_code == 401
+        r = await c.get("/api/probe/any", headers={"Authorization": f"Bearer {read_key}"})
         assert r.json() == {"kind": "api_key"}
 
 

@@ -63,3 +63,7 @@ class OidcLoginFailed(Unauthorized):
 
 class OidcProviderUnavailable(ServiceUnavailable):
     code = "oidc_provider_unavailable"
+
+
+class InvalidReturnTo(BadRequest):
+    code = "invalid_return_to"

@@ -259,15 +259,18 @@ async def oidc_callback(
     state: str | None,
     error: str | None,
     ip: str | None,
-) -> TokenPair:
-    """Raises ``OidcLoginFailed``, ``UnknownOidcProvider`` or ``OidcProviderUnavailable``."""
+) -> tuple[TokenPair, str | None]:
+    """Our tokens, and the console path the login was started for (``None``: answer JSON).
 
-    async def check() -> oidc.OidcClaims:
+    Raises ``OidcLoginFailed``, ``UnknownOidcProvider`` or ``OidcProviderUnavailable``.
+    """
+
+    async def check() -> oidc.OidcLogin:
         if error or not code or not state:
             raise OidcLoginFailed(f"Identity provider login failed: {error or 'no code'}")
         return await oidc.finish_login(runtime, provider, code=code, state=state)
 
-    identity = await _or_record_failure(
+    login = await _or_record_failure(
         runtime,
         check,
         OidcLoginFailed,
@@ -275,7 +278,8 @@ async def oidc_callback(
         ip=ip,
         details={"method": "oidc", "provider": provider},
     )
-    user, created = await oidc.user_for_identity(session, identity)
-    return await _start(
+    user, created = await oidc.user_for_identity(session, login.claims)
+    pair = await _start(
         session, runtime, user, ip, {"method": "oidc", "provider": provider, "created": created}
     )
+    return pair, login.return_to

@@ -1,10 +1,12 @@
 """OAuth2 / OpenID Connect login with the providers in ``settings.oidc_providers``.
 
-Flow: ``start_login`` stores ``state`` → (provider, nonce, PKCE verifier) in the cache and
-returns the provider's authorization URL (authorization code + PKCE S256 + nonce).
-``finish_login`` consumes the state once, exchanges the code (authlib), and verifies the ID
-token: signature against the provider's JWKS (refetched once on an unknown ``kid``),
-issuer, audience, expiry and nonce. Provider metadata is discovered from
+Flow: ``start_login`` stores ``state`` → (provider, nonce, PKCE verifier, return_to) in the
+cache and returns the provider's authorization URL (authorization code + PKCE S256 + nonce).
+``return_to`` is set when the console started the login: a same-origin path checked by
+``safe_return_to``, so the callback can send the browser back to the console (never to
+another site). ``finish_login`` consumes the state once, exchanges the code (authlib),
+and verifies the ID token: signature against the provider's JWKS (refetched once on an
+unknown ``kid``), issuer, audience, expiry and nonce. Provider metadata is discovered from
 ``<issuer>/.well-known/openid-configuration`` and kept in ``runtime.state``.
 
 Network calls happen here, before the request touches the database.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -25,7 +28,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.accounts import service as accounts
 from tesai.accounts.models import User
-from tesai.auth.errors import OidcLoginFailed, OidcProviderUnavailable, UnknownOidcProvider
+from tesai.auth.errors import (
+    InvalidReturnTo,
+    OidcLoginFailed,
+    OidcProviderUnavailable,
+    UnknownOidcProvider,
+)
 from tesai.auth.models import OidcIdentity
 from tesai.runtime import Runtime
 from tesai.settings import OIDCProvider
@@ -33,6 +41,7 @@ from tesai.settings import OIDCProvider
 # Asymmetric algorithms only: an HS* ID token would be keyed with our client secret.
 ALLOWED_ALGORITHMS = {"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"}
 HTTP_TIMEOUT_S = 10.0
+RETURN_TO_MAX_LENGTH = 512
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,32 @@ class OidcClaims:
     subject: str
     email: str | None
     email_verified: bool
+
+
+@dataclass(frozen=True)
+class OidcLogin:
+    """A finished login: who the provider vouched for, and where the console wants to land
+    (``None`` for a login not started by the console: answer with JSON tokens)."""
+
+    claims: OidcClaims
+    return_to: str | None
+
+
+def safe_return_to(value: str) -> str:
+    """``value`` when it is a path on this origin ("/app/billing?tab=1").
+
+    Raises ``InvalidReturnTo`` for anything a browser could read as another site: a scheme
+    or host ("https://evil.example", "//evil"), backslashes ("/\\evil"), control
+    characters or whitespace, or more than ``RETURN_TO_MAX_LENGTH`` characters.
+    """
+    if not value.startswith("/") or value.startswith("//") or len(value) > RETURN_TO_MAX_LENGTH:
+        raise InvalidReturnTo("return_to must be a path on this site, such as /app")
+    if "\\" in value or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidReturnTo("return_to must be a path on this site, such as /app")
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        raise InvalidReturnTo("return_to must be a path on this site, such as /app")
+    return value
 
 
 def provider_config(runtime: Runtime, name: str) -> OIDCProvider:
@@ -108,15 +143,23 @@ def _client(runtime: Runtime, provider: OIDCProvider) -> AsyncOAuth2Client:
     )
 
 
-async def start_login(runtime: Runtime, name: str) -> str:
-    """The URL to send the browser to. Raises ``UnknownOidcProvider``."""
+async def start_login(runtime: Runtime, name: str, *, return_to: str | None = None) -> str:
+    """The URL to send the browser to.
+
+    Raises ``InvalidReturnTo`` (before anything is stored), ``UnknownOidcProvider`` or
+    ``OidcProviderUnavailable``.
+    """
+    if return_to is not None:
+        return_to = safe_return_to(return_to)
     provider = provider_config(runtime, name)
     meta = await _metadata(runtime, provider)
     state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     verifier = secrets.token_urlsafe(48)
     await runtime.cache.set(
         _state_key(state),
-        orjson.dumps({"provider": name, "nonce": nonce, "verifier": verifier}),
+        orjson.dumps(
+            {"provider": name, "nonce": nonce, "verifier": verifier, "return_to": return_to}
+        ),
         ttl_s=runtime.settings.oidc_state_ttl_s,
     )
     async with _client(runtime, provider) as client:
@@ -165,7 +208,7 @@ async def _verify_id_token(
     return claims
 
 
-async def finish_login(runtime: Runtime, name: str, *, code: str, state: str) -> OidcClaims:
+async def finish_login(runtime: Runtime, name: str, *, code: str, state: str) -> OidcLogin:
     """Consume the login state, exchange the code, verify the ID token.
 
     Raises ``OidcLoginFailed`` for an unknown/used state, a failed exchange or a bad ID token.
@@ -192,11 +235,15 @@ async def finish_login(runtime: Runtime, name: str, *, code: str, state: str) ->
         raise OidcLoginFailed("Identity provider returned no ID token")
     claims = await _verify_id_token(runtime, provider, id_token, saved["nonce"])
     email = claims.get("email")
-    return OidcClaims(
-        provider=name,
-        subject=str(claims["sub"]),
-        email=email if isinstance(email, str) else None,
-        email_verified=claims.get("email_verified") is True,
+    return_to = saved.get("return_to")
+    return OidcLogin(
+        claims=OidcClaims(
+            provider=name,
+            subject=str(claims["sub"]),
+            email=email if isinstance(email, str) else None,
+            email_verified=claims.get("email_verified") is True,
+        ),
+        return_to=return_to if isinstance(return_to, str) else None,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import RedirectResponse
@@ -190,14 +191,37 @@ async def wallets(user: CurrentUser, session: SessionDep) -> list[WalletOut]:
     "/oidc/{provider}/login",
     status_code=status.HTTP_302_FOUND,
     response_class=RedirectResponse,
-    responses={302: {"description": "Redirect to the identity provider"}},
+    responses={
+        302: {"description": "Redirect to the identity provider"},
+        400: {"description": "return_to is not a path on this site"},
+    },
 )
-async def oidc_login(provider: str, runtime: RuntimeDep) -> RedirectResponse:
+async def oidc_login(
+    provider: str,
+    runtime: RuntimeDep,
+    return_to: Annotated[
+        str | None,
+        Query(
+            description="A path on this site (e.g. /app): the callback then sends the browser "
+            "to the console's /auth/callback page instead of answering with JSON."
+        ),
+    ] = None,
+) -> RedirectResponse:
     """Start an OIDC login: redirects to the provider (code flow, PKCE, nonce)."""
-    return RedirectResponse(await oidc.start_login(runtime, provider), status_code=302)
+    url = await oidc.start_login(runtime, provider, return_to=return_to)
+    return RedirectResponse(url, status_code=302)
 
 
-@router.get("/oidc/{provider}/callback")
+@router.get(
+    "/oidc/{provider}/callback",
+    response_model=TokenResponse,
+    responses={
+        303: {
+            "description": "For a login started with return_to: to the console's "
+            "/auth/callback, tokens in the URL fragment"
+        }
+    },
+)
 async def oidc_callback(
     provider: str,
     session: SessionDep,
@@ -206,9 +230,26 @@ async def oidc_callback(
     code: Annotated[str | None, Query(max_length=2048)] = None,
     state: Annotated[str | None, Query(max_length=256)] = None,
     error: Annotated[str | None, Query(max_length=256)] = None,
-) -> TokenResponse:
+) -> TokenResponse | RedirectResponse:
     """Where the provider sends the browser back; answers with our tokens."""
-    pair = await flows.oidc_callback(
+    pair, return_to = await flows.oidc_callback(
         session, runtime, provider, code=code, state=state, error=error, ip=request_ip(request)
     )
-    return tokens_out(pair)
+    tokens = tokens_out(pair)
+    if return_to is None:
+        return tokens
+    # The fragment never reaches a server (no access log, no Referer); no-store keeps the
+    # redirect out of caches.
+    fragment = urlencode(
+        {
+            "access_token": tokens.access_token,
+            "refresh_token": tokens.refresh_token,
+            "expires_in": tokens.expires_in,
+            "next": return_to,
+        }
+    )
+    return RedirectResponse(
+        f"/auth/callback#{fragment}",
+        status_code=status.HTTP_303_SEE_OTHER,
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )

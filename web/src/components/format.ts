@@ -1,0 +1,33 @@
+/** Dates, durations and sizes for people. */
+
+export function formatDateTime(iso: string | null | undefined): string {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime())
+    ? "—"
+    : d.toLocaleString("en-GB", { dateStyle: "medium", timeStyle: "short", timeZone: "UTC" }) + " UTC";
+}
+
+export function formatDuration(seconds: number | null | undefined): string {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "—";
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${s % 60}s`.replace(/ 0s$/, "");
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h}h ${m % 60}m`.replace(/ 0m$/, "");
+  return `${Math.floor(h / 24)}d ${h % 24}h`.replace(/ 0h$/, "");
+}
+
+export function formatPercent(value: number | null | undefined, digits = 0): string {
+  return value === null || value === undefined || !Number.isFinite(value) ? "—" : `${value.toFixed(digits)}%`;
+}
+
+export function formatMb(mb: number | null | undefined): string {
+  if (mb === null || mb === undefined) return "—";
+  return mb >= 1024 ? `${(mb / 1024).toFixed(mb % 1024 ? 1 : 0)} GB` : `${mb} MB`;
+}
+
+export function shortId(id: string | null | undefined): string {
+  return id ? id.slice(0, 8) : "—";
+}
