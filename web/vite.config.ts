@@ -21,7 +21,9 @@ export default defineConfig({
           groups: [
             { name: "react", test: /node_modules[\\/](react|react-dom|scheduler|react-router|cookie|set-cookie-parser)[\\/]/, priority: 30 },
             { name: "query", test: /node_modules[\\/](@tanstack|zustand|openapi-fetch)[\\/]/, priority: 25 },
-            { name: "solana", test: /node_modules[\\/](@solana|@noble|bn\.js|borsh|bs58|base-x|buffer|superstruct|rpc-websockets|jayson)[\\/]/, priority: 20 },
+            // Shared by charts and the wallet adapter: on its own, so neither pulls in the other.
+            { name: "events", test: /node_modules[\\/]eventemitter3[\\/]/, priority: 40 },
+            { name: "solana", test: /node_modules[\\/](@solana|@wallet-standard|@noble|bn\.js|borsh|bs58|base-x|buffer|superstruct|rpc-websockets|jayson)[\\/]/, priority: 20 },
             { name: "charts", test: /node_modules[\\/](recharts|d3-[a-z-]+|victory-vendor|internmap|decimal\.js-light|@reduxjs|redux|react-redux|immer|reselect|es-toolkit|eventemitter3|tiny-invariant|use-sync-external-store|clsx)[\\/]/, priority: 10 },
           ],
         },

@@ -19,7 +19,12 @@ from tesai import __version__
 from tesai.api import mount_routes
 from tesai.console import mount_console
 from tesai.errors import install_error_handlers
-from tesai.middleware import BodySizeLimitMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
+from tesai.middleware import (
+    BodySizeLimitMiddleware,
+    DashboardOriginMiddleware,
+    RateLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
 from tesai.observability.business import with_business_metrics
 from tesai.observability.logging import configure_logging
 from tesai.observability.metrics import multiprocess_dir, update_pool_gauges
@@ -84,6 +89,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             expose_headers=["X-Request-ID", "Retry-After"],
             max_age=600,
         )
+    app.add_middleware(DashboardOriginMiddleware, settings=settings)
     app.add_middleware(SecurityHeadersMiddleware, settings=settings)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
 

@@ -9,12 +9,14 @@ still logged, counted, carries the request id and the CORS headers a browser nee
 from __future__ import annotations
 
 import hashlib
+import re
+from urllib.parse import urlsplit
 
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tesai.errors import PayloadTooLarge, RateLimited, problem_response
+from tesai.errors import NotFound, PayloadTooLarge, RateLimited, problem_response
 from tesai.kit.cache import Bucket
 from tesai.settings import Settings
 
@@ -147,6 +149,16 @@ DEFAULT_CSP = (
 )
 """For the single-page console served from the same origin as the API it calls."""
 
+
+def console_csp(settings: Settings) -> str:
+    """DEFAULT_CSP, letting the console also reach the public Solana RPC (wallet payments)."""
+    rpc = urlsplit(settings.public_solana_rpc_url)
+    if rpc.scheme not in ("http", "https") or not rpc.netloc:
+        return DEFAULT_CSP
+    origin = f"{rpc.scheme}://{rpc.netloc.rpartition('@')[2]}"  # never a credential
+    return DEFAULT_CSP.replace("connect-src 'self'", f"connect-src 'self' {origin}")
+
+
 DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
     "https://unpkg.com; style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
@@ -176,14 +188,26 @@ class SecurityHeadersMiddleware:
 
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
-        self.headers = security_headers(settings, settings.content_security_policy or DEFAULT_CSP)
+        self.headers = security_headers(
+            settings, settings.content_security_policy or console_csp(settings)
+        )
         self.docs_headers = security_headers(settings, DOCS_CSP)
+        # Ray's own dashboard UI on its isolated origin: framing refused, nothing of ours
+        # to protect there beyond that (see DashboardOriginMiddleware).
+        origin = settings.dashboard_origin
+        self.dashboard_host = origin.split("://", 1)[1].encode() if origin else None
+        self.dashboard_headers = security_headers(settings, "frame-ancestors 'none'")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = self.docs_headers if scope["path"].startswith(DOCS_PREFIXES) else self.headers
+        if scope["path"].startswith(DOCS_PREFIXES):
+            extra = self.docs_headers
+        elif self.dashboard_host and _host(scope) == self.dashboard_host:
+            extra = self.dashboard_headers
+        else:
+            extra = self.headers
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -191,3 +215,33 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _host(scope: Scope) -> bytes:
+    return bytes(dict(scope["headers"]).get(b"host", b"")).lower()
+
+
+RAY_PROXY_PATH = re.compile(r"^/api/v1/clusters/[0-9a-fA-F-]{36}/ray(/|$)")
+
+
+class DashboardOriginMiddleware:
+    """On the dashboard origin (``Settings.dashboard_origin``) only the Ray proxy answers:
+    the console, the API and their cookies never share an origin with pages that come from
+    a provider's machine (``tesai.clusters.dashboard``)."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        origin = settings.dashboard_origin
+        self.host = origin.split("://", 1)[1].encode() if origin else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.host is None
+            or scope["type"] != "http"
+            or RAY_PROXY_PATH.match(scope["path"])
+            or _host(scope) != self.host
+        ):
+            await self.app(scope, receive, send)
+            return
+        error = NotFound("The dashboard origin serves clusters' Ray dashboards only")
+        await problem_response(error.to_problem(scope["path"]))(scope, receive, send)

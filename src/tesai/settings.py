@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, SecretStr
@@ -48,6 +49,12 @@ class Settings(BaseSettings):
     """Uvicorn worker processes for `tesai server`."""
     public_url: str = "http://127.0.0.1:8000"
     """The URL users and agents reach the control plane at (used in join commands, SIWS)."""
+    dashboard_url: str | None = None
+    """Origin where browsers open clusters' Ray dashboards (e.g. ``https://dash.example.com``,
+    pointing at this server). It must differ from ``public_url``'s origin: a dashboard's
+    pages come from a provider's machine and must never run on the console's origin. Unset:
+    ``localhost`` ↔ ``127.0.0.1`` on a loopback ``public_url``; otherwise dashboards open only
+    with a token from Ray tooling."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed to call the API from a browser; empty allows none cross-origin."""
     max_body_bytes: int = 1_048_576
@@ -176,6 +183,10 @@ class Settings(BaseSettings):
     """Smallest withdrawal a provider may request (10 USDC)."""
     solana_rpc_url: str = "https://api.mainnet-beta.solana.com"
     """Solana JSON-RPC endpoint for deposits and payouts."""
+    solana_public_rpc_url: str = ""
+    """Solana JSON-RPC endpoint the web console may call from the browser (a recent blockhash
+    for "Pay with wallet"); it is public (``GET /api/v1/public/console``, the CSP's connect-src).
+    Empty: ``solana_rpc_url`` if that is one of Solana's public endpoints, else none."""
     deposit_confirmation: str = "finalized"
     """Confirmation level a deposit must reach before it is credited: confirmed or finalized."""
     deposit_intent_ttl_s: int = 3600
@@ -247,6 +258,42 @@ class Settings(BaseSettings):
     @property
     def embedded_database(self) -> bool:
         return self.database_url is None
+
+    @property
+    def public_solana_rpc_url(self) -> str:
+        """The RPC browsers may call: ``solana_public_rpc_url``, else ``solana_rpc_url`` only
+        when it is one of Solana's public endpoints or this machine (a provider's URL often
+        carries an API key in its path or query); else "" (no wallet payments)."""
+        if self.solana_public_rpc_url:
+            return self.solana_public_rpc_url
+        url = urlsplit(self.solana_rpc_url)
+        public = url.hostname in PUBLIC_SOLANA_RPC_HOSTS and not (url.username or url.query)
+        return self.solana_rpc_url if public and url.path in ("", "/") else ""
+
+    @property
+    def dashboard_origin(self) -> str | None:
+        """``scheme://host[:port]`` where Ray dashboards open, or None (see ``dashboard_url``)."""
+        public = urlsplit(self.public_url)
+        if self.dashboard_url:
+            url = urlsplit(self.dashboard_url)
+            origin = f"{url.scheme}://{url.netloc}".lower()
+            return None if origin == f"{public.scheme}://{public.netloc}".lower() else origin
+        twin = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}.get(public.hostname or "")
+        if twin is None:
+            return None
+        port = f":{public.port}" if public.port else ""
+        return f"{public.scheme}://{twin}{port}"
+
+
+PUBLIC_SOLANA_RPC_HOSTS = frozenset(
+    {
+        "api.mainnet-beta.solana.com",
+        "api.devnet.solana.com",
+        "api.testnet.solana.com",
+        "127.0.0.1",
+        "localhost",
+    }
+)
 
 
 @lru_cache(maxsize=1)

@@ -291,6 +291,30 @@ async def test_provider_and_customer_through_the_console(
         await screenshot(cust, "cluster-detail")
         await axe_check(cust, "cluster detail")
 
+        # The real Ray dashboard opens in a new tab through the proxy (ticket → cookie).
+        async with cust.context.expect_page() as opened:
+            await cust.get_by_role("button", name=re.compile("^Open Ray dashboard")).click()
+        ray_tab = await opened.value
+        await ray_tab.wait_for_load_state()
+        await expect(ray_tab).to_have_url(
+            re.compile(r"/api/v1/clusters/[0-9a-f-]{36}/ray/(#.*)?$"), timeout=30_000
+        )
+        await expect(ray_tab).to_have_title("Ray Dashboard")
+        # The app renders (its assets and API calls came through the proxy) and shows the node.
+        await expect(
+            ray_tab.get_by_text(re.compile("Cluster status and autoscaler"))
+        ).to_be_visible(timeout=30_000)
+        # The tab's cookie reads this cluster's Ray API (our job is there) but cannot write.
+        jobs = await ray_tab.evaluate("fetch('api/jobs/').then((r) => r.json())")
+        assert any(str(j.get("submission_id", "")).startswith("tesai-") for j in jobs), jobs
+        write = await ray_tab.evaluate(
+            "fetch('api/jobs/', {method: 'POST', body: '{}'}).then((r) => r.status)"
+        )
+        assert write == 403
+        await ray_tab.wait_for_load_state("networkidle")
+        await screenshot(ray_tab, "ray-dashboard")
+        await ray_tab.close()
+
         # The node's machine has a public page: proof score, reliability, uptime.
         await cust.locator("a[href^='/devices/']").first.click()
         await expect(cust.get_by_role("heading", name=re.compile("^Machine "))).to_be_visible()

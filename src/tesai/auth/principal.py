@@ -141,18 +141,27 @@ async def authenticate_access_token(runtime: Runtime, token: str) -> Principal:
     """Raises ``TokenInvalid`` (bad token, revoked session) or ``Unauthorized`` (inactive)."""
     key = runtime_signing_key(runtime.state, runtime.settings)
     claims = verify_access_token(key, runtime.settings, token)
-    keys = [user_key(claims.user_id)]
-    if claims.family_id is not None:
-        keys.append(revoked_family_key(claims.family_id))
+    return await session_principal(runtime, claims.user_id, claims.family_id)
+
+
+async def session_principal(
+    runtime: Runtime, user_id: uuid.UUID, family_id: uuid.UUID | None
+) -> Principal:
+    """The user of a verified credential derived from a login session (an access token, the
+    Ray dashboard cookie). Raises ``TokenInvalid`` when the session was logged out and
+    ``Unauthorized`` when the account is gone or disabled."""
+    keys = [user_key(user_id)]
+    if family_id is not None:
+        keys.append(revoked_family_key(family_id))
     values = await runtime.cache.mget(keys)
     if len(values) > 1 and values[1] is not None:
         raise TokenInvalid("Session has been logged out")
     data = orjson.loads(values[0]) if values[0] is not None else None
     if values[0] is None:
-        data = await _load_user_snapshot(runtime, claims.user_id)
+        data = await _load_user_snapshot(runtime, user_id)
     if data is None or not data["on"]:
         raise Unauthorized("Account not found or disabled")
-    return Principal(from_snapshot(data), "user", session_id=claims.family_id)
+    return Principal(from_snapshot(data), "user", session_id=family_id)
 
 
 def parse_api_key(raw: str) -> tuple[str, str] | None:

@@ -24,7 +24,7 @@ from tesai.auth.errors import InvalidCredentials, RefreshTokenInvalid, RefreshTo
 from tesai.auth.models import RefreshToken
 from tesai.auth.passwords import hash_password, verify_password
 from tesai.auth.principal import hash_secret, revoked_family_key
-from tesai.auth.tokens import SigningKey, issue_access_token
+from tesai.auth.tokens import DERIVED_SESSION_MAX_S, SigningKey, issue_access_token
 from tesai.kit.cache import Cache
 from tesai.kit.time import utcnow
 from tesai.settings import Settings
@@ -96,10 +96,10 @@ async def _revoke_family(session: AsyncSession, family_id: uuid.UUID) -> None:
 
 
 async def _mark_family_revoked(cache: Cache, settings: Settings, family_id: uuid.UUID) -> None:
-    # Access tokens of the family die too: they are checked against this marker.
-    await cache.set(
-        revoked_family_key(family_id), b"1", ttl_s=min(settings.access_token_ttl_s, 900) + 60
-    )
+    # Access tokens of the family die too: they are checked against this marker, and so are
+    # the browser sessions derived from them (the Ray dashboard cookie), which live longer.
+    ttl = max(min(settings.access_token_ttl_s, 900), DERIVED_SESSION_MAX_S)
+    await cache.set(revoked_family_key(family_id), b"1", ttl_s=ttl + 60)
 
 
 async def rotate_refresh_token(

@@ -30,6 +30,9 @@ from tesai.settings import Settings
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a JOSE type, not a secret
 ALGORITHM = "EdDSA"
+DERIVED_SESSION_MAX_S = 3600
+"""The longest a browser credential derived from a login session lives (the Ray dashboard
+cookie); logout markers are kept at least this long so that they end it too."""
 
 
 @dataclass(frozen=True)
@@ -150,3 +153,49 @@ def verify_access_token(key: SigningKey, settings: Settings, token: str) -> Acce
     except ValueError as exc:
         raise TokenInvalid("Invalid access token subject") from exc
     return AccessClaims(user_id, family_id, int(claims["exp"]))
+
+
+def issue_purpose_token(
+    key: SigningKey, settings: Settings, typ: str, user_id: uuid.UUID, expires_at: int, **extra: str
+) -> str:
+    """A signed single-purpose JWT: its JOSE ``typ`` names the purpose, so it can neither be
+    replayed as an access token nor stand in for another purpose's token."""
+    if typ == ACCESS_TOKEN_TYP:
+        raise ValueError("use issue_access_token for access tokens")
+    claims: dict[str, Any] = {
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "sub": str(user_id),
+        "iat": int(utcnow().timestamp()),
+        "exp": expires_at,
+        "jti": secrets.token_urlsafe(12),
+        **extra,
+    }
+    return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"typ": typ})
+
+
+def verify_purpose_token(
+    key: SigningKey, settings: Settings, typ: str, token: str
+) -> dict[str, Any]:
+    """The claims of a token from ``issue_purpose_token`` for ``typ``; raises ``TokenInvalid``
+    for a malformed, forged, expired or other-purpose token."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise TokenInvalid("Malformed token") from exc
+    if header.get("alg") != ALGORITHM or header.get("typ") != typ:
+        raise TokenInvalid("Token not accepted here")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.public,
+            algorithms=[ALGORITHM],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise TokenInvalid("Token expired") from exc
+    except jwt.PyJWTError as exc:
+        raise TokenInvalid("Invalid token") from exc
+    return claims

@@ -183,3 +183,12 @@ class JobOut(BaseModel):
     attempts: int
     created_at: datetime
     finished_at: datetime | None
+
+
+class DashboardSessionOut(BaseModel):
+    """Where to open the cluster's Ray dashboard in a browser tab."""
+
+    url: str
+    """On the dashboard origin (never the console's), carrying a one-time ticket."""
+    expires_at: datetime
+    """The ticket must be redeemed (the URL opened) before this."""

@@ -5,7 +5,8 @@ falls back to ``index.html`` so the app's own router handles it. Hashed assets
 (``/assets/*``) are cached for a year; ``index.html`` is revalidated on every load so a
 new release is picked up at once. Without a build, ``/`` says how to make one.
 
-``GET /api/v1/public/console`` tells the app which sign-in methods this server offers;
+``GET /api/v1/public/console`` tells the app which sign-in methods this server offers and
+which Solana RPC and token its wallet payments use;
 ``GET /api/v1/public/devices/{id}`` is a machine's public page (``tesai.console.public``).
 """
 
@@ -47,6 +48,11 @@ class ConsoleConfig(BaseModel):
     oidc_providers: list[str]
     """Names for ``/api/v1/auth/oidc/{name}/login``."""
     public_url: str
+    solana_rpc_url: str
+    """Solana JSON-RPC endpoint the browser may call (a recent blockhash for wallet payments)."""
+    usdc_mint: str
+    usdc_decimals: int
+    """Decimals of the payment token, for the wallet's checked transfer."""
 
 
 def _is_api(path: str) -> bool:
@@ -85,12 +91,15 @@ def mount_console(app: FastAPI, settings: Settings, dist: Path = DIST) -> None:
         version=__version__,
         oidc_providers=[p.name for p in settings.oidc_providers],
         public_url=settings.public_url,
+        solana_rpc_url=settings.public_solana_rpc_url,
+        usdc_mint=settings.usdc_mint,
+        usdc_decimals=settings.usdc_decimals,
     )
     router = APIRouter(prefix="/api/v1/public", tags=["public"])
 
     @router.get("/console")
     async def console_config() -> ConsoleConfig:
-        """What the web console needs to know about this server (sign-in methods)."""
+        """What the web console needs to know about this server (sign-in methods, Solana RPC)."""
         return config
 
     app.include_router(router)

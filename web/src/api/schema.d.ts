@@ -434,6 +434,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/clusters/{cluster_id}/dashboard-session": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Open Dashboard Session
+         * @description A URL that opens the cluster's Ray dashboard in a browser tab.
+         *
+         *     It carries a one-time ticket valid 60 s; opening it sets a read-only cookie for this
+         *     cluster's proxy (at most 1 h, never beyond the cluster) and redirects to the dashboard.
+         *     Needs a signed-in session (an API key gets 403: send it as a header to Ray tooling).
+         */
+        post: operations["open_dashboard_session_api_v1_clusters__cluster_id__dashboard_session_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/clusters/{cluster_id}/extend": {
         parameters: {
             query?: never;
@@ -1484,7 +1508,7 @@ export interface paths {
         };
         /**
          * Console Config
-         * @description What the web console needs to know about this server (sign-in methods).
+         * @description What the web console needs to know about this server (sign-in methods, Solana RPC).
          */
         get: operations["console_config_api_v1_public_console_get"];
         put?: never;
@@ -1932,6 +1956,12 @@ export interface components {
             oidc_providers: string[];
             /** Public Url */
             public_url: string;
+            /** Solana Rpc Url */
+            solana_rpc_url: string;
+            /** Usdc Decimals */
+            usdc_decimals: number;
+            /** Usdc Mint */
+            usdc_mint: string;
             /** Version */
             version: string;
         };
@@ -1960,6 +1990,19 @@ export interface components {
              * Format: date-time
              */
             token_expires_at: string;
+        };
+        /**
+         * DashboardSessionOut
+         * @description Where to open the cluster's Ray dashboard in a browser tab.
+         */
+        DashboardSessionOut: {
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Url */
+            url: string;
         };
         /** DepositDetail */
         DepositDetail: {
@@ -4084,6 +4127,44 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ClusterDetail"];
                 };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    open_dashboard_session_api_v1_clusters__cluster_id__dashboard_session_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                cluster_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DashboardSessionOut"];
+                };
+            };
+            /** @description the head is not ready */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Validation Error */
             422: {

@@ -1,9 +1,8 @@
 import { useQuery } from "@tanstack/react-query";
-import { useState } from "react";
 import { useNavigate, useSearchParams } from "react-router";
 import { api, unwrap } from "@/api/client";
-import { Button } from "@/components/Button";
-import { useAuth, type InjectedWallet, type Role } from "@/stores/auth";
+import { useAuth, type Role } from "@/stores/auth";
+import { WalletButton } from "@/wallet/WalletButton";
 import { oidcLoginHref } from "./callback";
 
 /** Where to go after signing in: `?next=` if it is ours, else the user's main area. */
@@ -21,62 +20,28 @@ export function useAfterLogin(): () => void {
   return () => navigate(landingFor(useAuth.getState().roles, params.get("next")), { replace: true });
 }
 
-declare global {
-  interface Window {
-    solana?: InjectedWallet;
-    phantom?: { solana?: InjectedWallet };
-  }
-}
-
-/** The browser's injected Solana wallet (Phantom, Backpack, Solflare…), if any. */
-export function injectedWallet(): InjectedWallet | undefined {
-  return window.phantom?.solana ?? window.solana;
-}
-
 export function OtherSignIn() {
   const walletLogin = useAuth((s) => s.walletLogin);
   const after = useAfterLogin();
-  const [error, setError] = useState<string | null>(null);
-  const [busy, setBusy] = useState(false);
   const config = useQuery({ queryKey: ["console-config"], queryFn: () => unwrap(api.GET("/api/v1/public/console")), staleTime: Infinity });
   const [params] = useSearchParams();
-
-  const signInWithWallet = async () => {
-    const wallet = injectedWallet();
-    if (!wallet) {
-      setError("No Solana wallet found in this browser. Install one (e.g. Phantom), or sign in with email.");
-      return;
-    }
-    setBusy(true);
-    setError(null);
-    try {
-      await walletLogin(wallet);
-      after();
-    } catch (e) {
-      setError((e as Error).message || "The wallet sign-in failed.");
-    } finally {
-      setBusy(false);
-    }
-  };
 
   return (
     <div className="space-y-3">
       <div className="flex items-center gap-3 text-xs text-slate-600">
         <span className="h-px flex-1 bg-slate-200" /> or <span className="h-px flex-1 bg-slate-200" />
       </div>
-      <Button variant="secondary" className="w-full" onClick={() => void signInWithWallet()} loading={busy}>
+      <WalletButton variant="secondary" className="w-full" run={async (wallet) => {
+        await walletLogin(wallet);
+        after();
+      }}>
         Sign in with a Solana wallet
-      </Button>
+      </WalletButton>
       {(config.data?.oidc_providers ?? []).map((p) => (
         <a key={p} href={oidcLoginHref(p, params.get("next"))} className="flex w-full justify-center rounded-md border border-slate-300 bg-white px-4 py-2 text-sm font-medium text-slate-800 hover:bg-slate-100">
           Continue with {p.charAt(0).toUpperCase() + p.slice(1)}
         </a>
       ))}
-      {error && (
-        <p role="alert" className="text-sm text-red-800">
-          {error}
-        </p>
-      )}
     </div>
   );
 }

@@ -9,6 +9,8 @@ import { formatUsdc, parseUsdc } from "@/components/money";
 import { EmptyState, ErrorState, Notice, QueryView } from "@/components/States";
 import { StatusBadge } from "@/components/StatusBadge";
 import { Table } from "@/components/Table";
+import { WalletButton } from "@/wallet/WalletButton";
+import type { ConsoleWallet } from "@/wallet/wallets";
 
 type Deposit = Schemas["DepositOut"];
 
@@ -113,15 +115,43 @@ function DepositRequest({ deposit }: { deposit: Deposit }) {
       {deposit.status === "open" ? (
         <>
           {qr ? <img src={qr} width={220} height={220} alt={`Solana Pay QR code for ${formatUsdc(deposit.amount_micro)} USDC`} className="rounded border border-slate-200" /> : <div className="size-[220px] animate-pulse bg-slate-100" />}
-          <a href={deposit.url} className="inline-flex items-center rounded-md bg-brand-600 px-4 py-2 text-sm font-medium text-white hover:bg-brand-700">
-            Open in wallet
-          </a>
+          <div className="flex flex-wrap items-start gap-3">
+            <PayWithWallet deposit={deposit} />
+            <a href={deposit.url} className="inline-flex items-center rounded-md border border-slate-300 bg-white px-4 py-2 text-sm font-medium text-slate-800 hover:bg-slate-100">
+              Open in wallet
+            </a>
+          </div>
           <CopyBlock label="Solana Pay URL" text={deposit.url} />
         </>
       ) : deposit.status === "paid" ? (
         <Notice tone="success">Credited {formatUsdc(deposit.credited_micro)}.</Notice>
       ) : (
         <Notice tone="warning">This request expired unpaid. Create a new one.</Notice>
+      )}
+    </div>
+  );
+}
+
+/** Pay the deposit from a browser wallet: a USDC transfer carrying the deposit's reference. */
+function PayWithWallet({ deposit }: { deposit: Deposit }) {
+  const config = useQuery({ queryKey: ["console-config"], queryFn: () => unwrap(api.GET("/api/v1/public/console")), staleTime: Infinity });
+  const [signature, setSignature] = useState<string | null>(null);
+  const pay = async (wallet: ConsoleWallet) => {
+    const c = config.data ?? (await config.refetch({ throwOnError: true })).data!;
+    const { payDeposit } = await import("@/wallet/wallets");
+    setSignature(await payDeposit(wallet, { rpcUrl: c.solana_rpc_url, decimals: c.usdc_decimals, deposit }));
+  };
+  if (config.data && !config.data.solana_rpc_url) {
+    return <p className="text-sm text-slate-600">Paying from a browser wallet is off on this server: scan the QR code or open the request in your wallet.</p>;
+  }
+  return (
+    <div className="space-y-2">
+      <WalletButton run={pay}>Pay with wallet</WalletButton>
+      {signature && (
+        <div role="status" className="space-y-1 text-sm text-slate-700">
+          <p>Sent. Waiting for the transfer to be final; the balance updates on its own.</p>
+          <CopyBlock label="Transaction signature" text={signature} />
+        </div>
       )}
     </div>
   );

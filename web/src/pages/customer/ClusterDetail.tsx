@@ -179,11 +179,45 @@ function RayAccess({ cluster: c }: { cluster: Cluster }) {
       return (await r.json()) as { ray_version?: string };
     },
   });
+  const open = useMutation({
+    // The tab is opened within the click (so no popup blocker stops it) and sent to the
+    // one-time dashboard URL once the API has issued it.
+    mutationFn: async (tab: Window | null) => {
+      try {
+        const session = await unwrap(api.POST("/api/v1/clusters/{cluster_id}/dashboard-session", { params: { path: { cluster_id: c.id } } }));
+        if (tab) {
+          tab.opener = null;
+          tab.location.href = session.url;
+        }
+        return { url: session.url, opened: tab !== null };
+      } catch (e) {
+        tab?.close();
+        throw e;
+      }
+    },
+  });
   return (
     <Card title="Ray dashboard">
       <p className="mb-2 text-sm text-slate-700">
-        The head's Ray dashboard is reachable through TES AI with your token (an API key from <Link className="underline" to="/app/api-keys">API keys</Link>): use it with plain Ray tooling.
+        Open the head's Ray dashboard in a new tab (a read-only sign-in for this cluster, valid up to an hour), or reach it with your token (an API key from <Link className="underline" to="/app/api-keys">API keys</Link>) using plain Ray tooling.
       </p>
+      <div className="mb-3 flex flex-wrap items-center gap-3">
+        <Button onClick={() => open.mutate(window.open("about:blank", "_blank"))} loading={open.isPending} disabled={c.status !== "running" && c.status !== "degraded"}>
+          Open Ray dashboard<span className="sr-only"> (opens in a new tab)</span>
+        </Button>
+        {open.data && (
+          <span className="text-sm text-slate-700" role="status">
+            {open.data.opened ? (
+              "Opened in a new tab."
+            ) : (
+              <>
+                Your browser blocked the new tab: <a className="underline" href={open.data.url} target="_blank" rel="noopener noreferrer">open the dashboard</a> within a minute.
+              </>
+            )}
+          </span>
+        )}
+        {open.error && <span className="text-sm text-red-800" role="alert">{(open.error as Error).message}</span>}
+      </div>
       <CopyBlock label="Ray job submit command" text={`RAY_JOB_HEADERS='{"Authorization": "Bearer $TESAI_API_KEY"}' \\\n  ray job submit --address ${address} -- python my_job.py`} />
       <div className="mt-3 flex flex-wrap items-center gap-3">
         <Button variant="secondary" onClick={() => check.mutate()} loading={check.isPending} disabled={!LIVE.has(c.status)}>

@@ -12,7 +12,8 @@ import { EmptyState, ErrorState, Notice, QueryView } from "@/components/States";
 import { Table } from "@/components/Table";
 import { idempotencyKey } from "./lib";
 import { fetchEarnings, fetchPayouts, keys } from "./queries";
-import { injectedWallet, linkPayoutWallet } from "./wallet";
+import { WalletButton } from "@/wallet/WalletButton";
+import { linkPayoutWallet } from "./wallet";
 
 type Payout = Schemas["PayoutOut"];
 
@@ -65,14 +66,7 @@ function shortAddress(a: string): string {
 }
 
 function WalletCard({ lastDestination }: { lastDestination?: string }) {
-  const wallet = injectedWallet();
-  const link = useMutation({
-    mutationFn: () => {
-      const w = injectedWallet();
-      if (!w) throw new Error("No Solana wallet found in this browser. Install one (Phantom, Backpack, Solflare) and reload.");
-      return linkPayoutWallet(w);
-    },
-  });
+  const [linked, setLinked] = useState<{ address: string } | null>(null);
   return (
     <Card title="Payout wallet">
       <div className="space-y-3 text-sm text-slate-700">
@@ -80,20 +74,16 @@ function WalletCard({ lastDestination }: { lastDestination?: string }) {
           Payouts go to a wallet you prove you own: your wallet signs a one-time message (no transaction, no fee). Linking a new wallet
           replaces the old one.
         </p>
-        {link.data ? (
+        {linked ? (
           <Notice tone="success">
-            Payout wallet set: <code className="break-all">{link.data.address}</code>
+            Payout wallet set: <code className="break-all">{linked.address}</code>
           </Notice>
         ) : lastDestination ? (
           <p>
             Last payout went to <code className="break-all text-xs">{lastDestination}</code>.
           </p>
         ) : null}
-        {!wallet && <Notice tone="warning">No Solana wallet detected in this browser. Install a wallet extension to link it.</Notice>}
-        <Button onClick={() => link.mutate()} loading={link.isPending} disabled={!wallet}>
-          Link wallet and sign
-        </Button>
-        {link.error && <ErrorState title="Wallet not linked" error={link.error} />}
+        <WalletButton run={async (wallet) => setLinked(await linkPayoutWallet(wallet))}>Link wallet and sign</WalletButton>
       </div>
     </Card>
   );

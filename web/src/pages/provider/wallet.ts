@@ -1,11 +1,6 @@
-/** Prove a payout wallet: the server's challenge, signed by the injected wallet (window.solana). */
+/** Prove a payout wallet: the server's challenge, signed by the chosen wallet (src/wallet). */
 import { api, unwrap } from "@/api/client";
 import type { InjectedWallet } from "@/stores/auth";
-
-export function injectedWallet(): InjectedWallet | null {
-  const w = (globalThis as { solana?: InjectedWallet }).solana;
-  return w && typeof w.signMessage === "function" ? w : null;
-}
 
 /** Connect, fetch the challenge for the wallet's address, sign it, register the wallet. */
 export async function linkPayoutWallet(wallet: InjectedWallet) {
