@@ -322,6 +322,43 @@ async def test_force_terminate_keeps_the_reason_and_is_audited(
     assert r.status_code == 404
 
 
+async def test_admins_list_every_customers_clusters_by_status_and_customer(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    for _ in range(3):
+        await add_device(gpu_model=None, gpus=0)
+    _, admin_headers = await make_user(roles=("admin",))
+    ann, ann_headers = await make_user()
+    bob, bob_headers = await make_user()
+    for user in (ann, bob):
+        await grant(user.id, 100_000_000)
+    first = await rent(client, ann_headers, 1)
+    second = await rent(client, ann_headers, 1)
+    third = await rent(client, bob_headers, 1)
+    r = await client.post(f"/api/v1/clusters/{first}/terminate", headers=ann_headers)
+    assert r.status_code == 200, r.text
+
+    url = "/api/v1/internal/clusters"
+    assert (await client.get(url, headers=ann_headers)).status_code == 403
+    r = await client.get(url, headers=admin_headers)
+    assert r.status_code == 200, r.text
+    assert [c["id"] for c in r.json()] == [str(third), str(second), str(first)]  # newest first
+    assert r.json()[0]["customer_id"] == str(bob.id)
+    r = await client.get(url, params={"customer_id": str(ann.id)}, headers=admin_headers)
+    assert [c["id"] for c in r.json()] == [str(second), str(first)]
+    r = await client.get(url, params={"status": "terminating"}, headers=admin_headers)
+    statuses = {c["id"]: c["status"] for c in r.json()}
+    assert list(statuses) == [str(first)], statuses
+    # Paging: what came before the oldest of a page of two.
+    page = (await client.get(url, params={"limit": 2}, headers=admin_headers)).json()
+    r = await client.get(url, params={"before": page[-1]["created_at"]}, headers=admin_headers)
+    assert [c["id"] for c in r.json()] == [str(first)]
+    for bad in ({"status": "sleeping"}, {"limit": 0}, {"limit": 201}, {"customer_id": "x"}):
+        r = await client.get(url, params=bad, headers=admin_headers)
+        assert r.status_code in (400, 422), (bad, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+
+
 async def test_incident_timelines_of_a_cluster_and_its_failed_device(
     client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
 ) -> None:

@@ -106,6 +106,7 @@ async def test_admin_pages_through_the_console(
     # --- Clusters: the lookup page, and an unknown id is reported, not a blank page.
     await page.get_by_role("link", name="Clusters", exact=True).click()
     await expect(page.get_by_text("No cluster selected")).to_be_visible()
+    await expect(page.get_by_text("No clusters match")).to_be_visible()  # nobody rented yet
     await axe_check(page, "admin clusters")
     await page.get_by_label("Cluster id").fill("not-an-id")
     await expect(page.get_by_role("button", name="Look up")).to_be_disabled()

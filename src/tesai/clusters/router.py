@@ -34,9 +34,10 @@ from tesai.auth.tokens import runtime_signing_key
 from tesai.clusters import dashboard, ray_api, service
 from tesai.clusters import offers as offers_service
 from tesai.clusters.errors import ClusterNotReady
-from tesai.clusters.models import Cluster, Job, JobStatus, Quote
+from tesai.clusters.models import Cluster, ClusterStatus, Job, JobStatus, Quote
 from tesai.clusters.pool import pool_cache
 from tesai.clusters.schemas import (
+    AdminClusterOut,
     ClusterDetail,
     ClusterEventOut,
     ClusterOut,
@@ -168,6 +169,28 @@ async def terminate_cluster(
     cluster = await service.get_cluster(session, user.id, cluster_id, lock=True)
     await service.terminate_cluster(session, cluster)
     return _cluster_out(runtime, cluster)
+
+
+@router.get("/internal/clusters", tags=["internal"])
+async def admin_list_clusters(
+    admin: AdminUser,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    status: ClusterStatus | None = None,
+    customer_id: uuid.UUID | None = None,
+    before: Annotated[
+        datetime | None, Query(description="Page: clusters created before this instant")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[AdminClusterOut]:
+    """Admin: every customer's clusters, newest first, by status and customer."""
+    clusters = await service.all_clusters(
+        session, status=status, customer_id=customer_id, before=before, limit=limit
+    )
+    return [
+        AdminClusterOut(**_cluster_out(runtime, c).model_dump(), customer_id=c.customer_id)
+        for c in clusters
+    ]
 
 
 @router.post("/internal/clusters/{cluster_id}/terminate", tags=["internal"])

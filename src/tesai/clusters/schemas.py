@@ -156,6 +156,10 @@ class ClusterOut(BaseModel):
     """Address for `ray job submit --address` (through the control plane's proxy)."""
 
 
+class AdminClusterOut(ClusterOut):
+    customer_id: uuid.UUID
+
+
 class ClusterDetail(ClusterOut):
     nodes: list[NodeOut]
     events: list[ClusterEventOut]

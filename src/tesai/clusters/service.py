@@ -453,6 +453,25 @@ async def list_clusters(session: AsyncSession, customer_id: uuid.UUID) -> list[C
     return list(rows.scalars())
 
 
+async def all_clusters(
+    session: AsyncSession,
+    *,
+    status: ClusterStatus | None = None,
+    customer_id: uuid.UUID | None = None,
+    before: datetime | None = None,
+    limit: int = 50,
+) -> list[Cluster]:
+    """Every customer's clusters, newest first (admin); ``before`` pages by ``created_at``."""
+    query = select(Cluster).order_by(Cluster.created_at.desc(), Cluster.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Cluster.status == status)
+    if customer_id is not None:
+        query = query.where(Cluster.customer_id == customer_id)
+    if before is not None:
+        query = query.where(Cluster.created_at < before)
+    return list((await session.execute(query)).scalars())
+
+
 async def nodes_of(session: AsyncSession, cluster_id: uuid.UUID) -> list[ClusterNode]:
     rows = await session.execute(
         select(ClusterNode)

@@ -782,6 +782,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/internal/clusters": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Admin List Clusters
+         * @description Admin: every customer's clusters, newest first, by status and customer.
+         */
+        get: operations["admin_list_clusters_api_v1_internal_clusters_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/internal/clusters/{cluster_id}/terminate": {
         parameters: {
             query?: never;
@@ -1623,6 +1643,56 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** AdminClusterOut */
+        AdminClusterOut: {
+            /** Budget Micro */
+            budget_micro: number | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Customer Id
+             * Format: uuid
+             */
+            customer_id: string;
+            /** Duration S */
+            duration_s: number;
+            /** Ends At */
+            ends_at: string | null;
+            /** Gpu Model */
+            gpu_model: string | null;
+            /** Gpus */
+            gpus: number;
+            /** Hold Micro */
+            hold_micro: number;
+            /** Hourly Price Micro */
+            hourly_price_micro: number;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Max Gpus */
+            max_gpus: number | null;
+            /** Min Gpus */
+            min_gpus: number | null;
+            /** Name */
+            name: string;
+            /** Ray Address */
+            ray_address?: string | null;
+            /** Ray Version */
+            ray_version: string;
+            /** Running At */
+            running_at: string | null;
+            /** Status */
+            status: string;
+            /** Status Reason */
+            status_reason: string | null;
+            /** Terminated At */
+            terminated_at: string | null;
+        };
         /** ApiKeyCreate */
         ApiKeyCreate: {
             /**
@@ -1917,6 +1987,11 @@ export interface components {
             /** Regions */
             regions?: string[];
         };
+        /**
+         * ClusterStatus
+         * @enum {string}
+         */
+        ClusterStatus: "pending" | "provisioning" | "running" | "degraded" | "terminating" | "terminated" | "failed";
         /** Command */
         Command: {
             /** Args */
@@ -4731,6 +4806,41 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AuditPage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    admin_list_clusters_api_v1_internal_clusters_get: {
+        parameters: {
+            query?: {
+                status?: components["schemas"]["ClusterStatus"] | null;
+                customer_id?: string | null;
+                /** @description Page: clusters created before this instant */
+                before?: string | null;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminClusterOut"][];
                 };
             };
             /** @description Validation Error */

@@ -4,7 +4,7 @@ import { useSearchParams } from "react-router";
 import { api, unwrap, type Schemas } from "@/api/client";
 import { Button } from "@/components/Button";
 import { Card, PageHeader, Stat } from "@/components/Card";
-import { TextField } from "@/components/Field";
+import { SelectField, TextField } from "@/components/Field";
 import { formatDateTime, formatDuration, shortId } from "@/components/format";
 import { formatUsdc } from "@/components/money";
 import { StatusBadge } from "@/components/StatusBadge";
@@ -12,6 +12,8 @@ import { EmptyState, ErrorState, Notice, QueryView } from "@/components/States";
 import { Table } from "@/components/Table";
 
 type Incident = Schemas["Incident"];
+type AdminCluster = Schemas["AdminClusterOut"];
+const STATUSES = ["pending", "provisioning", "running", "degraded", "terminating", "terminated", "failed"] as const;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const TERMINAL = new Set(["terminated", "failed", "expired", "terminating"]);
 
@@ -26,7 +28,7 @@ export default function AdminClusters() {
   };
   return (
     <div className="space-y-6">
-      <PageHeader title="Clusters" description="Look up a cluster by id (from a support request, the audit log or analytics), see its incidents, and force-terminate it." />
+      <PageHeader title="Clusters" description="Every customer's clusters by status; pick one (or paste its id from a support request or the audit log) to see its incidents and force-terminate it." />
       <Card>
         <form onSubmit={submit} role="search" aria-label="Find a cluster" className="flex flex-col gap-2 sm:flex-row sm:items-end">
           <div className="flex-1">
@@ -40,9 +42,86 @@ export default function AdminClusters() {
       {clusterId ? (
         <ClusterPanel key={clusterId} clusterId={clusterId} />
       ) : (
-        <EmptyState title="No cluster selected">Paste a cluster id above to see its state and incidents.</EmptyState>
+        <EmptyState title="No cluster selected">Pick a cluster below or paste its id above to see its state and incidents.</EmptyState>
       )}
+      <ClusterList
+        onPick={(id) => {
+          setText(id);
+          setParams({ id });
+        }}
+      />
     </div>
+  );
+}
+
+/** Every customer's clusters, newest first, by status; pages by creation time. */
+function ClusterList({ onPick }: { onPick: (id: string) => void }) {
+  const [status, setStatus] = useState("");
+  const [cursors, setCursors] = useState<(string | null)[]>([null]);
+  const before = cursors[cursors.length - 1];
+  const query = { limit: 25, ...(status ? { status: status as (typeof STATUSES)[number] } : {}), ...(before ? { before } : {}) };
+  const list = useQuery({
+    queryKey: ["admin", "clusters", query],
+    queryFn: () => unwrap(api.GET("/api/v1/internal/clusters", { params: { query } })),
+    refetchInterval: 10000,
+  });
+  return (
+    <Card title="All clusters">
+      <div className="mb-3 max-w-xs">
+        <SelectField
+          label="Status"
+          value={status}
+          onChange={(e) => {
+            setStatus(e.target.value);
+            setCursors([null]);
+          }}
+        >
+          <option value="">Any status</option>
+          {STATUSES.map((s) => (
+            <option key={s} value={s}>
+              {s}
+            </option>
+          ))}
+        </SelectField>
+      </div>
+      <QueryView query={list} loadingLabel="Loading clusters…">
+        {(rows) => (
+          <div className="space-y-3">
+            <Table<AdminCluster>
+              caption="Clusters of every customer, newest first"
+              rows={rows}
+              rowKey={(c) => c.id}
+              empty={<EmptyState title="No clusters match">Try another status.</EmptyState>}
+              columns={[
+                {
+                  key: "name",
+                  header: "Cluster",
+                  render: (c) => (
+                    <button type="button" className="text-brand-700 underline" onClick={() => onPick(c.id)}>
+                      {c.name}
+                      <span className="sr-only"> ({c.id})</span>
+                    </button>
+                  ),
+                },
+                { key: "status", header: "Status", render: (c) => <StatusBadge status={c.status} title={c.status_reason ?? undefined} /> },
+                { key: "customer", header: "Customer", render: (c) => <code className="text-xs">{shortId(c.customer_id)}</code> },
+                { key: "gpus", header: "GPUs", render: (c) => (c.gpus ? `${c.gpus} × ${c.gpu_model ?? "GPU"}` : "CPU") },
+                { key: "price", header: "Per hour", render: (c) => formatUsdc(c.hourly_price_micro) },
+                { key: "created", header: "Created", render: (c) => formatDateTime(c.created_at) },
+              ]}
+            />
+            <nav aria-label="Cluster pages" className="flex items-center justify-between gap-2">
+              <Button variant="secondary" onClick={() => setCursors(cursors.slice(0, -1))} disabled={cursors.length <= 1}>
+                Newer
+              </Button>
+              <Button variant="secondary" onClick={() => setCursors([...cursors, rows[rows.length - 1].created_at])} disabled={rows.length < query.limit}>
+                Older
+              </Button>
+            </nav>
+          </div>
+        )}
+      </QueryView>
+    </Card>
   );
 }
 
