@@ -15,7 +15,10 @@ from tesai.settings import Settings, get_settings
 console = Console()
 err = Console(stderr=True)
 
-admin_app = typer.Typer(help="Administer this installation (works on the database directly).")
+admin_app = typer.Typer(
+    help="Administer this installation: create-user works on the database directly; the "
+    "operations commands go through the API as a signed-in admin."
+)
 
 ROLE_CHOICES = ("customer", "provider", "admin")
 
