@@ -133,6 +133,38 @@ async def test_admin_lists_disables_and_reverifies(
     assert events[0]["reason"] == "disabled_by_admin"
 
 
+async def test_a_device_an_admin_disabled_comes_back_only_by_an_admin(
+    pool: Pool, client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    joined = await _online(pool, client)
+    _, admin = await make_user(roles=("admin",))
+    device = f"/api/v1/provider/devices/{joined.device_id}"
+    internal = f"/api/v1/internal/devices/{joined.device_id}"
+    r = await client.post(f"{internal}/disable", headers=admin)
+    assert r.json()["status"] == "disabled"
+    # Its provider cannot undo an admin's decision, and nothing changes when it tries.
+    r = await client.post(f"{device}/enable", headers=pool.provider)
+    assert r.status_code == 403, r.text
+    assert r.json()["code"] == "disabled_by_admin"
+    assert (await client.get(device, headers=pool.provider)).json()["device"]["status"] == (
+        "disabled"
+    )
+    assert (await client.post(f"{internal}/enable", headers=pool.provider)).status_code == 403
+    # An admin can; the device is verified and heartbeating, so it is back online.
+    r = await client.post(f"{internal}/enable", headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "online"
+    events = (await client.get(f"{device}/events", headers=pool.provider)).json()
+    assert events[0]["reason"] == "enabled_by_admin"
+    # Enabling what is not disabled is a conflict, not a change.
+    r = await client.post(f"{internal}/enable", headers=admin)
+    assert r.status_code == 409
+    # What its provider disabled, its provider enables.
+    assert (await client.post(f"{device}/disable", headers=pool.provider)).status_code == 200
+    r = await client.post(f"{device}/enable", headers=pool.provider)
+    assert r.status_code == 200, r.text
+
+
 async def test_rejected_device_can_be_verified_again(pool: Pool, client: httpx.AsyncClient) -> None:
     joined = await pool.joined(hardware(cores=2))
     assert joined.verify_args is not None

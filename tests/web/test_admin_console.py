@@ -93,6 +93,9 @@ async def test_admin_pages_through_the_console(
     await page.get_by_role("button", name="Disable rig-a").click()
     await page.get_by_role("button", name="Disable", exact=True).click()
     await expect(status_of(page, "rig-a")).to_have_attribute("data-status", "disabled")
+    await page.get_by_role("button", name="Enable rig-a").click()
+    # Never joined (no agent yet): back to waiting for its agent.
+    await expect(status_of(page, "rig-a")).to_have_attribute("data-status", "pending")
     await page.get_by_role("button", name="Drain rig-b").click()
     await page.get_by_label("Reason for draining rig-b").fill("disk swap")
     await axe_check(page, "admin devices (drain form)")

@@ -19,7 +19,7 @@ InvalidInput (422)
 
 from __future__ import annotations
 
-from tesai.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from tesai.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 
 
 class DeviceTokenInvalid(Unauthorized):
@@ -56,6 +56,10 @@ class DeviceBusy(Conflict):
 
 class StatusConflict(Conflict):
     code = "device_status_conflict"
+
+
+class DisabledByAdmin(Forbidden):
+    code = "disabled_by_admin"
 
 
 class ChallengeClosed(Conflict):

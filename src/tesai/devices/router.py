@@ -207,6 +207,15 @@ async def admin_disable_device(device: AdminDeviceForUpdate, session: SessionDep
     return DeviceOut.model_validate(device)
 
 
+@admin_router.post("/{device_id}/enable")
+async def admin_enable_device(
+    device: AdminDeviceForUpdate, session: SessionDep, runtime: RuntimeDep
+) -> DeviceOut:
+    """Put a disabled device back into the pool, whoever disabled it."""
+    await service.enable_device(session, runtime.cache, runtime.settings, device, by_admin=True)
+    return DeviceOut.model_validate(device)
+
+
 @admin_router.post("/{device_id}/verify", status_code=status.HTTP_202_ACCEPTED)
 async def admin_verify_device(
     device: AdminDeviceForUpdate, session: SessionDep, runtime: RuntimeDep

@@ -20,7 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.db import after_commit
 from tesai.devices import keys
-from tesai.devices.errors import DeviceBusy, DeviceNotFound, PriceOutOfBounds, StatusConflict
+from tesai.devices.errors import (
+    DeviceBusy,
+    DeviceNotFound,
+    DisabledByAdmin,
+    PriceOutOfBounds,
+    StatusConflict,
+)
 from tesai.devices.models import (
     Device,
     DeviceCommand,
@@ -198,24 +204,33 @@ async def disable_device(session: AsyncSession, device: Device, *, by_admin: boo
 
 
 async def enable_device(
-    session: AsyncSession, cache: Cache, settings: Settings, device: Device
+    session: AsyncSession,
+    cache: Cache,
+    settings: Settings,
+    device: Device,
+    *,
+    by_admin: bool = False,
 ) -> None:
-    """Put a disabled device back: listed if it is verified and heartbeating, else waiting."""
+    """Put a disabled device back: listed if it is verified and heartbeating, else waiting.
+    A device an admin disabled comes back only by an admin (403 for its provider)."""
     if device.status is not DeviceStatus.disabled:
         raise StatusConflict(f"Device is {device.status.value}, not disabled")
+    if device.status_reason == "disabled_by_admin" and not by_admin:
+        raise DisabledByAdmin("An admin disabled this device; only an admin can enable it again")
+    reason = "enabled_by_admin" if by_admin else "enabled_by_provider"
     live = await is_live(cache, settings, device.id)
     if device.agent_version is None:
-        record_transition(session, device, DeviceStatus.pending, "enabled_by_provider")
+        record_transition(session, device, DeviceStatus.pending, reason)
     elif not live:
-        record_transition(
-            session, device, DeviceStatus.offline, "enabled_by_provider", "Waiting for heartbeats."
-        )
+        record_transition(session, device, DeviceStatus.offline, reason, "Waiting for heartbeats.")
         after_commit(session, lambda: _set_offline_flags(cache, [device.id]))
     elif device.verified_at is not None:
-        record_transition(session, device, DeviceStatus.online, "enabled_by_provider")
+        record_transition(session, device, DeviceStatus.online, reason)
     else:
-        record_transition(session, device, DeviceStatus.verifying, "enabled_by_provider")
-        await issue_challenge(session, cache, settings, device, trigger="provider")
+        record_transition(session, device, DeviceStatus.verifying, reason)
+        await issue_challenge(
+            session, cache, settings, device, trigger="admin" if by_admin else "provider"
+        )
     await session.flush()
 
 

@@ -49,6 +49,7 @@ REASONS: Final[dict[str, str]] = {
     "disabled_by_provider": "The provider disabled the device.",
     "disabled_by_admin": "An admin disabled the device.",
     "enabled_by_provider": "The provider enabled the device again.",
+    "enabled_by_admin": "An admin enabled the device again.",
     "rented": "The device was placed in a customer's cluster.",
     "released": "The device was released from a cluster.",
     "credential_revoked": "The device credential was revoked; the agent must join again.",

@@ -902,6 +902,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/internal/devices/{device_id}/enable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Admin Enable Device
+         * @description Put a disabled device back into the pool, whoever disabled it.
+         */
+        post: operations["admin_enable_device_api_v1_internal_devices__device_id__enable_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/internal/devices/{device_id}/verify": {
         parameters: {
             query?: never;
@@ -4977,6 +4997,37 @@ export interface operations {
         };
     };
     admin_disable_device_api_v1_internal_devices__device_id__disable_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                device_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    admin_enable_device_api_v1_internal_devices__device_id__enable_post: {
         parameters: {
             query?: never;
             header?: never;

@@ -103,7 +103,7 @@ export default function AdminDevices() {
   );
 }
 
-/** Disable, verify, drain / undrain one device; drain and disable ask for a reason. */
+/** Disable / enable, verify, drain / undrain one device; drain and disable ask first. */
 export function DeviceActions({ device }: { device: Device }) {
   const queryClient = useQueryClient();
   const [asking, setAsking] = useState<"drain" | "disable" | null>(null);
@@ -115,10 +115,12 @@ export function DeviceActions({ device }: { device: Device }) {
     void queryClient.invalidateQueries({ queryKey: ["admin", "devices"] });
   };
   const action = useMutation({
-    mutationFn: async (kind: "disable" | "verify" | "drain" | "undrain") => {
+    mutationFn: async (kind: "disable" | "enable" | "verify" | "drain" | "undrain") => {
       switch (kind) {
         case "disable":
           return unwrap(api.POST("/api/v1/internal/devices/{device_id}/disable", path));
+        case "enable":
+          return unwrap(api.POST("/api/v1/internal/devices/{device_id}/enable", path));
         case "verify":
           return unwrap(api.POST("/api/v1/internal/devices/{device_id}/verify", path));
         case "drain":
@@ -158,9 +160,13 @@ export function DeviceActions({ device }: { device: Device }) {
   return (
     <div className="flex flex-col gap-1">
       <div className="flex flex-wrap gap-1">
-        {device.status !== "disabled" && (
+        {device.status !== "disabled" ? (
           <Button variant="secondary" className="px-2 py-1" onClick={() => setAsking("disable")} aria-label={`Disable ${name}`}>
             Disable
+          </Button>
+        ) : (
+          <Button variant="secondary" className="px-2 py-1" onClick={() => action.mutate("enable")} loading={action.isPending} aria-label={`Enable ${name}`}>
+            Enable
           </Button>
         )}
         {draining ? (
