@@ -147,13 +147,15 @@ async def test_access_token_expires(
     client: httpx.AsyncClient, settings: Settings, runtime: Runtime, make_user: MakeUser
 ) -> None:
     """A token issued with the configured TTL stops working after it."""
-    settings.access_token_ttl_s = 1
+    # ``exp`` is whole seconds from a truncated ``iat``: a 3 s TTL lives more than 2 s, so the
+    # first call is inside it even on a loaded machine (1 s could be over in milliseconds).
+    settings.access_token_ttl_s = 3
     try:
         _, headers = await make_user()
     finally:
         settings.access_token_ttl_s = 900
     assert (await client.get("/api/v1/auth/me", headers=headers)).status_code == 200
-    await asyncio.sleep(2.1)
+    await asyncio.sleep(3.2)
     r = await client.get("/api/v1/auth/me", headers=headers)
     assert r.status_code == 401
     assert "expired" in r.json()["detail"]
