@@ -194,8 +194,7 @@ class SecurityHeadersMiddleware:
         self.docs_headers = security_headers(settings, DOCS_CSP)
         # Ray's own dashboard UI on its isolated origin: framing refused, nothing of ours
         # to protect there beyond that (see DashboardOriginMiddleware).
-        origin = settings.dashboard_origin
-        self.dashboard_host = origin.split("://", 1)[1].encode() if origin else None
+        self.dashboard_host = (settings.dashboard_host or "").encode()
         self.dashboard_headers = security_headers(settings, "frame-ancestors 'none'")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -231,12 +230,11 @@ class DashboardOriginMiddleware:
 
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
-        origin = settings.dashboard_origin
-        self.host = origin.split("://", 1)[1].encode() if origin else None
+        self.host = (settings.dashboard_host or "").encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
-            self.host is None
+            not self.host
             or scope["type"] != "http"
             or RAY_PROXY_PATH.match(scope["path"])
             or _host(scope) != self.host

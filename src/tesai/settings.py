@@ -260,6 +260,12 @@ class Settings(BaseSettings):
         return self.database_url is None
 
     @property
+    def dashboard_host(self) -> str | None:
+        """The ``Host`` header of requests on the dashboard origin (``host[:port]``)."""
+        origin = self.dashboard_origin
+        return origin.split("://", 1)[1] if origin else None
+
+    @property
     def public_solana_rpc_url(self) -> str:
         """The RPC browsers may call: ``solana_public_rpc_url``, else ``solana_rpc_url`` only
         when it is one of Solana's public endpoints or this machine (a provider's URL often

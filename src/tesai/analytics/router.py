@@ -7,15 +7,16 @@ and ``format`` (``json``, ``csv`` or ``parquet``; files come as attachments).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from tesai.analytics import service
 from tesai.analytics.export import Export
 from tesai.analytics.schemas import Format, Grain, ReportInfo, ReportOut
-from tesai.auth.deps import AdminUser
+from tesai.auth.deps import AdminUser, require_role
 from tesai.db import SessionDep
 
 admin_router = APIRouter(prefix="/internal/analytics", tags=["internal: analytics"])
@@ -44,25 +45,37 @@ async def list_admin_reports(admin: AdminUser) -> list[ReportInfo]:
     return service.list_reports(public=False)
 
 
-@admin_router.get("/{name}", response_model=ReportOut)
-async def admin_report(
-    name: NamePath,
-    admin: AdminUser,
-    session: SessionDep,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    grain: Grain | None = None,
-    gpu_model: ModelQuery = None,
-    region: RegionQuery = None,
-    limit: LimitQuery = None,
-    fmt: FormatQuery = "json",
-) -> ReportOut | Response:
-    """A report from the hourly/daily rollups (JSON, or CSV/Parquet with ``format``)."""
-    result = await service.report(
-        session, name, public=False, fmt=fmt, since=since, until=until, grain=grain,
-        gpu_model=gpu_model, region=region, limit=limit,
-    )  # fmt: skip
-    return _respond(result)
+def _report_endpoint(*, public: bool) -> Callable[..., Awaitable[ReportOut | Response]]:
+    """``GET …/{name}``: the same parameters and answer for admins and for everyone; a
+    public caller reaches public reports only."""
+
+    async def report(
+        name: NamePath,
+        session: SessionDep,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        grain: Grain | None = None,
+        gpu_model: ModelQuery = None,
+        region: RegionQuery = None,
+        limit: LimitQuery = None,
+        fmt: FormatQuery = "json",
+    ) -> ReportOut | Response:
+        result = await service.report(
+            session, name, public=public, fmt=fmt, since=since, until=until, grain=grain,
+            gpu_model=gpu_model, region=region, limit=limit,
+        )  # fmt: skip
+        return _respond(result)
+
+    return report
+
+
+admin_router.get(
+    "/{name}",
+    response_model=ReportOut,
+    dependencies=[Depends(require_role("admin"))],
+    description="A report from the hourly/daily rollups (JSON, or CSV/Parquet with ``format``).",
+    name="admin_report",
+)(_report_endpoint(public=False))
 
 
 @public_router.get("")
@@ -71,24 +84,12 @@ async def list_public_reports() -> list[ReportInfo]:
     return service.list_reports(public=True)
 
 
-@public_router.get("/{name}", response_model=ReportOut)
-async def public_report(
-    name: NamePath,
-    session: SessionDep,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    grain: Grain | None = None,
-    gpu_model: ModelQuery = None,
-    region: RegionQuery = None,
-    limit: LimitQuery = None,
-    fmt: FormatQuery = "json",
-) -> ReportOut | Response:
-    """A public report (supply and demand, utilisation, price index, cluster outcomes)."""
-    result = await service.report(
-        session, name, public=True, fmt=fmt, since=since, until=until, grain=grain,
-        gpu_model=gpu_model, region=region, limit=limit,
-    )  # fmt: skip
-    return _respond(result)
+public_router.get(
+    "/{name}",
+    response_model=ReportOut,
+    description="A public report (supply and demand, utilisation, price index, cluster outcomes).",
+    name="public_report",
+)(_report_endpoint(public=True))
 
 
 router = APIRouter()

@@ -59,8 +59,7 @@ class DashboardOriginNotConfigured(Conflict):
 
 def on_dashboard_origin(settings: Settings, host: str | None) -> bool:
     """Whether a request's ``Host`` header is the dashboard origin's."""
-    origin = settings.dashboard_origin
-    return origin is not None and host is not None and origin.split("://", 1)[1] == host.lower()
+    return host is not None and settings.dashboard_host == host.lower()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ export const fetchAudit = (query: AuditQuery) => unwrap(api.GET("/api/v1/interna
 export default function Audit() {
   const [draft, setDraft] = useState<AuditFilters>(EMPTY_AUDIT_FILTERS);
   const [applied, setApplied] = useState<AuditFilters>(EMPTY_AUDIT_FILTERS);
-  const [pager, setPager] = useState(firstPage);
+  const [pager, setPager] = useState(firstPage<number>);
   const errors = auditFilterErrors(draft);
   const query = buildAuditQuery(applied, currentCursor(pager));
   const result = useQuery({ queryKey: ["admin", "audit", query], queryFn: () => fetchAudit(query), placeholderData: keepPreviousData });

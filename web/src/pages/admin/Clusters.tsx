@@ -10,6 +10,7 @@ import { formatUsdc } from "@/components/money";
 import { StatusBadge } from "@/components/StatusBadge";
 import { EmptyState, ErrorState, Notice, QueryView } from "@/components/States";
 import { Table } from "@/components/Table";
+import { currentCursor, firstPage, nextPage, previousPage } from "./lib";
 
 type Incident = Schemas["Incident"];
 type AdminCluster = Schemas["AdminClusterOut"];
@@ -57,8 +58,8 @@ export default function AdminClusters() {
 /** Every customer's clusters, newest first, by status; pages by creation time. */
 function ClusterList({ onPick }: { onPick: (id: string) => void }) {
   const [status, setStatus] = useState("");
-  const [cursors, setCursors] = useState<(string | null)[]>([null]);
-  const before = cursors[cursors.length - 1];
+  const [pager, setPager] = useState(firstPage<string>);
+  const before = currentCursor(pager);
   const query = { limit: 25, ...(status ? { status: status as (typeof STATUSES)[number] } : {}), ...(before ? { before } : {}) };
   const list = useQuery({
     queryKey: ["admin", "clusters", query],
@@ -73,7 +74,7 @@ function ClusterList({ onPick }: { onPick: (id: string) => void }) {
           value={status}
           onChange={(e) => {
             setStatus(e.target.value);
-            setCursors([null]);
+            setPager(firstPage<string>());
           }}
         >
           <option value="">Any status</option>
@@ -111,10 +112,10 @@ function ClusterList({ onPick }: { onPick: (id: string) => void }) {
               ]}
             />
             <nav aria-label="Cluster pages" className="flex items-center justify-between gap-2">
-              <Button variant="secondary" onClick={() => setCursors(cursors.slice(0, -1))} disabled={cursors.length <= 1}>
+              <Button variant="secondary" onClick={() => setPager(previousPage(pager))} disabled={pager.cursors.length <= 1}>
                 Newer
               </Button>
-              <Button variant="secondary" onClick={() => setCursors([...cursors, rows[rows.length - 1].created_at])} disabled={rows.length < query.limit}>
+              <Button variant="secondary" onClick={() => setPager(nextPage(pager, rows[rows.length - 1].created_at))} disabled={rows.length < query.limit}>
                 Older
               </Button>
             </nav>

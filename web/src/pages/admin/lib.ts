@@ -57,14 +57,14 @@ export function buildAuditQuery(f: AuditFilters, beforeId: number | null, limit 
  * Keyset paging over newest-first pages: `cursors[i]` is the `before_id` of page i
  * (null for the first page). Next pushes the page's `next_before_id`; previous pops.
  */
-export interface Pager {
-  cursors: (number | null)[];
+export interface Pager<C = number> {
+  cursors: (C | null)[];
 }
 
-export const firstPage = (): Pager => ({ cursors: [null] });
-export const currentCursor = (p: Pager): number | null => p.cursors[p.cursors.length - 1];
-export const nextPage = (p: Pager, nextBeforeId: number): Pager => ({ cursors: [...p.cursors, nextBeforeId] });
-export const previousPage = (p: Pager): Pager => (p.cursors.length > 1 ? { cursors: p.cursors.slice(0, -1) } : p);
+export const firstPage = <C = number>(): Pager<C> => ({ cursors: [null] });
+export const currentCursor = <C>(p: Pager<C>): C | null => p.cursors[p.cursors.length - 1];
+export const nextPage = <C>(p: Pager<C>, next: C): Pager<C> => ({ cursors: [...p.cursors, next] });
+export const previousPage = <C>(p: Pager<C>): Pager<C> => (p.cursors.length > 1 ? { cursors: p.cursors.slice(0, -1) } : p);
 
 /**
  * Roles after toggling one, in `ROLES` order (unknown names dropped). Never empty, as the
