@@ -21,6 +21,9 @@ async def install_database_extras(conn: AsyncConnection) -> None:
 # The database, not only Python, keeps the ledger sound:
 # - balances follow postings (statement trigger over the inserted rows, one UPDATE per
 #   statement) and may not be written any other way;
+# - a posting names an existing account and a ledger transaction of its own database
+#   transaction: checked once per statement by the same trigger (instead of a foreign-key
+#   lookup per row), and accounts, like transactions, are never deleted;
 # - accounts without allow_negative never go below zero (CHECK on ledger_accounts);
 # - every ledger transaction's postings sum to zero at commit (deferred constraint trigger,
 #   one check per ledger transaction), and postings may only be added in the database
@@ -37,6 +40,11 @@ END $$
     "DROP TRIGGER IF EXISTS ledger_postings_append_only ON ledger_postings",
     """
 CREATE TRIGGER ledger_postings_append_only BEFORE UPDATE OR DELETE ON ledger_postings
+FOR EACH ROW EXECUTE FUNCTION ledger_reject_change()
+""",
+    "DROP TRIGGER IF EXISTS ledger_accounts_kept ON ledger_accounts",
+    """
+CREATE TRIGGER ledger_accounts_kept BEFORE DELETE ON ledger_accounts
 FOR EACH ROW EXECUTE FUNCTION ledger_reject_change()
 """,
     "DROP TRIGGER IF EXISTS ledger_transactions_append_only ON ledger_transactions",
@@ -58,17 +66,27 @@ FOR EACH ROW EXECUTE FUNCTION ledger_stamp_xact()
 """,
     """
 CREATE OR REPLACE FUNCTION ledger_apply_postings() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE accounts bigint; applied bigint;
 BEGIN
   IF EXISTS (
-    SELECT 1 FROM new_postings p JOIN ledger_transactions t ON t.id = p.transaction_id
+    SELECT 1 FROM (SELECT DISTINCT transaction_id FROM new_postings) p
+    LEFT JOIN ledger_transactions t ON t.id = p.transaction_id
     WHERE t.db_xact IS DISTINCT FROM txid_current()
   ) THEN
     RAISE EXCEPTION 'postings may only be added with their own ledger transaction'
       USING ERRCODE = '23514';
   END IF;
-  UPDATE ledger_accounts a SET balance = a.balance + d.total
-  FROM (SELECT account_id, sum(amount) AS total FROM new_postings GROUP BY account_id) d
-  WHERE a.id = d.account_id;
+  WITH d AS (
+    SELECT account_id, sum(amount) AS total FROM new_postings GROUP BY account_id
+  ), u AS (
+    UPDATE ledger_accounts a SET balance = a.balance + d.total FROM d
+    WHERE a.id = d.account_id RETURNING 1
+  )
+  SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM u) INTO accounts, applied;
+  IF applied <> accounts THEN
+    RAISE EXCEPTION 'a posting names a ledger account that does not exist'
+      USING ERRCODE = '23503';
+  END IF;
   RETURN NULL;
 END $$
 """,
@@ -125,12 +143,12 @@ FOR EACH ROW EXECUTE FUNCTION ledger_check_balanced()
 """,
 ]
 
-# Metering rewrites every running node's meter and adds a bucket per node each tick: room
-# on each page lets those updates be HOT (no index writes).
+# The metering tick rewrites every running node's meter and the balance of every hold and
+# provider it settles: room on each page lets those updates be HOT (no index writes).
+# Buckets are written once, so their pages are filled.
 EXTRA_DDL += [
     "ALTER TABLE billing_node_meters SET (fillfactor = 50)",
-    "ALTER TABLE usage_buckets SET (fillfactor = 80)",
-    "ALTER TABLE ledger_accounts SET (fillfactor = 70)",
+    "ALTER TABLE ledger_accounts SET (fillfactor = 50)",
 ]
 
 # --- placement pool (tesai.clusters.pool) -----------------------------------------------

@@ -216,9 +216,14 @@ class Settings(BaseSettings):
     provisioning_deadline_s: int = 300
     """A cluster not running this long after creation fails and its hold is released."""
     cluster_reconcile_interval_s: float = 1.0
-    """How often the cluster reconciler runs (node joins, health, replacements, metering)."""
+    """How often the cluster reconciler runs (node joins, health, replacements, budgets)."""
+    metering_interval_s: float = 10.0
+    """How often the metering tick accrues every running node's healthy seconds and settles
+    the minutes that closed. A node is billed for a tick's interval when its device
+    heartbeat is fresh at the tick, so this is also the grain of unbilled downtime."""
     settle_interval_s: float = 60.0
-    """Usage is settled from the hold to providers at least this often."""
+    """How often the sweep settles usage the tick could not (a node's last minute at its
+    stop, a hold that could not pay) and stops clusters whose hold is exhausted."""
     max_replacements_per_hour: int = 5
     """Cap on node replacements per cluster per hour (no recovery storms)."""
     flap_exclusion_s: int = 900

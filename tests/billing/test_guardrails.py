@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from tesai.billing import guardrails, ledger
 from tesai.billing import service as billing
-from tesai.billing.models import NodeMeter, SpendCap
+from tesai.billing.models import SpendCap
 from tesai.billing.tasks import spend_guardrails
 from tesai.clusters.models import Cluster, ClusterEvent, ClusterStatus
 from tesai.clusters.reconcile import reconcile
@@ -23,7 +23,7 @@ from tesai.kit.time import utcnow
 from tesai.notifications.models import Notification
 from tesai.runtime import Runtime
 from tests.clusters import conftest as cluster_fixtures
-from tests.clusters.test_reconcile import bring_up, cluster_row
+from tests.clusters.test_reconcile import bring_up, cluster_row, meter
 from tests.fixtures.auth import MakeUser
 
 add_device = cluster_fixtures.add_device
@@ -77,11 +77,9 @@ async def _running_cluster(
 
 
 async def _meter(runtime: Runtime, seconds: int) -> None:
-    """Let ``seconds`` of healthy time pass for every node and have the reconciler meter it."""
-    async with runtime.sessionmaker.begin() as s:
-        await s.execute(
-            update(NodeMeter).values(metered_until=utcnow() - timedelta(seconds=seconds))
-        )
+    """Let ``seconds`` of healthy time pass for every node: the metering tick bills it, then
+    the reconciler checks the budgets."""
+    await meter(runtime, seconds)
     await reconcile(runtime.task_context)
 
 
@@ -121,7 +119,7 @@ async def test_budget_warnings_at_80_and_95_are_stored_once_then_the_stop_is_not
     await spend_guardrails(runtime.task_context)  # a second run stores nothing new
     assert await _notes(runtime, user_id) == [("cluster_budget_warning", 80, str(cid))]
 
-    await _meter(runtime, 4)  # 19-20 s: over 100 %, still running until the next pass
+    await meter(runtime, 4)  # 19-20 s: over 100 %, running until the reconciler's next pass
     assert (await cluster_row(runtime, cid)).status is ClusterStatus.running
     # Two runs at once store each warning once between them.
     await asyncio.gather(

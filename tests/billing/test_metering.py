@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from tesai.billing import holds, metering, service
 from tesai.billing.ledger import balance_of, set_fault_hook
-from tesai.billing.models import UsageBucket
+from tesai.billing.models import NodeMeter, UsageBucket
 from tesai.runtime import Runtime
 from tests.billing.conftest import NewUser
 
@@ -53,6 +53,19 @@ async def _cluster(
                 started_at=T0,
             )
     return customer, provider, cluster, node_ids
+
+
+async def _one_bucket_per_node_and_minute(runtime: Runtime) -> None:
+    """What the watermark guarantees (no unique index does it): never two buckets of one
+    node for one minute."""
+    async with runtime.sessionmaker() as s:
+        twice = await s.scalar(
+            text(
+                "SELECT count(*) FROM (SELECT 1 FROM usage_buckets GROUP BY node_id, minute"
+                " HAVING count(*) > 1) AS d"
+            )
+        )
+    assert twice == 0
 
 
 async def test_node_down_30s_is_billed_30s_less(runtime: Runtime, new_user: NewUser) -> None:
@@ -202,6 +215,7 @@ async def test_a_crash_at_any_point_of_a_tick_counts_each_second_once(
         )
         assert await s.scalar(text("SELECT sum(amount) FROM ledger_postings")) == 0
         assert [await metering.unsettled_seconds(s, n) for n in nodes] == [0, 0, 0]
+    await _one_bucket_per_node_and_minute(runtime)
 
 
 async def test_meter_nodes_meters_only_the_listed_nodes_and_reports_their_seconds(
@@ -240,9 +254,15 @@ async def test_meter_nodes_meters_only_the_listed_nodes_and_reports_their_second
             (a, timedelta(minutes=1), 30),
             (c, timedelta(0), 10),
             (c, timedelta(minutes=1), 60),
-            (c, timedelta(minutes=2), 10),
         ]
     )
+    # A bucket is written when its minute closes (a's at its stop); c's minute in progress
+    # waits on its meter and counts as unsettled.
+    async with runtime.sessionmaker() as s:
+        meter = await s.get(NodeMeter, c)
+        assert meter is not None
+        assert (meter.open_minute, meter.open_seconds) == (T0 + timedelta(minutes=2), 10)
+        assert await metering.unsettled_seconds(s, c) == 80
 
 
 async def test_two_ticks_at_once_count_each_second_once(
@@ -267,3 +287,139 @@ async def test_two_ticks_at_once_count_each_second_once(
     assert await other == 0
     async with runtime.sessionmaker() as s:
         assert [await metering.unsettled_seconds(s, n) for n in nodes] == [45, 45]
+    await _one_bucket_per_node_and_minute(runtime)
+
+
+async def test_the_tick_settles_each_minute_as_it_closes_exactly_once(
+    runtime: Runtime, new_user: NewUser
+) -> None:
+    """``meter_and_settle``: closed minutes are written settled, with their postings, by the
+    same statement; the minute in progress waits on the meter; crashes inside the tick roll
+    it back whole and a replay counts nothing twice; a hold that cannot pay is reported and
+    its buckets are left to the sweep."""
+    customer, provider, cluster, (up, flaky) = await _cluster(runtime, new_user, 2)
+
+    class Crash(Exception):
+        pass
+
+    async def tick(
+        at: int, key: str, down: list[uuid.UUID] | None = None
+    ) -> metering.BatchSettlement:
+        async with runtime.sessionmaker() as s, s.begin():
+            return await metering.meter_and_settle(
+                s,
+                now=T0 + timedelta(seconds=at),
+                fee_bps=1000,
+                idempotency_key=key,
+                unhealthy=down or [],
+            )
+
+    for point in ("batch_claimed", "batch_posted"):
+
+        def hook(name: str, point: str = point) -> None:
+            if name == point:
+                raise Crash(name)
+
+        set_fault_hook(hook)
+        try:
+            with pytest.raises(Crash):
+                await tick(90, f"k:{point}")
+        finally:
+            set_fault_hook(None)
+    first = await tick(90, "k90")
+    assert (first.moved, first.buckets, first.provider_micro, first.fee_micro) == (
+        2,
+        2,
+        120_000,
+        12_000,
+    )
+    assert (await tick(90, "k90-replay")).moved == 0
+    # The flaky node is down from 90 s to 150 s: those seconds are never billed.
+    assert (await tick(150, "k150", down=[flaky])).buckets == 2  # minute 1 of both nodes
+    assert (await tick(180, "k180")).buckets == 2  # minute 2 of both nodes
+    async with runtime.sessionmaker() as s:
+        seconds = dict(
+            (
+                await s.execute(
+                    select(UsageBucket.node_id, func.sum(UsageBucket.seconds))
+                    .where(UsageBucket.settled)
+                    .group_by(UsageBucket.node_id)
+                )
+            ).all()
+        )
+        assert seconds == {up: 180, flaky: 120}
+        assert await balance_of(s, service.earnings(provider)) == 300_000
+        assert (
+            await holds.cluster_hold_balance(s, customer_user_id=customer, cluster_id=cluster)
+            == 1_000_000 - 330_000
+        )
+        assert await s.scalar(text("SELECT sum(amount) FROM ledger_postings")) == 0
+        assert (
+            await s.scalar(
+                text("SELECT count(*) FROM ledger_transactions WHERE kind = 'settle_batch'")
+            )
+            == 3
+        )
+
+    # The hold is drained: the next closed minutes cannot be paid; they wait unsettled.
+    async with runtime.sessionmaker() as s, s.begin():
+        await holds.release_cluster_hold(
+            s, customer_user_id=customer, cluster_id=cluster, idempotency_key="drain"
+        )
+    short = await tick(240, "k240")
+    assert short.short_holds
+    assert (short.buckets, short.transaction_id) == (0, None)
+    async with runtime.sessionmaker() as s:
+        assert [await metering.unsettled_seconds(s, n) for n in (up, flaky)] == [60, 60]
+        assert await balance_of(s, service.earnings(provider)) == 300_000
+    await _one_bucket_per_node_and_minute(runtime)
+
+
+async def test_racing_ticks_and_node_stops_account_every_second_once(
+    runtime: Runtime, new_user: NewUser
+) -> None:
+    """Ticks with and without settlement, a reconciler metering one node and another node
+    stopping, all at once and across minute boundaries: each node's buckets and minute in
+    progress add up to exactly its billed seconds and their rounded price, once."""
+    _, _, _, nodes = await _cluster(runtime, new_user, 4)
+
+    async def run(op: str, at: int) -> None:
+        now = T0 + timedelta(seconds=at)
+        async with runtime.sessionmaker() as s, s.begin():
+            if op == "settle":
+                await metering.meter_and_settle(
+                    s, now=now, fee_bps=1000, idempotency_key=f"race:{at}"
+                )
+            elif op == "meter":
+                await metering.meter_tick(s, now=now)
+            elif op == "node":
+                await metering.meter_nodes(s, now=now, node_ids=nodes[:2])
+            else:
+                await metering.meter_nodes(s, now=now, node_ids=[nodes[3]])
+                await metering.stop_meter(s, nodes[3])
+
+    schedule = [("settle", 70), ("meter", 65), ("node", 75), ("settle", 130), ("meter", 125)]
+    schedule += [("node", 185), ("stop", 100), ("settle", 200), ("meter", 61), ("settle", 250)]
+    await asyncio.gather(*(run(op, at) for op, at in schedule))
+    await run("settle", 300)
+    async with runtime.sessionmaker() as s:
+        for node in nodes:
+            meter = await s.get(NodeMeter, node)
+            assert meter is not None
+            seconds, amount = (
+                await s.execute(
+                    select(
+                        func.coalesce(func.sum(UsageBucket.seconds), 0),
+                        func.coalesce(func.sum(UsageBucket.amount_micro), 0),
+                    ).where(UsageBucket.node_id == node)
+                )
+            ).one()
+            assert seconds + meter.open_seconds == meter.billed_seconds
+            assert amount + meter.open_amount == meter.billed_seconds * PRICE // 3600
+            # All healthy: billed from T0 to the watermark (where the stopped node stopped).
+            assert meter.billed_seconds == (meter.metered_until - T0).total_seconds()
+            assert meter.active is (node != nodes[3])
+            if meter.active:
+                assert meter.billed_seconds == 300
+        assert await s.scalar(text("SELECT sum(amount) FROM ledger_postings")) == 0
+    await _one_bucket_per_node_and_minute(runtime)

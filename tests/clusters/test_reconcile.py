@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import func, select
 
 from tesai.billing import ledger
 from tesai.billing import service as billing
@@ -22,6 +22,7 @@ from tesai.billing.models import NodeMeter, UsageBucket
 from tesai.clusters.models import Cluster, ClusterNode, ClusterStatus, NodeState
 from tesai.clusters.reconcile import reconcile
 from tesai.clusters.service import hold_ref
+from tesai.clusters.usage import meter_all
 from tesai.devices import keys
 from tesai.devices.models import Device, DeviceStatus
 from tesai.kit.time import utcnow
@@ -32,6 +33,20 @@ from tests.clusters.conftest import AddDevice, Grant
 async def beat(runtime: Runtime, device_id: uuid.UUID, nodes: list[dict[str, Any]]) -> None:
     record = {"at": time.time(), "seq": 1, "status": "ready", "telemetry": {}, "nodes": nodes}
     await runtime.cache.set(keys.telemetry(str(device_id)), orjson.dumps(record), ttl_s=300)
+    await runtime.cache.zadd(keys.LIVENESS, {str(device_id): record["at"]})
+
+
+async def meter(runtime: Runtime, seconds: int) -> None:
+    """Let ``seconds`` pass for the metering tick: the devices heartbeating now heartbeat on
+    (the silent ones stay silent), and the tick runs that much later than the meters."""
+    async with runtime.sessionmaker() as s:
+        latest = await s.scalar(select(func.max(NodeMeter.metered_until)))
+    at = max(latest or utcnow(), utcnow()) + timedelta(seconds=seconds)
+    fresh = time.time() - 1.5 * runtime.settings.heartbeat_interval_s
+    watched = await runtime.cache.zrangebyscore(keys.LIVENESS, fresh, float("inf"))
+    if watched:
+        await runtime.cache.zadd(keys.LIVENESS, {d: at.timestamp() for d, _ in watched})
+    await meter_all(runtime.task_context, now=at)
 
 
 async def node_rows(runtime: Runtime, cluster_id: uuid.UUID) -> list[ClusterNode]:
@@ -92,9 +107,8 @@ async def test_running_meters_healthy_time_and_a_silent_node_is_not_billed(
     assert (await cluster_row(runtime, cid)).status is ClusterStatus.running
     assert {n.state for n in nodes} == {NodeState.running}
 
-    # 30 s of healthy time for both nodes (the watermark moved back to simulate elapsed time).
-    async with runtime.sessionmaker.begin() as s:
-        await s.execute(update(NodeMeter).values(metered_until=utcnow() - timedelta(seconds=4)))
+    # 4 s of healthy time for both nodes, metered by the tick, shown by the reconciler.
+    await meter(runtime, 4)
     await reconcile(runtime.task_context)
     after = await node_rows(runtime, cid)
     assert all(4 <= n.healthy_seconds <= 6 for n in after), [n.healthy_seconds for n in after]
@@ -102,8 +116,8 @@ async def test_running_meters_healthy_time_and_a_silent_node_is_not_billed(
     # The worker's device stops heartbeating: its time is not billed.
     worker = next(n for n in after if n.role.value == "worker")
     await runtime.cache.delete(keys.telemetry(str(worker.device_id)))
-    async with runtime.sessionmaker.begin() as s:
-        await s.execute(update(NodeMeter).values(metered_until=utcnow() - timedelta(seconds=4)))
+    await runtime.cache.zadd(keys.LIVENESS, {str(worker.device_id): time.time() - 60})
+    await meter(runtime, 4)
     await reconcile(runtime.task_context)
     later = {n.id: n for n in await node_rows(runtime, cid)}
     assert (
@@ -194,9 +208,8 @@ async def test_a_cluster_over_its_budget_is_stopped_with_that_reason(
         (await client.post("/api/v1/clusters", json=body, headers=headers)).json()["id"]
     )
     await bring_up(runtime, cid)
-    async with runtime.sessionmaker.begin() as s:
-        await s.execute(update(NodeMeter).values(metered_until=utcnow() - timedelta(seconds=5)))
-    await reconcile(runtime.task_context)  # meters ~5 s: over budget
+    await meter(runtime, 5)  # ~5 s: over budget
+    await reconcile(runtime.task_context)
     await reconcile(runtime.task_context)  # stops it
     await reconcile(runtime.task_context)  # releases and settles
     detail = (await client.get(f"/api/v1/clusters/{cid}", headers=headers)).json()

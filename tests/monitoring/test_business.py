@@ -136,7 +136,7 @@ async def _lag_scraped(runtime: Runtime, client: httpx.AsyncClient) -> float:
     return samples(r.text)[("tesai_settlement_lag_seconds", ())]
 
 
-async def test_settlement_lag_is_zero_after_settlement_and_grows_when_it_stops(
+async def test_settlement_lag_is_zero_when_caught_up_and_the_age_of_the_oldest_due_minute(
     runtime: Runtime, client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     provider, _ = await make_user(roles=("provider",))
@@ -170,7 +170,7 @@ async def test_settlement_lag_is_zero_after_settlement_and_grows_when_it_stops(
             started_at=start,
         )
         await metering.meter_tick(s, now=start + timedelta(minutes=5, seconds=30))
-    # Five complete minutes wait; the oldest became due at start + 1 min (~9 min ago).
+    # Five complete minutes wait unsettled; the oldest became due at start + 1 min.
     lag = await _lag_scraped(runtime, client)
     assert lag == pytest.approx(_age(start + timedelta(minutes=1)), abs=5)
     async with runtime.sessionmaker() as s, s.begin():
@@ -178,16 +178,21 @@ async def test_settlement_lag_is_zero_after_settlement_and_grows_when_it_stops(
             s, before=utcnow(), fee_bps=1000, idempotency_key=f"s{cluster_id}"
         )
     assert batch.buckets == 5
-    # Settled: the half-metered sixth minute is not complete, so nothing is late.
-    assert await _lag_scraped(runtime, client) == 0
-    # Metering goes on, settlement stops: the lag is the age of the oldest due minute.
-    async with runtime.sessionmaker() as s, s.begin():
-        await metering.meter_tick(s, now=start + timedelta(minutes=8))
+    # Settled as far as it is metered; but metering is behind the clock: the sixth minute,
+    # in progress on the meter, was due at start + 6 min.
     lag = await _lag_scraped(runtime, client)
     assert lag == pytest.approx(_age(start + timedelta(minutes=6)), abs=5)
+    # The tick catches up to start + 8 min, settling as it goes: the ninth minute is late.
     async with runtime.sessionmaker() as s, s.begin():
-        await metering.meter_tick(s, now=start + timedelta(minutes=9, seconds=30))
-    assert await _lag_scraped(runtime, client) >= lag  # the oldest due minute is still there
+        await metering.meter_and_settle(
+            s, now=start + timedelta(minutes=8), fee_bps=1000, idempotency_key="m8"
+        )
+    lag = await _lag_scraped(runtime, client)
+    assert lag == pytest.approx(_age(start + timedelta(minutes=9)), abs=5)
+    # Caught up with the clock: nothing is late.
+    async with runtime.sessionmaker() as s, s.begin():
+        await metering.meter_and_settle(s, now=utcnow(), fee_bps=1000, idempotency_key="now")
+    assert await _lag_scraped(runtime, client) == 0
 
 
 async def test_multiprocess_scrapes_include_the_snapshot(

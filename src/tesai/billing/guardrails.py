@@ -36,14 +36,14 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.audit.service import record as audit
 from tesai.billing import metering
 from tesai.billing.ledger import AccountKind
-from tesai.billing.models import LedgerAccount, SpendCap, UsageBucket
+from tesai.billing.models import LedgerAccount, NodeMeter, SpendCap, UsageBucket
 from tesai.billing.money import customer_charge, format_usdc
 from tesai.clusters.models import Cluster, ClusterEvent, ClusterStatus
 from tesai.clusters.states import LIVE, REASONS
@@ -131,6 +131,18 @@ async def _hold_accounts(
     return {int(i): (owner, int(bal)) for i, owner, bal in rows.tuples() if owner is not None}
 
 
+def _minutes_in_progress(
+    holds: list[int], start: datetime | None = None, end: datetime | None = None
+) -> Select[int, int]:
+    """Usage of the minutes in progress on the meters of these holds (not buckets yet)."""
+    query = select(NodeMeter.hold_account_id, NodeMeter.open_amount).where(
+        NodeMeter.hold_account_id.in_(holds), NodeMeter.open_amount > 0
+    )
+    if start is not None and end is not None:
+        query = query.where(NodeMeter.open_minute >= start, NodeMeter.open_minute < end)
+    return query
+
+
 async def month_to_date(
     session: AsyncSession, settings: Settings, user_ids: list[uuid.UUID], now: datetime
 ) -> dict[uuid.UUID, int]:
@@ -140,15 +152,17 @@ async def month_to_date(
     if not holds:
         return out
     start, end = month_bounds(now)
-    rows = await session.execute(
-        select(UsageBucket.hold_account_id, func.sum(UsageBucket.amount_micro))
+    used = (
+        select(UsageBucket.hold_account_id.label("hold"), UsageBucket.amount_micro.label("amount"))
         .where(
             UsageBucket.hold_account_id.in_(list(holds)),
             UsageBucket.minute >= start,
             UsageBucket.minute < end,
         )
-        .group_by(UsageBucket.hold_account_id)
+        .union_all(_minutes_in_progress(list(holds), start, end))
+        .subquery()
     )
+    rows = await session.execute(select(used.c.hold, func.sum(used.c.amount)).group_by(used.c.hold))
     for hold_id, amount in rows.tuples():
         owner = holds[int(hold_id)][0]
         out[owner] += customer_charge(int(amount or 0), settings.platform_fee_bps)
@@ -160,12 +174,16 @@ async def open_holds(session: AsyncSession, settings: Settings, user_id: uuid.UU
     holds = await _hold_accounts(session, [user_id])
     if not holds:
         return 0
+    pending = (
+        select(UsageBucket.hold_account_id.label("hold"), UsageBucket.amount_micro.label("amount"))
+        .where(UsageBucket.hold_account_id.in_(list(holds)), UsageBucket.settled.is_(False))
+        .union_all(_minutes_in_progress(list(holds)))
+        .subquery()
+    )
     unsettled = dict(
         (
             await session.execute(
-                select(UsageBucket.hold_account_id, func.sum(UsageBucket.amount_micro))
-                .where(UsageBucket.hold_account_id.in_(list(holds)), UsageBucket.settled.is_(False))
-                .group_by(UsageBucket.hold_account_id)
+                select(pending.c.hold, func.sum(pending.c.amount)).group_by(pending.c.hold)
             )
         )
         .tuples()

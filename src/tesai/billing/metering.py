@@ -1,22 +1,26 @@
-"""Per-second metering into per-minute usage buckets, and batched settlement.
+"""Per-second metering into per-minute usage buckets, settled as the minutes close.
 
-Set-based on purpose: one metering tick and one settlement run are a handful of SQL
-statements whatever the number of nodes, so 100,000 running nodes fit in a tick.
+Set-based on purpose: one metering tick is ONE SQL statement whatever the number of nodes,
+so 100,000 running nodes fit in a tick.
 
 - ``start_meter`` / ``stop_meter``: a node starts or stops being billable.
-- ``meter_tick(now, unhealthy)``: every active node's healthy seconds since its watermark
-  go into its minute bucket(s); unhealthy nodes only move their watermark (not billed).
-  One statement, whatever the number of nodes or the length of the gap.
-- ``meter_nodes(now, node_ids, unhealthy)``: the same statement for some nodes (the
-  reconciler, per cluster); ``record_interval``: one node, any interval.
-- ``settle_usage_batch(before)``: all unsettled buckets of closed minutes become ONE ledger
-  transaction (holds → provider earnings + platform fees); buckets are marked settled in
-  the same statement, so a replay settles nothing twice. Holds that cannot cover their
-  charge are left out and reported, for ``settle_usage`` (capped) and a stop.
+- A node's meter holds its watermark (``metered_until``: time already accounted), its running
+  total of billed seconds, and the minute in progress (``open_minute`` with its seconds and
+  amount). A usage bucket is written once, when its minute is complete, never updated after
+  (except to mark a bucket settled that could not be settled when written).
+- ``meter_and_settle(now, ...)``: the metering tick. Every active node's healthy seconds
+  since its watermark are accrued; each minute that closes becomes a bucket, and the closed
+  minutes are settled in the same statement (holds → provider earnings + platform fees, ONE
+  ledger transaction). Holds that cannot pay are reported; their buckets stay unsettled.
+- ``meter_tick`` / ``meter_nodes``: the same accrual without settling (all nodes, or the
+  listed ones: a node's last seconds before it stops); ``record_interval``: one node.
+- ``settle_usage_batch(before)``: the sweep: buckets left unsettled (written by
+  ``meter_nodes``/``stop_meter``, or of a hold that could not pay) in one ledger transaction.
 
-A crash anywhere rolls back the open database transaction: a committed tick is a moved
-watermark (replaying it adds nothing), a committed settlement is settled buckets (replaying
-it finds nothing due).
+Unhealthy nodes (offline per the control plane's heartbeats) get no usage for the interval:
+their watermark moves on, so that time is never billed later either. A crash anywhere rolls
+back the open database transaction: a committed tick is a moved watermark plus its buckets
+and postings (replaying it adds nothing); a committed sweep is settled buckets.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import orjson
 from sqlalchemy import func, select, text
@@ -78,11 +83,29 @@ async def start_meter(
 
 
 async def stop_meter(session: AsyncSession, node_id: uuid.UUID) -> None:
-    """The node is no longer billable (left, replaced, cluster ended)."""
+    """The node is no longer billable (left, replaced, cluster ended): its minute in
+    progress is complete now and becomes an unsettled bucket (for the sweep)."""
     meter = await session.get(NodeMeter, node_id, with_for_update=True)
-    if meter is not None:
-        meter.active = False
-        await session.flush()
+    if meter is None or not meter.active:
+        return
+    if meter.open_minute is not None and (meter.open_seconds or meter.open_amount):
+        session.add(
+            UsageBucket(
+                cluster_id=meter.cluster_id,
+                node_id=meter.node_id,
+                device_id=meter.device_id,
+                hold_account_id=meter.hold_account_id,
+                earnings_account_id=meter.earnings_account_id,
+                minute=meter.open_minute,
+                seconds=meter.open_seconds,
+                price_per_hour_micro=meter.price_per_hour_micro,
+                amount_micro=meter.open_amount,
+                settled=False,
+            )
+        )
+    meter.active = False
+    meter.open_minute, meter.open_seconds, meter.open_amount = None, 0, 0
+    await session.flush()
 
 
 async def record_interval(
@@ -101,134 +124,112 @@ async def record_interval(
 
 
 _NOW = "CAST(:now AS timestamptz)"
-_UNHEALTHY = "CAST(:unhealthy AS uuid[])"
+_CUR = "to_timestamp(:cur_s)"
 
 
-def _tick_sql(*, listed: bool) -> str:
-    """Every active meter (or those in ``:nodes``) from its watermark to ``:now``, in ONE
-    statement: healthy seconds into minute buckets (cumulative rounding on the running total
-    of billed seconds, see ``money.accrue``), watermark and running total moved on.
+def _accrue_sql(*, listed: bool) -> str:
+    """The CTEs ``moved`` (the meters moved on to ``:now``, ONE update without a join) and
+    ``done`` (their closed minutes: the buckets to write).
 
-    ``cum`` is the node's healthy seconds from its watermark to the end of the minute's part,
-    so no window (sort) is needed. The meters are locked as they are read (``FOR UPDATE``
-    re-reads a row another tick moved meanwhile), and each is updated only once read through
-    ``m``, so two ticks never count a second twice. ``listed`` restricts to ``:nodes`` and
-    returns each node's billed seconds.
+    Times are whole epoch seconds (``:now_s``, ``:cur_s`` = the start of ``:now``'s minute).
+    For each active meter behind ``:now``, the healthy time from its watermark to ``:now``
+    is cut at minute boundaries; a piece's amount uses cumulative rounding on the node's
+    running total of billed seconds (see ``money.accrue``), so the amounts of all pieces add
+    up to the rounded price of the total. The minute in progress stays on the meter; each
+    closed minute adds the part carried on the meter and becomes a bucket. ``:bill`` false
+    (or the node or its device listed unhealthy) moves the watermark without billing.
+
+    The update keeps what it replaced (``metered_from``, ``prev_open_*``), so ``RETURNING``
+    gives the interval it moved over and ``done`` is built from exactly those rows. A
+    concurrent tick's committed move is re-checked by PostgreSQL before the update (the row
+    is skipped, or moved on from the newer watermark), so two ticks never count a second
+    twice.
     """
-    only = "AND node_id = ANY(CAST(:nodes AS uuid[]))" if listed else ""
-    returning = "RETURNING n.node_id, m.added" if listed else ""
+    only = "AND n.node_id = ANY(CAST(:nodes AS uuid[]))" if listed else ""
+    healthy = (
+        "(CAST(:bill AS boolean) AND NOT (n.node_id = ANY(CAST(:unhealthy AS uuid[]))"
+        " OR n.device_id = ANY(CAST(:unhealthy_devices AS uuid[]))))"
+    )
+    wm = "CAST(floor(date_part('epoch', n.metered_until)) AS bigint)"  # the old watermark
+    added = f"(CASE WHEN {healthy} THEN :now_s - {wm} ELSE 0 END)"
+    open_healthy = f"(CASE WHEN {healthy} THEN :now_s - GREATEST({wm}, :cur_s) ELSE 0 END)"
+    keep_s = f"(CASE WHEN n.open_minute = {_CUR} THEN n.open_seconds ELSE 0 END)"
+    keep_a = f"(CASE WHEN n.open_minute = {_CUR} THEN n.open_amount ELSE 0 END)"
+    was = "CAST(floor(date_part('epoch', n.metered_from)) AS bigint)"  # in RETURNING
+    was_added = f"(CASE WHEN {healthy} THEN :now_s - {was} ELSE 0 END)"
     return f"""
-WITH m AS (
-  SELECT node_id, cluster_id, device_id, hold_account_id, earnings_account_id,
-         price_per_hour_micro AS p, billed_seconds AS b,
-         date_trunc('second', metered_until) AS wm,
-         CASE WHEN node_id = ANY({_UNHEALTHY}) THEN 0
-           ELSE CAST(extract(epoch FROM {_NOW} - date_trunc('second', metered_until)) AS bigint)
-         END AS added
-  FROM billing_node_meters
-  WHERE active AND metered_until < {_NOW} {only}
-  FOR UPDATE
-), s AS (
-  SELECT m.*, g AS minute,
-         CAST(extract(epoch FROM LEAST({_NOW}, g + interval '1 minute') - GREATEST(m.wm, g))
-              AS bigint) AS seconds,
-         CAST(extract(epoch FROM LEAST({_NOW}, g + interval '1 minute') - m.wm) AS bigint) AS cum
-  FROM m CROSS JOIN LATERAL
-       generate_series(date_trunc('minute', m.wm), {_NOW}, interval '1 minute') AS g
-  WHERE m.added > 0
-), ins AS (
-  INSERT INTO usage_buckets AS u (cluster_id, node_id, device_id, hold_account_id,
-      earnings_account_id, minute, seconds, price_per_hour_micro, amount_micro, settled)
-  SELECT cluster_id, node_id, device_id, hold_account_id, earnings_account_id, minute,
-         seconds, p, ((b + cum) * p) / 3600 - ((b + cum - seconds) * p) / 3600, false
-  FROM s WHERE seconds > 0
-  ON CONFLICT (node_id, minute) DO UPDATE
-    SET seconds = u.seconds + excluded.seconds,
-        amount_micro = u.amount_micro + excluded.amount_micro
-    WHERE NOT u.settled
+moved AS (
+  UPDATE billing_node_meters n
+  SET metered_from = n.metered_until, prev_open_minute = n.open_minute,
+      prev_open_seconds = n.open_seconds, prev_open_amount = n.open_amount,
+      metered_until = {_NOW},
+      billed_seconds = n.billed_seconds + {added},
+      open_minute = CASE WHEN {open_healthy} + {keep_s} > 0 OR {keep_a} > 0 THEN {_CUR} END,
+      open_seconds = {open_healthy} + {keep_s},
+      open_amount = ((n.billed_seconds + {added}) * n.price_per_hour_micro) / 3600
+        - ((n.billed_seconds + {added} - {open_healthy}) * n.price_per_hour_micro) / 3600
+        + {keep_a}
+  WHERE n.active AND n.metered_until < {_NOW} {only}
+  RETURNING n.node_id, n.cluster_id, n.device_id, n.hold_account_id AS hold,
+    n.earnings_account_id AS earn, n.price_per_hour_micro AS p, {healthy} AS healthy,
+    {was} AS wm, n.billed_seconds - {was_added} AS b, {was_added} AS added,
+    CAST(date_part('epoch', n.prev_open_minute) AS bigint) AS om,
+    n.prev_open_seconds AS os, n.prev_open_amount AS oa
+), done AS (
+  SELECT moved.node_id, moved.cluster_id, moved.device_id, moved.hold, moved.earn, moved.p,
+         to_timestamp(g) AS minute,
+         h.seconds + CASE WHEN g = moved.om THEN moved.os ELSE 0 END AS seconds,
+         ((moved.b + h.cum) * moved.p) / 3600 - ((moved.b + h.cum - h.seconds) * moved.p) / 3600
+           + CASE WHEN g = moved.om THEN moved.oa ELSE 0 END AS amount
+  FROM moved
+  CROSS JOIN LATERAL generate_series(
+      LEAST(moved.wm - moved.wm % 60, moved.om), CAST(:cur_s AS bigint) - 60, 60) AS g
+  CROSS JOIN LATERAL (
+    SELECT CASE WHEN moved.healthy THEN GREATEST(0, g + 60 - GREATEST(moved.wm, g)) ELSE 0
+           END AS seconds,
+           CASE WHEN moved.healthy THEN GREATEST(0, g + 60 - moved.wm) ELSE 0 END AS cum
+  ) AS h
+  WHERE h.seconds > 0 OR g = moved.om
+)"""  # noqa: S608
+
+
+_BUCKET_COLUMNS = """cluster_id, node_id, device_id, hold_account_id, earnings_account_id,
+    minute, seconds, price_per_hour_micro, amount_micro, settled, settlement_transaction_id"""
+
+
+def _meter_sql(*, listed: bool) -> str:
+    """Accrue without settling: the closed minutes are written as unsettled buckets."""
+    out = "SELECT node_id, added FROM moved" if listed else "SELECT count(*) FROM moved"
+    return f"""
+WITH {_accrue_sql(listed=listed)}, ins AS (
+  INSERT INTO usage_buckets ({_BUCKET_COLUMNS})
+  SELECT cluster_id, node_id, device_id, hold, earn, minute, seconds, p, amount, false, NULL
+  FROM done
 )
-UPDATE billing_node_meters n
-SET metered_until = {_NOW}, billed_seconds = n.billed_seconds + m.added
-FROM m WHERE n.node_id = m.node_id AND n.active AND n.metered_until < {_NOW}
-{returning}
+{out}
 """  # noqa: S608
 
 
-_TICK_ALL = _tick_sql(listed=False)
-_TICK_LISTED = _tick_sql(listed=True)
+def _settle_sql(usage: str) -> str:
+    """The CTEs that settle the usage rows of CTE ``usage`` (``hold``, ``earn``, ``amount``):
+    per (hold, provider) sums (``due``), the holds that can pay (``verdict``), ONE ledger
+    transaction (``tx``) with their postings (``posted``): holds debited, providers and the
+    platform fee credited.
 
-
-async def _no_jit(session: AsyncSession) -> None:
-    """Row estimates of these set-based statements are far off (generate_series, CTEs), and
-    JIT compiling them costs more than it saves."""
-    await session.execute(text("SET LOCAL jit = off"))
-
-
-async def meter_tick(
-    session: AsyncSession, *, now: datetime, unhealthy: Sequence[uuid.UUID] = ()
-) -> int:
-    """Accrue every active node up to ``now``; returns the number of nodes moved.
-
-    ``unhealthy`` nodes (offline per the control plane's heartbeats) get no usage for the
-    interval: their watermark moves on, so that time is never billed later either.
+    Hold balances are read without row locks: a hold's balance only falls by a settlement or
+    by its release at the cluster's end, and both run under the settlement lock the caller
+    holds (a fall from elsewhere would fail the balance CHECK and roll the statement back
+    whole, never overdraw).
     """
-    await _no_jit(session)
-    result = await session.execute(
-        text(_TICK_ALL), {"now": whole_second(now), "unhealthy": list(unhealthy)}
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def meter_nodes(
-    session: AsyncSession,
-    *,
-    now: datetime,
-    node_ids: Sequence[uuid.UUID],
-    unhealthy: Sequence[uuid.UUID] = (),
-) -> dict[uuid.UUID, int]:
-    """``meter_tick`` for the listed nodes only (one statement); returns the seconds billed
-    per node moved. Nodes already metered up to ``now`` or stopped are left alone."""
-    if not node_ids:
-        return {}
-    await _no_jit(session)
-    rows = await session.execute(
-        text(_TICK_LISTED),
-        {"now": whole_second(now), "nodes": list(node_ids), "unhealthy": list(unhealthy)},
-    )
-    return {node: int(seconds) for node, seconds in rows.tuples()}
-
-
-@dataclass
-class BatchSettlement:
-    transaction_id: int | None = None
-    buckets: int = 0
-    provider_micro: int = 0
-    fee_micro: int = 0
-    short_holds: list[int] = field(default_factory=list)
-    """Hold accounts whose balance cannot cover their charge (not settled in this batch)."""
-
-
-# One statement: complete unsettled buckets → per (hold, provider) sums → holds locked in
-# id order → the holds that can pay are charged in ONE ledger transaction (postings) and
-# their buckets marked settled with it; holds that cannot pay are reported. One snapshot,
-# so a tick committing meanwhile can neither slip a bucket in nor out.
-_SETTLE_SQL = """
-WITH b AS (
-  SELECT u.id, u.hold_account_id AS hold, u.earnings_account_id AS earn, u.amount_micro AS amount
-  FROM usage_buckets u JOIN billing_node_meters n ON n.node_id = u.node_id
-  WHERE NOT u.settled AND u.minute < CAST(:before AS timestamptz)
-    AND (u.minute + interval '1 minute' <= n.metered_until OR NOT n.active)
-), due AS (
+    return f"""due AS (
   SELECT hold, earn, CAST(sum(amount) AS bigint) AS amount,
          (CAST(sum(amount) AS bigint) * CAST(:bps AS bigint) + 9999) / 10000 AS fee
-  FROM b GROUP BY hold, earn
+  FROM {usage} GROUP BY hold, earn
 ), charge AS (
   SELECT hold, sum(amount + fee) AS total FROM due GROUP BY hold
-), locked AS (
-  SELECT a.id, a.balance FROM ledger_accounts a
-  WHERE a.id IN (SELECT hold FROM charge) ORDER BY a.id FOR UPDATE
 ), verdict AS (
-  SELECT c.hold, c.total <= l.balance AS pays FROM charge c JOIN locked l ON l.id = c.hold
+  SELECT c.hold, c.total <= a.balance AS pays
+  FROM charge c JOIN ledger_accounts a ON a.id = c.hold
 ), pay AS (
   SELECT due.* FROM due JOIN verdict v ON v.hold = due.hold WHERE v.pays
 ), tx AS (
@@ -247,7 +248,206 @@ WITH b AS (
     SELECT CAST(:fees AS bigint), sum(fee) FROM pay HAVING sum(fee) <> 0
   ) AS p
   RETURNING 1
-), marked AS (
+)"""  # noqa: S608
+
+
+# The tick: what closed is settled in the statement that closes it; the buckets of the holds
+# that pay are written settled with their ledger transaction, the others unsettled.
+_METER_AND_SETTLE = f"""
+WITH {_accrue_sql(listed=False)}, {_settle_sql("done")}, ins AS (
+  INSERT INTO usage_buckets ({_BUCKET_COLUMNS})
+  SELECT d.cluster_id, d.node_id, d.device_id, d.hold, d.earn, d.minute, d.seconds, d.p,
+         d.amount, coalesce(v.pays, false), CASE WHEN v.pays THEN (SELECT id FROM tx) END
+  FROM done d LEFT JOIN verdict v ON v.hold = d.hold
+  RETURNING settled
+)
+SELECT (SELECT count(*) FROM moved), (SELECT id FROM tx),
+       (SELECT count(*) FROM ins WHERE settled), (SELECT count(*) FROM posted),
+       (SELECT coalesce(sum(amount), 0) FROM pay), (SELECT coalesce(sum(fee), 0) FROM pay),
+       ARRAY(SELECT hold FROM verdict WHERE NOT pays ORDER BY hold)
+"""  # noqa: S608
+
+_TICK_ALL = _meter_sql(listed=False)
+_TICK_LISTED = _meter_sql(listed=True)
+
+
+async def _no_jit(session: AsyncSession) -> None:
+    """Row estimates of these set-based statements are far off (generate_series, CTEs), and
+    JIT compiling them costs more than it saves."""
+    await session.execute(text("SET LOCAL jit = off"))
+
+
+def _params(
+    now: datetime,
+    unhealthy: Sequence[uuid.UUID],
+    unhealthy_devices: Sequence[uuid.UUID],
+    *,
+    bill: bool = True,
+) -> dict[str, Any]:
+    now = whole_second(now)
+    now_s = int(now.timestamp())
+    return {
+        "now": now,
+        "now_s": now_s,
+        "cur_s": now_s - now_s % 60,
+        "bill": bill,
+        "unhealthy": list(unhealthy),
+        "unhealthy_devices": list(unhealthy_devices),
+    }
+
+
+async def meter_tick(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    unhealthy: Sequence[uuid.UUID] = (),
+    unhealthy_devices: Sequence[uuid.UUID] = (),
+    bill: bool = True,
+) -> int:
+    """Accrue every active node up to ``now`` without settling; returns the nodes moved.
+
+    ``unhealthy`` nodes, and nodes on ``unhealthy_devices``, get no usage for the interval;
+    ``bill=False`` bills no node (time nobody observed). The closed minutes become
+    unsettled buckets, for ``settle_usage_batch``.
+    """
+    await _no_jit(session)
+    result = await session.execute(
+        text(_TICK_ALL), _params(now, unhealthy, unhealthy_devices, bill=bill)
+    )
+    return int(result.scalar_one())
+
+
+async def meter_nodes(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    node_ids: Sequence[uuid.UUID],
+    unhealthy: Sequence[uuid.UUID] = (),
+) -> dict[uuid.UUID, int]:
+    """``meter_tick`` for the listed nodes only (one statement); returns the seconds billed
+    per node moved. Nodes already metered up to ``now`` or stopped are left alone."""
+    if not node_ids:
+        return {}
+    await _no_jit(session)
+    rows = await session.execute(
+        text(_TICK_LISTED), _params(now, unhealthy, ()) | {"nodes": list(node_ids)}
+    )
+    return {node: int(seconds) for node, seconds in rows.tuples()}
+
+
+@dataclass
+class BatchSettlement:
+    transaction_id: int | None = None
+    buckets: int = 0
+    """Buckets settled."""
+    provider_micro: int = 0
+    fee_micro: int = 0
+    short_holds: list[int] = field(default_factory=list)
+    """Hold accounts whose balance cannot cover their charge (not settled in this batch)."""
+    moved: int = 0
+    """Meters moved on (``meter_and_settle`` only)."""
+
+
+async def settlement_lock(session: AsyncSession) -> None:
+    """Take the settlement lock until the end of the transaction (re-entrant).
+
+    The runs that post settlements hold it (each updates many provider accounts, and reads
+    hold balances that only settlements and a cluster's final release lower); so must a
+    transaction before it touches a meter, as the tick updates every meter under it.
+    """
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('tesai.settle_batch'))"))
+
+
+async def _settle_lock(session: AsyncSession) -> int:
+    """The settlement lock and the settings of a settlement run; returns the platform fees
+    account."""
+    await settlement_lock(session)
+    await _no_jit(session)
+    await session.execute(text("SET LOCAL work_mem = '64MB'"))
+    return await account_id(session, service.FEES)
+
+
+async def _audit_settlement(
+    session: AsyncSession, out: BatchSettlement, postings: int, action: str
+) -> None:
+    if out.transaction_id is None:
+        return
+    await audit(
+        session,
+        action=action,
+        actor_kind="system",
+        subject_type="ledger_transaction",
+        subject_id=str(out.transaction_id),
+        details={
+            "buckets": out.buckets,
+            "postings": postings,
+            "provider_micro": out.provider_micro,
+            "fee_micro": out.fee_micro,
+            "short_holds": len(out.short_holds),
+        },
+    )
+
+
+def _settle_params(key: str, fee_bps: int, fees: int, what: str) -> dict[str, Any]:
+    return {
+        "bps": fee_bps,
+        "fees": fees,
+        "key": key,
+        "memo": f"usage {what}",
+        "refs": orjson.dumps({"usage": what, "fee_bps": fee_bps, "result": {}}).decode(),
+    }
+
+
+async def meter_and_settle(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    fee_bps: int,
+    idempotency_key: str,
+    unhealthy: Sequence[uuid.UUID] = (),
+    unhealthy_devices: Sequence[uuid.UUID] = (),
+) -> BatchSettlement:
+    """The metering tick: accrue every active node up to ``now`` and settle every minute
+    that closed, in one statement (see the module docstring); returns what was settled.
+
+    A replay after a commit finds every meter at ``now`` and does nothing; the key is the
+    ledger transaction's, so the same key can never post twice either.
+    """
+    fees = await _settle_lock(session)
+    checkpoint("batch_claimed")
+    # Its row estimates are far off (a few hundred for 100,000 meters): left to itself the
+    # planner looks holds up one by one; the lateral minute series is the only nested loop
+    # it needs.
+    await session.execute(text("SET LOCAL enable_nestloop = off"))
+    row = (
+        await session.execute(
+            text(_METER_AND_SETTLE),
+            _params(now, unhealthy, unhealthy_devices)
+            | _settle_params(idempotency_key, fee_bps, fees, f"to {whole_second(now).isoformat()}"),
+        )
+    ).one()
+    out = BatchSettlement(
+        moved=int(row[0]),
+        transaction_id=None if row[1] is None else int(row[1]),
+        buckets=int(row[2]),
+        provider_micro=int(row[4]),
+        fee_micro=int(row[5]),
+        short_holds=[int(h) for h in row[6]],
+    )
+    await session.execute(text("SET LOCAL enable_nestloop = on"))
+    checkpoint("batch_posted")
+    await _audit_settlement(session, out, int(row[3]), "money.usage_metered_settled")
+    return out
+
+
+# The sweep: unsettled buckets (all complete: a bucket is written when its minute closes),
+# settled like the tick's, then marked settled with their ledger transaction.
+_SWEEP_SQL = f"""
+WITH b AS (
+  SELECT u.id, u.hold_account_id AS hold, u.earnings_account_id AS earn, u.amount_micro AS amount
+  FROM usage_buckets u
+  WHERE NOT u.settled AND u.minute < CAST(:before AS timestamptz)
+), {_settle_sql("b")}, marked AS (
   UPDATE usage_buckets u SET settled = true, settlement_transaction_id = (SELECT id FROM tx)
   WHERE u.id = ANY(ARRAY(
     SELECT b.id FROM b JOIN verdict v ON v.hold = b.hold WHERE v.pays))
@@ -256,37 +456,25 @@ WITH b AS (
 SELECT (SELECT id FROM tx), (SELECT count(*) FROM marked), (SELECT count(*) FROM posted),
        (SELECT coalesce(sum(amount), 0) FROM pay), (SELECT coalesce(sum(fee), 0) FROM pay),
        ARRAY(SELECT hold FROM verdict WHERE NOT pays ORDER BY hold)
-"""
+"""  # noqa: S608
 
 
 async def settle_usage_batch(
     session: AsyncSession, *, before: datetime, fee_bps: int, idempotency_key: str
 ) -> BatchSettlement:
-    """Settle every complete, unsettled minute before ``before`` in one ledger transaction.
+    """Settle every unsettled bucket of a minute before ``before`` in one ledger transaction.
 
-    A minute is complete when the node's watermark has passed its end (or the node stopped),
-    so a later tick can never add seconds to a settled bucket. Runs are serialised by an
-    advisory lock; a second run finds the buckets settled and does nothing. Buckets worth
-    nothing are marked settled without a ledger transaction.
+    Runs are serialised with the metering tick by an advisory lock; a second run finds the
+    buckets settled and does nothing. Buckets worth nothing are marked settled without a
+    ledger transaction.
     """
-    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('tesai.settle_batch'))"))
-    await _no_jit(session)
-    await session.execute(text("SET LOCAL work_mem = '64MB'"))
-    fees_account = await account_id(session, service.FEES)
+    fees = await _settle_lock(session)
     checkpoint("batch_claimed")
     row = (
         await session.execute(
-            text(_SETTLE_SQL),
-            {
-                "before": before,
-                "bps": fee_bps,
-                "fees": fees_account,
-                "key": idempotency_key,
-                "memo": f"usage before {before.isoformat()}",
-                "refs": orjson.dumps(
-                    {"before": before.isoformat(), "fee_bps": fee_bps, "result": {}}
-                ).decode(),
-            },
+            text(_SWEEP_SQL),
+            {"before": before}
+            | _settle_params(idempotency_key, fee_bps, fees, f"before {before.isoformat()}"),
         )
     ).one()
     out = BatchSettlement(
@@ -297,61 +485,59 @@ async def settle_usage_batch(
         short_holds=[int(h) for h in row[5]],
     )
     checkpoint("batch_posted")
-    if out.transaction_id is None:
-        return out
-    await audit(
-        session,
-        action="money.usage_settled_batch",
-        actor_kind="system",
-        subject_type="ledger_transaction",
-        subject_id=str(out.transaction_id),
-        details={
-            "buckets": out.buckets,
-            "postings": int(row[2]),
-            "provider_micro": out.provider_micro,
-            "fee_micro": out.fee_micro,
-            "short_holds": len(out.short_holds),
-        },
-    )
+    await _audit_settlement(session, out, int(row[2]), "money.usage_settled_batch")
     return out
 
 
 async def oldest_unsettled_end(session: AsyncSession) -> datetime | None:
-    """When the oldest complete, unsettled minute of usage ended (None: nothing waits).
+    """When the oldest minute of usage that is not settled yet ends (None: no usage).
 
-    Settlement lag is measured from it: right after a settlement run nothing complete is
-    left; when settlement stops, this stays put while time goes on.
+    Settlement lag is measured from it: an unsettled bucket, or the minute in progress at an
+    active meter's watermark. While the tick runs, that is the current minute; when metering
+    or settlement stops, it stays put while time goes on.
     """
     oldest: datetime | None = await session.scalar(
         text(
             """
-SELECT min(u.minute) + interval '1 minute'
-FROM usage_buckets u JOIN billing_node_meters n ON n.node_id = u.node_id
-WHERE NOT u.settled AND (u.minute + interval '1 minute' <= n.metered_until OR NOT n.active)"""
+SELECT least(
+  (SELECT min(minute) FROM usage_buckets WHERE NOT settled),
+  (SELECT min(date_trunc('minute', metered_until)) FROM billing_node_meters WHERE active)
+) + interval '1 minute'"""
         )
     )
     return oldest
 
 
 async def unsettled_seconds(session: AsyncSession, node_id: uuid.UUID) -> int:
-    """Seconds of a node accrued but not yet settled (statements, tests)."""
+    """Seconds of a node accrued but not yet settled, the minute in progress included
+    (statements, tests)."""
     rows = await session.scalars(
         select(UsageBucket.seconds).where(
             UsageBucket.node_id == node_id, UsageBucket.settled.is_(False)
         )
     )
-    return sum(rows.all())
+    meter = await session.get(NodeMeter, node_id)
+    return sum(rows.all()) + (meter.open_seconds if meter is not None else 0)
 
 
 async def spent_by_cluster(
     session: AsyncSession, fee_bps: int, cluster_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, int]:
-    """What each cluster has cost so far: its metered usage plus the platform fee."""
+    """What each cluster has cost so far: its metered usage (closed minutes and the minutes
+    in progress) plus the platform fee."""
     if not cluster_ids:
         return {}
-    rows = await session.execute(
-        select(UsageBucket.cluster_id, func.sum(UsageBucket.amount_micro))
+    closed = (
+        select(UsageBucket.cluster_id, UsageBucket.amount_micro.label("amount"))
         .where(UsageBucket.cluster_id.in_(cluster_ids))
-        .group_by(UsageBucket.cluster_id)
+        .union_all(
+            select(NodeMeter.cluster_id, NodeMeter.open_amount).where(
+                NodeMeter.cluster_id.in_(cluster_ids)
+            )
+        )
+        .subquery()
+    )
+    rows = await session.execute(
+        select(closed.c.cluster_id, func.sum(closed.c.amount)).group_by(closed.c.cluster_id)
     )
     return {cid: customer_charge(int(total or 0), fee_bps) for cid, total in rows.tuples()}

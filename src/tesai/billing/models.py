@@ -77,16 +77,20 @@ class LedgerTransaction(Base):
 
 
 class LedgerPosting(Base):
-    """One leg of a transaction. Append-only (a trigger rejects UPDATE and DELETE)."""
+    """One leg of a transaction. Append-only (a trigger rejects UPDATE and DELETE).
+
+    ``transaction_id`` and ``account_id`` are checked by the statement trigger that applies
+    the postings (one check per INSERT statement rather than a foreign-key lookup per row:
+    a settlement writes tens of thousands of postings at once); ledger transactions and
+    accounts are never deleted (triggers), so the references stay valid.
+    """
 
     __tablename__ = "ledger_postings"
     __table_args__ = (Index("ix_ledger_postings_account_id_id", "account_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    transaction_id: Mapped[int] = mapped_column(
-        ForeignKey("ledger_transactions.id", ondelete="RESTRICT"), index=True
-    )
-    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id", ondelete="RESTRICT"))
+    transaction_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)
     amount: Mapped[int] = mapped_column(BigInteger)
     """Signed micro-USDC: positive adds to the account's balance."""
 
@@ -112,9 +116,10 @@ class IdempotencyRecord(Base):
 class NodeMeter(Base):
     """Billing state of one cluster node: who pays, who earns, and how far it is counted.
 
-    ``metered_until`` is the watermark of healthy time already turned into usage buckets, so
-    replaying an observation after a crash counts nothing twice; ``billed_seconds`` is the
-    running total used for exact cumulative rounding (see ``tesai.billing.metering``).
+    ``metered_until`` is the watermark of time already accounted (closed minutes as usage
+    buckets, the minute in progress in ``open_*``), so replaying an observation after a
+    crash counts nothing twice; ``billed_seconds`` is the running total used for exact
+    cumulative rounding (see ``tesai.billing.metering``).
     """
 
     __tablename__ = "billing_node_meters"
@@ -129,25 +134,41 @@ class NodeMeter(Base):
     price_per_hour_micro: Mapped[int] = mapped_column(BigInteger)
     metered_until: Mapped[datetime]
     billed_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    open_minute: Mapped[datetime | None]
+    """The minute in progress at the watermark (None when nothing of it is accounted yet):
+    its usage waits here until the minute closes and becomes a bucket."""
+    open_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    open_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # What the last move replaced: the interval it accounted started at ``metered_from``,
+    # with ``prev_open_*`` in progress (read back by the tick's own statement).
+    metered_from: Mapped[datetime | None]
+    prev_open_minute: Mapped[datetime | None]
+    prev_open_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    prev_open_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class UsageBucket(Base):
-    """Healthy seconds of one node within one minute, and what they cost.
+    """Healthy seconds of one node within one closed minute, and what they cost.
 
-    ``amount_micro`` is what the provider earns for these seconds (price × seconds with
-    cumulative rounding); the platform fee is added on top at settlement.
+    Written once, when the minute closes (usually settled in the same statement); only a
+    bucket left unsettled is updated later, by the settlement sweep. ``amount_micro`` is what
+    the provider earns for these seconds (price × seconds with cumulative rounding); the
+    platform fee is added on top at settlement.
     """
 
     __tablename__ = "usage_buckets"
     __table_args__ = (
-        UniqueConstraint("node_id", "minute"),
         Index("ix_usage_buckets_unsettled", "hold_account_id", postgresql_where="NOT settled"),
         CheckConstraint("seconds >= 0 AND seconds <= 60", name="seconds_in_minute"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    # Few indexes on purpose: every metering tick writes one row per running node.
+    # Few indexes on purpose: the tick writes one row per running node each minute. One
+    # bucket per node and minute follows from the meter's watermark (a bucket is written
+    # only by the statement that moves its meter past the minute, see
+    # ``tesai.billing.metering``), so no unique index is paid for on every insert. The
+    # unsettled index stays small: almost every bucket is written settled.
     cluster_id: Mapped[uuid.UUID]
     node_id: Mapped[uuid.UUID]
     device_id: Mapped[uuid.UUID]

@@ -8,10 +8,9 @@ Each run (every ``cluster_reconcile_interval_s``):
    ``FOR UPDATE SKIP LOCKED`` and dropping the plan when the row's ``version`` moved on — so
    two task workers running it at once never apply a step twice.
 
-Metering happens in the same locked transaction: every running node whose device heartbeat
-recently gets the elapsed seconds added to ``healthy_seconds`` and its watermark advanced;
-unhealthy time is skipped, never billed. Settlement pays providers from the hold at least
-every ``settle_interval_s`` and at the end.
+Metering and settlement are the metering tick's (``tesai.clusters.usage``): the reconciler
+accounts a node's last seconds when it stops billing it, shows each node's billed seconds,
+settles a cluster's last usage when it ends, and stops a cluster over its budget.
 """
 
 from __future__ import annotations
@@ -53,6 +52,7 @@ from tesai.clusters.plan import (
 from tesai.clusters.pool import load_pool, to_placement_request
 from tesai.clusters.schemas import ClusterRequest
 from tesai.clusters.service import hold_ref, record_event, secret_box
+from tesai.clusters.states import BILLED
 from tesai.db import run_after_commit
 from tesai.devices import keys as device_keys
 from tesai.devices.models import Device, DeviceCommand, DeviceStatus
@@ -72,7 +72,6 @@ ACTIVE = (
     ClusterStatus.degraded,
     ClusterStatus.terminating,
 )
-BILLED = (ClusterStatus.running, ClusterStatus.degraded)
 DEAD_DEVICE = (DeviceStatus.offline, DeviceStatus.disabled, DeviceStatus.rejected)
 
 
@@ -282,7 +281,7 @@ async def apply(
             await applier.apply(step)
         await applier.autoscale()
         if cluster.status in BILLED:
-            await meter_nodes(session, ctx.settings, list(nodes.values()), reports, view.now)
+            await show_billed_time(session, list(nodes.values()))
         if cluster.status in (ClusterStatus.terminated, ClusterStatus.failed):
             await finalize(session, ctx.settings, cluster, view.now)
         await session.commit()
@@ -297,12 +296,10 @@ async def meter_nodes(
     reports: dict[uuid.UUID, dict[str, Any]],
     now: datetime,
 ) -> None:
-    """Accrue each running node's time since its meter's watermark into usage buckets:
-    healthy (its device heartbeat within 1.5 intervals) time is billed, the rest is not.
-
-    A reconciler that stalled bills at most a few intervals of the gap it did not observe.
-    Two set-based statements for all the nodes (``metering.meter_nodes``).
-    """
+    """Accrue each running node's time since its meter's watermark (the metering tick's
+    work, done here for a node about to stop): healthy (its device heartbeat within 1.5
+    intervals) time is billed, the rest is not; a stall bills at most a few intervals of the
+    gap nobody observed. Two set-based statements for all the nodes."""
     cap = timedelta(
         seconds=3 * max(settings.heartbeat_interval_s, settings.cluster_reconcile_interval_s) + 1
     )
@@ -311,12 +308,26 @@ async def meter_nodes(
     if not running:
         return
     ids = [n.id for n in running]
-    # The unobserved part of a stall (watermark older than now - cap) is not billed.
     await metering.meter_nodes(session, now=now - cap, node_ids=ids, unhealthy=ids)
     unhealthy = [n.id for n in running if not _fresh(reports.get(n.device_id), settings, now_s)]
-    billed = await metering.meter_nodes(session, now=now, node_ids=ids, unhealthy=unhealthy)
-    for node in running:
-        node.healthy_seconds += billed.get(node.id, 0)
+    await metering.meter_nodes(session, now=now, node_ids=ids, unhealthy=unhealthy)
+    await show_billed_time(session, running)
+
+
+async def show_billed_time(session: AsyncSession, nodes: list[ClusterNode]) -> None:
+    """Copy each running node's billed seconds from its meter onto the node (what the
+    console and the CLI show as its healthy time)."""
+    running = {n.id: n for n in nodes if n.state is NodeState.running}
+    if not running:
+        return
+    rows = await session.execute(
+        select(NodeMeter.node_id, NodeMeter.billed_seconds).where(
+            NodeMeter.node_id.in_(list(running))
+        )
+    )
+    for node_id, billed in rows.tuples():
+        if running[node_id].healthy_seconds != billed:
+            running[node_id].healthy_seconds = int(billed)
 
 
 async def stop_node_meter(
@@ -326,7 +337,13 @@ async def stop_node_meter(
     reports: dict[uuid.UUID, dict[str, Any]],
     now: datetime,
 ) -> None:
-    """Account the node's last seconds, then stop billing it."""
+    """Account the node's last seconds, then stop billing it.
+
+    The settlement lock comes first: the metering tick holds it while it updates every
+    meter, so a transaction that locked a meter and then waited for the lock (a cluster's
+    end settles under it) would deadlock with the tick.
+    """
+    await metering.settlement_lock(session)
     await meter_nodes(session, settings, [node], reports, now)
     await metering.stop_meter(session, node.id)
 
@@ -350,37 +367,6 @@ async def finalize(
         ref=hold_ref(cluster.id),
         idempotency_key=f"cluster-release:{cluster.id}",
     )
-
-
-async def settle_all(ctx: TaskContext) -> dict[str, Any]:
-    """Settle every complete minute of usage (all clusters, one ledger transaction), then
-    stop the clusters whose hold cannot pay: they are out of money, not left running free."""
-    now = utcnow()
-    async with ctx.sessionmaker() as session:
-        result = await metering.settle_usage_batch(
-            session,
-            before=now,
-            fee_bps=ctx.settings.platform_fee_bps,
-            idempotency_key=f"settle-batch:{now.isoformat()}",
-        )
-        if result.short_holds:
-            await _stop_broke_clusters(session, result.short_holds)
-        await session.commit()
-    return {"buckets": result.buckets, "short_holds": len(result.short_holds)}
-
-
-async def _stop_broke_clusters(session: AsyncSession, hold_account_ids: list[int]) -> None:
-    cluster_ids = (
-        await session.execute(
-            select(NodeMeter.cluster_id)
-            .where(NodeMeter.hold_account_id.in_(hold_account_ids))
-            .distinct()
-        )
-    ).scalars()
-    for cid in cluster_ids:
-        cluster = await session.get(Cluster, cid, with_for_update=True)
-        if cluster is not None and cluster.status in BILLED:
-            record_event(session, cluster, "budget_exhausted", to=ClusterStatus.terminating)
 
 
 class _Applier:

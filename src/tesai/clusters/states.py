@@ -18,6 +18,8 @@ ALLOWED: Final[dict[S, frozenset[S]]] = {
 }
 
 LIVE: Final = frozenset({S.pending, S.provisioning, S.running, S.degraded})
+BILLED: Final = frozenset({S.running, S.degraded})
+"""States in which running nodes are metered."""
 """States in which the cluster holds devices and money."""
 
 REASONS: Final[dict[str, str]] = {

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from tesai.clusters import jobs, reconcile
+from tesai.clusters import jobs, reconcile, usage
+from tesai.settings import get_settings
 from tesai.tasks import TaskContext, periodic
+
+_settings = get_settings()
 
 
 @periodic("clusters.reconcile", every_s=1.0)
 async def reconcile_clusters(ctx: TaskContext) -> dict[str, int]:
-    """Joins, health, replacements, metering and settlement of every active cluster; then
-    jobs waiting to be resubmitted on a re-formed cluster."""
+    """Joins, health, replacements and budgets of every active cluster; then jobs waiting
+    to be resubmitted on a re-formed cluster."""
     result = await reconcile.reconcile(ctx)
     result["resubmitted"] = await jobs.resubmit_jobs(ctx)
     return result
 
 
-@periodic("clusters.settle", every_s=60.0)
+@periodic("clusters.meter", every_s=_settings.metering_interval_s)
+async def meter_usage(ctx: TaskContext) -> dict[str, Any]:
+    """Bill every running node's healthy seconds; pay providers for each minute that closed."""
+    return await usage.meter_all(ctx)
+
+
+@periodic("clusters.settle", every_s=_settings.settle_interval_s)
 async def settle_usage(ctx: TaskContext) -> dict[str, Any]:
-    """Pay providers for every complete minute of healthy node time, from the holds."""
-    return await reconcile.settle_all(ctx)
+    """Settle the usage the metering tick could not; stop clusters whose hold is spent."""
+    return await usage.settle_all(ctx)

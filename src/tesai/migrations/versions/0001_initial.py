@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 01:59:57.280706+00:00
+Create Date: 2026-11-29 05:29:40.782189+00:00
 
 """
 
@@ -178,6 +178,23 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_table(
+        "ledger_postings",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("transaction_id", sa.BigInteger(), nullable=False),
+        sa.Column("account_id", sa.BigInteger(), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_postings")),
+    )
+    op.create_index(
+        "ix_ledger_postings_account_id_id", "ledger_postings", ["account_id", "id"], unique=False
+    )
+    op.create_index(
+        op.f("ix_ledger_postings_transaction_id"),
+        "ledger_postings",
+        ["transaction_id"],
+        unique=False,
+    )
+    op.create_table(
         "ledger_transactions",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
@@ -222,7 +239,6 @@ def upgrade() -> None:
             "seconds >= 0 AND seconds <= 60", name=op.f("ck_usage_buckets_seconds_in_minute")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_buckets")),
-        sa.UniqueConstraint("node_id", "minute", name=op.f("uq_usage_buckets_node_id_minute")),
     )
     op.create_index(
         "ix_usage_buckets_unsettled",
@@ -682,6 +698,13 @@ def upgrade() -> None:
         sa.Column("price_per_hour_micro", sa.BigInteger(), nullable=False),
         sa.Column("metered_until", sa.DateTime(timezone=True), nullable=False),
         sa.Column("billed_seconds", sa.BigInteger(), nullable=False),
+        sa.Column("open_minute", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("open_seconds", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("open_amount", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("metered_from", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("prev_open_minute", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("prev_open_seconds", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("prev_open_amount", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_user_id"],
@@ -1013,35 +1036,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name=op.f("uq_join_tokens_token_hash")),
     )
     op.create_table(
-        "ledger_postings",
-        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
-        sa.Column("transaction_id", sa.BigInteger(), nullable=False),
-        sa.Column("account_id", sa.BigInteger(), nullable=False),
-        sa.Column("amount", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["account_id"],
-            ["ledger_accounts.id"],
-            name=op.f("fk_ledger_postings_account_id_ledger_accounts"),
-            ondelete="RESTRICT",
-        ),
-        sa.ForeignKeyConstraint(
-            ["transaction_id"],
-            ["ledger_transactions.id"],
-            name=op.f("fk_ledger_postings_transaction_id_ledger_transactions"),
-            ondelete="RESTRICT",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_postings")),
-    )
-    op.create_index(
-        "ix_ledger_postings_account_id_id", "ledger_postings", ["account_id", "id"], unique=False
-    )
-    op.create_index(
-        op.f("ix_ledger_postings_transaction_id"),
-        "ledger_postings",
-        ["transaction_id"],
-        unique=False,
-    )
-    op.create_table(
         "verification_challenges",
         sa.Column("device_id", sa.Uuid(), nullable=False),
         sa.Column("seed", sa.BigInteger(), nullable=False),
@@ -1095,6 +1089,17 @@ def upgrade() -> None:
     )
     op.execute(
         """
+    DROP TRIGGER IF EXISTS ledger_accounts_kept ON ledger_accounts
+    """
+    )
+    op.execute(
+        """
+    CREATE TRIGGER ledger_accounts_kept BEFORE DELETE ON ledger_accounts
+    FOR EACH ROW EXECUTE FUNCTION ledger_reject_change()
+    """
+    )
+    op.execute(
+        """
     DROP TRIGGER IF EXISTS ledger_transactions_append_only ON ledger_transactions
     """
     )
@@ -1127,17 +1132,27 @@ def upgrade() -> None:
     op.execute(
         """
     CREATE OR REPLACE FUNCTION ledger_apply_postings() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE accounts bigint; applied bigint;
     BEGIN
       IF EXISTS (
-        SELECT 1 FROM new_postings p JOIN ledger_transactions t ON t.id = p.transaction_id
+        SELECT 1 FROM (SELECT DISTINCT transaction_id FROM new_postings) p
+        LEFT JOIN ledger_transactions t ON t.id = p.transaction_id
         WHERE t.db_xact IS DISTINCT FROM txid_current()
       ) THEN
         RAISE EXCEPTION 'postings may only be added with their own ledger transaction'
           USING ERRCODE = '23514';
       END IF;
-      UPDATE ledger_accounts a SET balance = a.balance + d.total
-      FROM (SELECT account_id, sum(amount) AS total FROM new_postings GROUP BY account_id) d
-      WHERE a.id = d.account_id;
+      WITH d AS (
+        SELECT account_id, sum(amount) AS total FROM new_postings GROUP BY account_id
+      ), u AS (
+        UPDATE ledger_accounts a SET balance = a.balance + d.total FROM d
+        WHERE a.id = d.account_id RETURNING 1
+      )
+      SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM u) INTO accounts, applied;
+      IF applied <> accounts THEN
+        RAISE EXCEPTION 'a posting names a ledger account that does not exist'
+          USING ERRCODE = '23503';
+      END IF;
       RETURN NULL;
     END $$
     """
@@ -1230,12 +1245,7 @@ def upgrade() -> None:
     )
     op.execute(
         """
-    ALTER TABLE usage_buckets SET (fillfactor = 80)
-    """
-    )
-    op.execute(
-        """
-    ALTER TABLE ledger_accounts SET (fillfactor = 70)
+    ALTER TABLE ledger_accounts SET (fillfactor = 50)
     """
     )
     op.execute(
@@ -1272,9 +1282,6 @@ def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
     op.drop_index("ix_verification_challenges_device_id", table_name="verification_challenges")
     op.drop_table("verification_challenges")
-    op.drop_index(op.f("ix_ledger_postings_transaction_id"), table_name="ledger_postings")
-    op.drop_index("ix_ledger_postings_account_id_id", table_name="ledger_postings")
-    op.drop_table("ledger_postings")
     op.drop_table("join_tokens")
     op.drop_index("ix_jobs_resubmit", table_name="jobs", postgresql_where=sa.text("resubmit"))
     op.drop_index("ix_jobs_cluster_id", table_name="jobs")
@@ -1339,6 +1346,9 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_ledger_transactions_kind"), table_name="ledger_transactions")
     op.drop_index(op.f("ix_ledger_transactions_created_at"), table_name="ledger_transactions")
     op.drop_table("ledger_transactions")
+    op.drop_index(op.f("ix_ledger_postings_transaction_id"), table_name="ledger_postings")
+    op.drop_index("ix_ledger_postings_account_id_id", table_name="ledger_postings")
+    op.drop_table("ledger_postings")
     op.drop_index(op.f("ix_idempotency_records_created_at"), table_name="idempotency_records")
     op.drop_table("idempotency_records")
     op.drop_table("fleet_events")
