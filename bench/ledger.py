@@ -176,10 +176,9 @@ WITH n AS (
          (CAST(:p AS uuid[]))[1 + i % :np] AS provider
   FROM generate_series(0, :nodes - 1) AS i
 )
-INSERT INTO billing_node_meters (node_id, cluster_id, device_id, customer_user_id,
-    provider_user_id, hold_account_id, earnings_account_id, price_per_hour_micro,
-    metered_until, billed_seconds, active)
-SELECT n.node_id, n.customer, gen_random_uuid(), n.customer, n.provider, h.id, e.id,
+INSERT INTO billing_node_meters (node_id, cluster_id, device_id, hold_account_id,
+    earnings_account_id, price_per_hour_micro, metered_until, billed_seconds, active)
+SELECT n.node_id, n.customer, gen_random_uuid(), h.id, e.id,
        1000000 + (n.i % 7) * 250000, CAST(:t0 AS timestamptz), 0, true
 FROM n
 JOIN ledger_accounts h ON h.owner_user_id = n.customer AND h.kind = 'customer_held'

@@ -423,3 +423,38 @@ async def test_racing_ticks_and_node_stops_account_every_second_once(
                 assert meter.billed_seconds == 300
         assert await s.scalar(text("SELECT sum(amount) FROM ledger_postings")) == 0
     await _one_bucket_per_node_and_minute(runtime)
+
+
+async def test_a_node_stop_and_the_tick_at_once_do_not_deadlock(
+    runtime: Runtime, new_user: NewUser
+) -> None:
+    """The lock order: a transaction that stops a node takes the settlement lock before it
+    touches the meter (as ``clusters.reconcile.stop_node_meter`` does). The tick, which
+    holds that lock while it updates every meter, then simply waits for it; had the stop
+    locked the meter first and waited for the lock to settle, the two would deadlock."""
+    _, provider, _, (staying, leaving) = await _cluster(runtime, new_user, 2)
+    stop_has_meter = asyncio.Event()
+
+    async def stop() -> None:
+        async with runtime.sessionmaker() as s, s.begin():
+            await metering.settlement_lock(s)
+            await metering.meter_nodes(s, now=T0 + timedelta(seconds=90), node_ids=[leaving])
+            stop_has_meter.set()
+            await asyncio.sleep(0.5)  # the tick starts meanwhile
+            await metering.stop_meter(s, leaving)
+            await metering.settle_usage_batch(
+                s, before=T0 + timedelta(minutes=5), fee_bps=1000, idempotency_key="stop"
+            )
+
+    async def tick() -> metering.BatchSettlement:
+        await stop_has_meter.wait()
+        async with runtime.sessionmaker() as s, s.begin():
+            return await metering.meter_and_settle(
+                s, now=T0 + timedelta(seconds=120), fee_bps=1000, idempotency_key="tick"
+            )
+
+    _, ticked = await asyncio.gather(stop(), tick())
+    assert ticked.moved == 1  # only the staying node: the other had stopped
+    async with runtime.sessionmaker() as s:
+        assert await balance_of(s, service.earnings(provider)) == (90 + 120) * 1000
+        assert [await metering.unsettled_seconds(s, n) for n in (staying, leaving)] == [0, 0]

@@ -66,8 +66,6 @@ async def start_meter(
         node_id=node_id,
         cluster_id=cluster_id,
         device_id=device_id,
-        customer_user_id=customer_user_id,
-        provider_user_id=provider_user_id,
         hold_account_id=await account_id(
             session, service.held(customer_user_id, cluster_hold_ref(cluster_id))
         ),
@@ -174,22 +172,38 @@ moved AS (
     n.earnings_account_id AS earn, n.price_per_hour_micro AS p, {healthy} AS healthy,
     {was} AS wm, n.billed_seconds - {was_added} AS b, {was_added} AS added,
     CAST(date_part('epoch', n.prev_open_minute) AS bigint) AS om,
-    n.prev_open_seconds AS os, n.prev_open_amount AS oa
-), done AS (
+    n.prev_open_seconds AS os, n.prev_open_amount AS oa,
+    LEAST({was} - {was} % 60, CAST(date_part('epoch', n.prev_open_minute) AS bigint)) AS first
+), {_pieces("one", "moved.first", "moved.first = :cur_s - 60")}, {
+        _pieces(
+            "many",
+            "g",
+            "moved.first < :cur_s - 60",
+            "CROSS JOIN LATERAL generate_series(moved.first, CAST(:cur_s AS bigint) - 60, 60) AS g",
+        )
+    }, done AS (
+  SELECT * FROM one UNION ALL SELECT * FROM many
+)"""  # noqa: S608
+
+
+def _pieces(name: str, minute: str, where: str, series: str = "") -> str:
+    """CTE ``name``: the closed minutes ``minute`` (epoch seconds) of the moved meters as
+    buckets to write. Most ticks close exactly one minute per node (``one``, no set-returning
+    function); a longer gap closes several (``many``)."""
+    return f"""{name} AS (
   SELECT moved.node_id, moved.cluster_id, moved.device_id, moved.hold, moved.earn, moved.p,
-         to_timestamp(g) AS minute,
-         h.seconds + CASE WHEN g = moved.om THEN moved.os ELSE 0 END AS seconds,
+         to_timestamp({minute}) AS minute,
+         h.seconds + CASE WHEN {minute} = moved.om THEN moved.os ELSE 0 END AS seconds,
          ((moved.b + h.cum) * moved.p) / 3600 - ((moved.b + h.cum - h.seconds) * moved.p) / 3600
-           + CASE WHEN g = moved.om THEN moved.oa ELSE 0 END AS amount
-  FROM moved
-  CROSS JOIN LATERAL generate_series(
-      LEAST(moved.wm - moved.wm % 60, moved.om), CAST(:cur_s AS bigint) - 60, 60) AS g
+           + CASE WHEN {minute} = moved.om THEN moved.oa ELSE 0 END AS amount
+  FROM moved {series}
   CROSS JOIN LATERAL (
-    SELECT CASE WHEN moved.healthy THEN GREATEST(0, g + 60 - GREATEST(moved.wm, g)) ELSE 0
+    SELECT CASE WHEN moved.healthy
+             THEN GREATEST(0, {minute} + 60 - GREATEST(moved.wm, {minute})) ELSE 0
            END AS seconds,
-           CASE WHEN moved.healthy THEN GREATEST(0, g + 60 - moved.wm) ELSE 0 END AS cum
+           CASE WHEN moved.healthy THEN GREATEST(0, {minute} + 60 - moved.wm) ELSE 0 END AS cum
   ) AS h
-  WHERE h.seconds > 0 OR g = moved.om
+  WHERE {where} AND (h.seconds > 0 OR {minute} = moved.om)
 )"""  # noqa: S608
 
 

@@ -127,8 +127,8 @@ class NodeMeter(Base):
     node_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     cluster_id: Mapped[uuid.UUID]
     device_id: Mapped[uuid.UUID]
-    customer_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
-    provider_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    # Who pays and who earns, as their ledger accounts (the accounts name their owners): the
+    # tick rewrites every meter row, so it carries nothing it does not read.
     hold_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
     earnings_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
     price_per_hour_micro: Mapped[int] = mapped_column(BigInteger)

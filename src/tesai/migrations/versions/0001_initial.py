@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 05:29:40.782189+00:00
+Create Date: 2026-11-29 05:52:39.918029+00:00
 
 """
 
@@ -691,8 +691,6 @@ def upgrade() -> None:
         sa.Column("node_id", sa.Uuid(), nullable=False),
         sa.Column("cluster_id", sa.Uuid(), nullable=False),
         sa.Column("device_id", sa.Uuid(), nullable=False),
-        sa.Column("customer_user_id", sa.Uuid(), nullable=False),
-        sa.Column("provider_user_id", sa.Uuid(), nullable=False),
         sa.Column("hold_account_id", sa.BigInteger(), nullable=False),
         sa.Column("earnings_account_id", sa.BigInteger(), nullable=False),
         sa.Column("price_per_hour_micro", sa.BigInteger(), nullable=False),
@@ -707,11 +705,6 @@ def upgrade() -> None:
         sa.Column("prev_open_amount", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["customer_user_id"],
-            ["users.id"],
-            name=op.f("fk_billing_node_meters_customer_user_id_users"),
-        ),
-        sa.ForeignKeyConstraint(
             ["earnings_account_id"],
             ["ledger_accounts.id"],
             name=op.f("fk_billing_node_meters_earnings_account_id_ledger_accounts"),
@@ -720,11 +713,6 @@ def upgrade() -> None:
             ["hold_account_id"],
             ["ledger_accounts.id"],
             name=op.f("fk_billing_node_meters_hold_account_id_ledger_accounts"),
-        ),
-        sa.ForeignKeyConstraint(
-            ["provider_user_id"],
-            ["users.id"],
-            name=op.f("fk_billing_node_meters_provider_user_id_users"),
         ),
         sa.PrimaryKeyConstraint("node_id", name=op.f("pk_billing_node_meters")),
     )
