@@ -12,6 +12,7 @@ from sqlalchemy import func, select, text
 from tesai.billing import holds, metering, service
 from tesai.billing.ledger import balance_of, set_fault_hook
 from tesai.billing.models import NodeMeter, UsageBucket
+from tesai.billing.money import customer_charge
 from tesai.runtime import Runtime
 from tests.billing.conftest import NewUser
 
@@ -381,7 +382,7 @@ async def test_racing_ticks_and_node_stops_account_every_second_once(
     """Ticks with and without settlement, a reconciler metering one node and another node
     stopping, all at once and across minute boundaries: each node's buckets and minute in
     progress add up to exactly its billed seconds and their rounded price, once."""
-    _, _, _, nodes = await _cluster(runtime, new_user, 4)
+    _, _, cluster, nodes = await _cluster(runtime, new_user, 4)
 
     async def run(op: str, at: int) -> None:
         now = T0 + timedelta(seconds=at)
@@ -421,6 +422,12 @@ async def test_racing_ticks_and_node_stops_account_every_second_once(
             assert meter.active is (node != nodes[3])
             if meter.active:
                 assert meter.billed_seconds == 300
+        # What budgets read: the same total off the meters alone.
+        used = await s.scalar(select(func.sum(UsageBucket.amount_micro)))
+        used += await s.scalar(select(func.sum(NodeMeter.open_amount)))
+        assert await metering.spent_by_cluster(s, 1000, [cluster]) == {
+            cluster: customer_charge(used, 1000)
+        }
         assert await s.scalar(text("SELECT sum(amount) FROM ledger_postings")) == 0
     await _one_bucket_per_node_and_minute(runtime)
 

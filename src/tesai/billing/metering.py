@@ -537,21 +537,18 @@ async def unsettled_seconds(session: AsyncSession, node_id: uuid.UUID) -> int:
 async def spent_by_cluster(
     session: AsyncSession, fee_bps: int, cluster_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, int]:
-    """What each cluster has cost so far: its metered usage (closed minutes and the minutes
-    in progress) plus the platform fee."""
+    """What each cluster has cost so far: its metered usage plus the platform fee.
+
+    Read off the meters, not the buckets: with cumulative rounding a node's usage so far
+    (its buckets plus its minute in progress) is exactly ``billed_seconds × price / 3600``
+    rounded down, so this is one indexed lookup per cluster however long it ran.
+    """
     if not cluster_ids:
         return {}
-    closed = (
-        select(UsageBucket.cluster_id, UsageBucket.amount_micro.label("amount"))
-        .where(UsageBucket.cluster_id.in_(cluster_ids))
-        .union_all(
-            select(NodeMeter.cluster_id, NodeMeter.open_amount).where(
-                NodeMeter.cluster_id.in_(cluster_ids)
-            )
-        )
-        .subquery()
-    )
+    used = func.sum((NodeMeter.billed_seconds * NodeMeter.price_per_hour_micro) // 3600)
     rows = await session.execute(
-        select(closed.c.cluster_id, func.sum(closed.c.amount)).group_by(closed.c.cluster_id)
+        select(NodeMeter.cluster_id, used)
+        .where(NodeMeter.cluster_id.in_(cluster_ids))
+        .group_by(NodeMeter.cluster_id)
     )
     return {cid: customer_charge(int(total or 0), fee_bps) for cid, total in rows.tuples()}

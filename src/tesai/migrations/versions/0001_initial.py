@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 05:52:39.918029+00:00
+Create Date: 2026-11-29 05:56:20.224572+00:00
 
 """
 
@@ -716,6 +716,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("node_id", name=op.f("pk_billing_node_meters")),
     )
+    op.create_index(
+        op.f("ix_billing_node_meters_cluster_id"),
+        "billing_node_meters",
+        ["cluster_id"],
+        unique=False,
+    )
     op.create_table(
         "chain_receipts",
         sa.Column("signature", sa.String(length=100), nullable=False),
@@ -1296,6 +1302,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_chain_receipts_needs_review"), table_name="chain_receipts")
     op.drop_index(op.f("ix_chain_receipts_deposit_id"), table_name="chain_receipts")
     op.drop_table("chain_receipts")
+    op.drop_index(op.f("ix_billing_node_meters_cluster_id"), table_name="billing_node_meters")
     op.drop_table("billing_node_meters")
     op.drop_index(op.f("ix_user_wallets_user_id"), table_name="user_wallets")
     op.drop_table("user_wallets")
