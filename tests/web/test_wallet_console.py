@@ -223,5 +223,6 @@ async def test_wallet_sign_in_and_pay_a_deposit(
     )
     report = await deposits.scan_deposits(runtime.sessionmaker, scan_settings, chain.client)
     assert report.credited == 1
-    await expect(request.get_by_text("Credited $12.50")).to_be_visible()
-    await expect(page.get_by_test_id("stat-available")).to_have_text("$12.50")
+    # The page polls the intent every 3 s and the balance every 5 s: allow a few polls.
+    await expect(request.get_by_text("Credited $12.50")).to_be_visible(timeout=15_000)
+    await expect(page.get_by_test_id("stat-available")).to_have_text("$12.50", timeout=15_000)
