@@ -53,6 +53,7 @@ from tesai.clusters.pool import load_pool, to_placement_request
 from tesai.clusters.schemas import ClusterRequest
 from tesai.clusters.service import hold_ref, record_event, secret_box
 from tesai.clusters.states import BILLED
+from tesai.clusters.usage import stall_cap
 from tesai.db import run_after_commit
 from tesai.devices import keys as device_keys
 from tesai.devices.models import Device, DeviceCommand, DeviceStatus
@@ -300,9 +301,7 @@ async def meter_nodes(
     work, done here for a node about to stop): healthy (its device heartbeat within 1.5
     intervals) time is billed, the rest is not; a stall bills at most a few intervals of the
     gap nobody observed. Two set-based statements for all the nodes."""
-    cap = timedelta(
-        seconds=3 * max(settings.heartbeat_interval_s, settings.cluster_reconcile_interval_s) + 1
-    )
+    cap = stall_cap(settings)
     now_s = now.timestamp()
     running = [n for n in nodes if n.state is NodeState.running]
     if not running:

@@ -34,8 +34,13 @@ INF = float("inf")
 
 
 def stall_cap(settings: Settings) -> timedelta:
-    """The longest gap a tick bills: beyond it nobody observed the nodes' health."""
-    interval = max(settings.heartbeat_interval_s, settings.metering_interval_s)
+    """The longest gap one metering run bills (the tick, or the reconciler accounting a
+    node's last seconds): beyond it nobody observed the nodes' health."""
+    interval = max(
+        settings.heartbeat_interval_s,
+        settings.metering_interval_s,
+        settings.cluster_reconcile_interval_s,
+    )
     return timedelta(seconds=3 * interval + 1)
 
 
