@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +20,26 @@ from tests.billing.conftest import NewUser
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 PRICE = 3_600_000  # 1,000 micro-USDC per second
+
+
+class Crash(Exception):
+    pass
+
+
+@contextmanager
+def crash_at(point: str) -> Iterator[None]:
+    """The ledger's checkpoint ``point`` raises ``Crash`` inside the block, which must fail."""
+
+    def hook(name: str) -> None:
+        if name == point:
+            raise Crash(name)
+
+    set_fault_hook(hook)
+    try:
+        with pytest.raises(Crash):
+            yield
+    finally:
+        set_fault_hook(None)
 
 
 async def _cluster(
@@ -145,9 +167,6 @@ async def test_a_crash_at_any_point_of_a_tick_counts_each_second_once(
     customer, provider, cluster, nodes = await _cluster(runtime, new_user, 3)
     now = T0 + timedelta(minutes=2)
 
-    class Crash(Exception):
-        pass
-
     async def tick_then_die() -> None:
         async with runtime.sessionmaker() as s, s.begin():
             await metering.meter_tick(s, now=now)
@@ -171,20 +190,11 @@ async def test_a_crash_at_any_point_of_a_tick_counts_each_second_once(
     # 3. Settlement dies after its ledger statement (checkpoint "batch_posted"), then again
     #    before its commit: both roll back whole.
     for point in ("batch_claimed", "batch_posted"):
-
-        def hook(name: str, point: str = point) -> None:
-            if name == point:
-                raise Crash(name)
-
-        set_fault_hook(hook)
-        try:
-            with pytest.raises(Crash):
-                async with runtime.sessionmaker() as s, s.begin():
-                    await metering.settle_usage_batch(
-                        s, before=now, fee_bps=1000, idempotency_key=f"t:{point}"
-                    )
-        finally:
-            set_fault_hook(None)
+        with crash_at(point):
+            async with runtime.sessionmaker() as s, s.begin():
+                await metering.settle_usage_batch(
+                    s, before=now, fee_bps=1000, idempotency_key=f"t:{point}"
+                )
     with pytest.raises(Crash):
         await settle_then_die()
     async with runtime.sessionmaker() as s:
@@ -300,9 +310,6 @@ async def test_the_tick_settles_each_minute_as_it_closes_exactly_once(
     its buckets are left to the sweep."""
     customer, provider, cluster, (up, flaky) = await _cluster(runtime, new_user, 2)
 
-    class Crash(Exception):
-        pass
-
     async def tick(
         at: int, key: str, down: list[uuid.UUID] | None = None
     ) -> metering.BatchSettlement:
@@ -316,17 +323,8 @@ async def test_the_tick_settles_each_minute_as_it_closes_exactly_once(
             )
 
     for point in ("batch_claimed", "batch_posted"):
-
-        def hook(name: str, point: str = point) -> None:
-            if name == point:
-                raise Crash(name)
-
-        set_fault_hook(hook)
-        try:
-            with pytest.raises(Crash):
-                await tick(90, f"k:{point}")
-        finally:
-            set_fault_hook(None)
+        with crash_at(point):
+            await tick(90, f"k:{point}")
     first = await tick(90, "k90")
     assert (first.moved, first.buckets, first.provider_micro, first.fee_micro) == (
         2,
