@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/placement.py [--devices 100000] [--requests 20000] [--reference 200]
     .venv/bin/python bench/placement.py --committed [--devices 100000] [--workers 4] [--seconds 20]
+        [--concurrency 128] [--one-by-one] [--pgbench]
 
 Builds ``PoolIndex`` over N synthetic devices (a realistic mix of GPU models, regions, GPUs per
 device and prices), then places requests of 1–8 GPUs one after another, booking each placement
@@ -11,10 +12,15 @@ scan on a smaller sample of the same requests (with the speed-up ratio). Goal: �
 placements/s and p99 ≤ 5 ms on the index path.
 
 ``--committed`` instead seeds a scratch PostgreSQL database with N online devices and customers
-with credit, then lets 4 OS processes create clusters through the service function the API's
-``POST /clusters`` calls (``tesai.clusters.service.create_cluster``, one transaction each,
-committed like ``tesai.db.get_session``; not over HTTP) for a fixed time. Each process keeps its
-own ``PoolCache`` (warmed before the clock starts, as an API process does on its first request).
+with credit, then lets 4 OS processes create clusters for a fixed time through what the API's
+``POST /clusters`` calls: the process's ``CreateBatcher`` (``tesai.clusters.batching``; group
+commit: the requests in flight in a process are booked together by
+``service.create_clusters``, one transaction per batch; not over HTTP), with
+``--concurrency`` requests in flight per process (default 128: at 1,000 clusters/s and a few
+hundred ms per answer, Little's law puts about that many in flight per process).
+``--one-by-one`` instead runs one transaction per cluster (``service.create_cluster``, as the
+API did before group commit), for a side-by-side figure. Each process keeps its own
+``PoolCache`` (warmed before the clock starts, as an API process does on its first request).
 Prints clusters/s committed, p50/p99 latency, lost races, then checker queries: zero
 double-booked devices, every hold in the ledger. Goal ≥ 1,000 clusters/s. ``--pgbench`` adds the
 commit floor of this machine's PostgreSQL (pgbench, 4 clients, single-row insert transactions).
@@ -352,6 +358,7 @@ def _committed_worker(
     customers: list[str],
     requests: list[dict[str, object]],
     concurrency: int,
+    batched: bool,
     start: Any,
     seconds: float,
     out: Any,
@@ -359,7 +366,9 @@ def _committed_worker(
     """One "API process": create clusters through the service, one transaction each."""
     try:
         out.put(
-            asyncio.run(_worker_loop(url, home, customers, requests, concurrency, start, seconds))
+            asyncio.run(
+                _worker_loop(url, home, customers, requests, concurrency, batched, start, seconds)
+            )
         )
     except BaseException as exc:  # the parent waits for one result per process
         out.put(WorkerResult(errors=1, first_error=f"worker crashed: {exc!r}"))
@@ -372,10 +381,12 @@ async def _worker_loop(
     customers: list[str],
     requests: list[dict[str, object]],
     concurrency: int,
+    batched: bool,
     start: Any,
     seconds: float,
 ) -> WorkerResult:
     from tesai.clusters import service
+    from tesai.clusters.batching import create_batcher
     from tesai.clusters.errors import NoCapacity
     from tesai.clusters.pool import pool_cache
     from tesai.clusters.schemas import CreateCluster
@@ -397,31 +408,42 @@ async def _worker_loop(
     t_start = time.monotonic()
     deadline = t_start + seconds
 
+    batcher = create_batcher(runtime)
+
+    async def one_by_one(customer: uuid.UUID, body: CreateCluster) -> None:
+        # The API's unit of work before group commit (tesai.db.get_session): one
+        # transaction per cluster, committed or rolled back.
+        async with runtime.sessionmaker() as session:
+            try:
+                await service.create_cluster(session, runtime, customer, body)
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
+            await run_after_commit(session)
+
     async def loop(slot: int) -> None:
         customer = uuid.UUID(customers[slot % len(customers)])
         while time.monotonic() < deadline:
             body = bodies[next(counter) % len(bodies)]
             t = time.perf_counter()
-            # Exactly the API's unit of work (tesai.db.get_session): commit or roll back.
-            async with runtime.sessionmaker() as session:
-                try:
-                    await service.create_cluster(session, runtime, customer, body)
-                except NoCapacity as exc:
-                    await session.rollback()
-                    if "booked by someone else" in str(exc) or "changed" in str(exc):
-                        result.conflicts += 1
-                        cause = exc.__cause__
-                        result.first_conflict = result.first_conflict or f"{exc} ({cause!r:.300})"
-                    else:
-                        result.shortfalls += 1
-                    continue
-                except AppError as exc:
-                    await session.rollback()
-                    result.errors += 1
-                    result.first_error = result.first_error or f"{exc.code}: {exc}"
-                    continue
-                await session.commit()
-                await run_after_commit(session)
+            try:
+                if batched:
+                    await batcher.create(customer, body)  # what POST /clusters calls
+                else:
+                    await one_by_one(customer, body)
+            except NoCapacity as exc:
+                if "booked by someone else" in str(exc) or "changed" in str(exc):
+                    result.conflicts += 1
+                    cause = exc.__cause__
+                    result.first_conflict = result.first_conflict or f"{exc} ({cause!r:.300})"
+                else:
+                    result.shortfalls += 1
+                continue
+            except AppError as exc:
+                result.errors += 1
+                result.first_error = result.first_error or f"{exc.code}: {exc}"
+                continue
             result.latencies.append(time.perf_counter() - t)
             result.committed += 1
 
@@ -517,13 +539,15 @@ def bench_committed(
     customers: int,
     seed: int,
     pgbench: bool = False,
+    batched: bool = True,
 ) -> int:
     """Place + commit clusters to PostgreSQL from ``workers`` concurrent processes.
 
     Each process opens its own runtime (engine, pool, ``PoolCache``) like an API worker and
-    calls ``tesai.clusters.service.create_cluster`` with a request in its own transaction per
-    cluster, committed like ``tesai.db.get_session`` does. Afterwards checker queries confirm no
-    device is booked twice and every cluster's hold is in the ledger. Goal ≥ 1,000 clusters/s.
+    creates clusters as ``POST /clusters`` does (its ``CreateBatcher``; with ``batched``
+    false, ``create_cluster`` in a transaction of its own per cluster). Afterwards checker
+    queries confirm no device is booked twice and every cluster's hold is in the ledger.
+    Goal ≥ 1,000 clusters/s.
     """
     print(machine())
     rng = random.Random(seed)
@@ -553,6 +577,7 @@ def bench_committed(
                         ids[w::workers],
                         requests[w::workers],
                         concurrency,
+                        batched,
                         start,
                         seconds,
                         out,
@@ -570,8 +595,9 @@ def bench_committed(
             committed = sum(r.committed for r in results)
             lat = [x for r in results for x in r.latencies]
             clusters, nodes, found = asyncio.run(_check(url))
+            mode = "group commit" if batched else "one transaction per cluster"
             print(
-                f"{workers} processes × {concurrency} in flight, {seconds:g} s: "
+                f"{workers} processes × {concurrency} in flight ({mode}), {seconds:g} s: "
                 f"{committed} clusters committed ({nodes} nodes) in {wall:.1f} s "
                 f"→ {committed / wall:,.1f} clusters/s"
             )
@@ -625,7 +651,14 @@ def main() -> int:
         help="instead: create clusters in PostgreSQL through the service from several processes",
     )
     parser.add_argument("--workers", type=int, default=4, help="--committed: processes")
-    parser.add_argument("--concurrency", type=int, default=1, help="--committed: per process")
+    parser.add_argument(
+        "--concurrency", type=int, default=128, help="--committed: requests in flight per process"
+    )
+    parser.add_argument(
+        "--one-by-one",
+        action="store_true",
+        help="--committed: one transaction per cluster (create_cluster), not the API's batches",
+    )
     parser.add_argument("--seconds", type=float, default=20, help="--committed: how long")
     parser.add_argument("--customers", type=int, default=64, help="--committed: customers")
     parser.add_argument("--pgbench", action="store_true", help="--committed: commit floor too")
@@ -639,6 +672,7 @@ def main() -> int:
             args.customers,
             args.seed,
             args.pgbench,
+            not args.one_by_one,
         )
     return run(args.devices, args.requests, args.reference, args.live, args.seed)
 

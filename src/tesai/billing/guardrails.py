@@ -33,6 +33,7 @@ the task may run twice or concurrently.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -261,24 +262,58 @@ async def check_new_hold(
     customer are checked one after the other. Raises ``SpendCapExceeded`` (409) with the
     numbers; does nothing when the customer has no cap.
     """
-    cap = await get_cap(session, user_id, lock=True)
-    if cap is None:
-        return
-    now = utcnow()
-    spent = (await month_to_date(session, settings, [user_id], now))[user_id]
-    held = await open_holds(session, settings, user_id)
-    if would_exceed(cap, spent, held, amount_micro):
-        raise SpendCapExceeded(
-            f"This needs a hold of {format_usdc(amount_micro)} USDC: with "
-            f"{format_usdc(spent)} USDC spent this month and {format_usdc(held)} USDC in open "
-            f"holds, that is {format_usdc(spent + held + amount_micro)} USDC, over your monthly "
-            f"spend cap of {format_usdc(cap)} USDC. Raise or clear the cap, or ask for less.",
-            monthly_cap_micro=cap,
-            month_to_date_micro=spent,
-            open_holds_micro=held,
-            requested_micro=amount_micro,
-            period=period_of(now),
+    refused = (await check_new_holds(session, settings, [(user_id, amount_micro)]))[0]
+    if refused is not None:
+        raise refused
+
+
+async def check_new_holds(
+    session: AsyncSession, settings: Settings, holds: Sequence[tuple[uuid.UUID, int]]
+) -> list[SpendCapExceeded | None]:
+    """``check_new_hold`` for many new holds (customer, amount) at once, in order: a hold
+    counts against its customer's cap for the ones after it unless it is refused. Returns
+    each hold's refusal or None. The cap rows are locked in customer order (one statement;
+    customers without a cap cost nothing more)."""
+    users = sorted({user for user, _ in holds})
+    caps = dict(
+        (
+            await session.execute(
+                select(SpendCap.user_id, SpendCap.monthly_cap_micro)
+                .where(SpendCap.user_id.in_(users))
+                .order_by(SpendCap.user_id)
+                .with_for_update()
+            )
         )
+        .tuples()
+        .all()
+    )
+    out: list[SpendCapExceeded | None] = [None] * len(holds)
+    if not caps:
+        return out
+    now = utcnow()
+    capped = list(caps)
+    spent = await month_to_date(session, settings, capped, now)
+    held = {user: await open_holds(session, settings, user) for user in capped}
+    for i, (user, amount) in enumerate(holds):
+        cap = caps.get(user)
+        if cap is None:
+            continue
+        if would_exceed(cap, spent[user], held[user], amount):
+            out[i] = SpendCapExceeded(
+                f"This needs a hold of {format_usdc(amount)} USDC: with "
+                f"{format_usdc(spent[user])} USDC spent this month and "
+                f"{format_usdc(held[user])} USDC in open holds, that is "
+                f"{format_usdc(spent[user] + held[user] + amount)} USDC, over your monthly "
+                f"spend cap of {format_usdc(cap)} USDC. Raise or clear the cap, or ask for less.",
+                monthly_cap_micro=cap,
+                month_to_date_micro=spent[user],
+                open_holds_micro=held[user],
+                requested_micro=amount,
+                period=period_of(now),
+            )
+        else:
+            held[user] += amount
+    return out
 
 
 # --- the periodic scan -----------------------------------------------------------------------

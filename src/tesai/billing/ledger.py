@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.audit.models import AuditEvent
 from tesai.billing.errors import IdempotencyKeyReused, InsufficientFunds
 from tesai.billing.models import LedgerAccount, LedgerPosting, LedgerTransaction
+from tesai.db import insert_rows
 from tesai.errors import AppError
 
 
@@ -147,39 +148,65 @@ def _matches(account: AccountRef) -> ColumnElement[bool]:
 
 
 async def lock_accounts(
-    session: AsyncSession, accounts: Sequence[AccountRef]
+    session: AsyncSession, accounts: Sequence[AccountRef], *, create: bool = True
 ) -> dict[AccountRef, tuple[int, int]]:
     """Lock ``accounts`` in id order (creating missing ones); returns (id, balance) each.
 
-    One round trip when the accounts exist; the id order means two movements touching the
-    same accounts never deadlock.
+    One round trip when the accounts exist, three when some are new (one INSERT creates
+    them all); the id order means two movements touching the same accounts never deadlock.
+    ``create=False`` leaves missing accounts out of the answer.
     """
     wanted = list(dict.fromkeys(accounts))
-    query = (
-        select(
-            LedgerAccount.id,
-            LedgerAccount.owner_user_id,
-            LedgerAccount.kind,
-            LedgerAccount.ref,
-            LedgerAccount.balance,
-        )
-        .where(or_(*(_matches(a) for a in wanted)))
-        .order_by(LedgerAccount.id)
-        .with_for_update()
-    )
-    found = {
-        AccountRef(r.owner_user_id, r.kind, r.ref): (int(r.id), int(r.balance))
-        for r in await session.execute(query)
+    owned = [a for a in wanted if a.owner_user_id is not None]
+    platform = [a for a in wanted if a.owner_user_id is None]
+    params = {
+        "owners": [a.owner_user_id for a in owned],
+        "kinds": [a.kind for a in owned],
+        "refs": [a.ref for a in owned],
+        "pkinds": [a.kind for a in platform],
+        "prefs": [a.ref for a in platform],
     }
+
+    async def read() -> dict[AccountRef, tuple[int, int]]:
+        rows = await session.execute(_LOCK_ACCOUNTS, params)
+        return {AccountRef(o, k, r): (int(i), int(b)) for i, o, k, r, b in rows.tuples()}
+
+    found = await read()
     missing = [a for a in wanted if a not in found]
-    if not missing:
+    if not missing or not create:
         return found
-    for acc in missing:
-        await account_id(session, acc)
-    return {
-        AccountRef(r.owner_user_id, r.kind, r.ref): (int(r.id), int(r.balance))
-        for r in await session.execute(query)
-    }
+    await session.execute(
+        insert(LedgerAccount).on_conflict_do_nothing(),
+        [
+            {
+                "owner_user_id": a.owner_user_id,
+                "kind": a.kind,
+                "ref": a.ref,
+                "allow_negative": a.kind in NEGATIVE_ALLOWED,
+            }
+            for a in missing
+        ],
+    )
+    return await read()
+
+
+# One statement shape whatever the number of accounts (so it is prepared once): the ids by
+# the unique (owner, kind, ref) index, platform accounts (no owner) apart, then locked in id
+# order.
+_LOCK_ACCOUNTS = text(
+    """
+SELECT a.id, a.owner_user_id, a.kind, a.ref, a.balance FROM ledger_accounts a
+WHERE a.id = ANY(ARRAY(
+  SELECT o.id FROM unnest(CAST(:owners AS uuid[]), CAST(:kinds AS text[]),
+                          CAST(:refs AS text[])) AS w(owner, kind, ref)
+  JOIN ledger_accounts o ON o.owner_user_id = w.owner AND o.kind = w.kind AND o.ref = w.ref
+  UNION ALL
+  SELECT p.id FROM unnest(CAST(:pkinds AS text[]), CAST(:prefs AS text[])) AS w(kind, ref)
+  JOIN ledger_accounts p ON p.owner_user_id IS NULL AND p.kind = w.kind AND p.ref = w.ref
+))
+ORDER BY a.id
+FOR UPDATE"""
+)
 
 
 async def post(
@@ -285,8 +312,10 @@ async def post_batch(
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate idempotency keys in one batch")
     # Locks first (see ``post``): a twin batch commits before we look for its keys.
+    # Missing accounts are created only for the movements that happen (a refused hold
+    # leaves no empty account behind); they plan with a balance of zero.
     all_accounts = [acc for r in requests for acc in r.accounts]
-    locked = await lock_accounts(session, all_accounts) if all_accounts else {}
+    locked = await lock_accounts(session, all_accounts, create=False) if all_accounts else {}
     checkpoint("accounts")
     rows = (
         await session.execute(
@@ -312,7 +341,7 @@ async def post_batch(
             )
         else:
             out[i] = Movement(found.id, found.kind, dict(found.refs.get("result", {})), True)
-    balances = {acc: bal for acc, (_, bal) in locked.items()}
+    balances = {acc: locked[acc][1] if acc in locked else 0 for acc in all_accounts}
     planned: list[tuple[int, list[Leg], dict[str, Any]]] = []
     for i in todo:
         req = requests[i]
@@ -327,6 +356,9 @@ async def post_batch(
             balances[leg.account] += leg.amount
         planned.append((i, legs, result))
     if planned:
+        new = {leg.account for _, legs, _ in planned for leg in legs} - locked.keys()
+        if new:
+            locked |= await lock_accounts(session, list(new))
         tx_ids = list(
             (
                 await session.scalars(
@@ -354,7 +386,7 @@ async def post_batch(
             if leg.amount != 0
         ]
         if postings:
-            await session.execute(insert(LedgerPosting), postings)
+            await insert_rows(session, LedgerPosting, postings)
         checkpoint("posted")
         audit_rows = [
             {
@@ -366,7 +398,7 @@ async def post_batch(
             if (req := requests[i]).audit is not None
         ]
         if audit_rows:
-            await session.execute(insert(AuditEvent), audit_rows)
+            await insert_rows(session, AuditEvent, audit_rows)
         for tx, (i, _, result) in zip(tx_ids, planned, strict=True):
             out[i] = Movement(tx, requests[i].kind, result)
     done = [m for m in out if m is not None]

@@ -17,6 +17,7 @@ with other arguments raises ``IdempotencyKeyReused``. They flush and never commi
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +171,35 @@ async def admin_grant_credit(
     )
 
 
+def _hold_request(
+    *, user_id: uuid.UUID, amount_micro: int, ref: str, idempotency_key: str, kind: str = "hold"
+) -> PostRequest:
+    """The movement of ``place_hold``: available → the hold ``ref``, refused when short."""
+    _positive(amount_micro)
+    src, dst = available(user_id), held(user_id, ref)
+
+    def plan(balances: dict[AccountRef, int]) -> tuple[list[Leg], dict[str, Any]]:
+        require_funds(balances[src], amount_micro, "available balance")
+        return _transfer(src, dst, amount_micro), {"amount": amount_micro}
+
+    return PostRequest(
+        kind=kind,
+        key=idempotency_key,
+        request_hash=request_hash(user=user_id, amount=amount_micro, ref=ref),
+        plan=plan,
+        accounts=[src, dst],
+        memo=f"{kind} {ref}",
+        refs={"hold": ref, "user_id": str(user_id)},
+        audit={
+            "action": f"money.{kind}",
+            "actor_user_id": user_id,
+            "subject_type": "hold",
+            "subject_id": ref,
+            "details": {"amount_micro": amount_micro},
+        },
+    )
+
+
 async def place_hold(
     session: AsyncSession,
     *,
@@ -183,31 +213,52 @@ async def place_hold(
 
     Raises ``InsufficientFunds`` (402) when available is short; nothing moves then.
     """
-    _positive(amount_micro)
-    src, dst = available(user_id), held(user_id, ref)
-
-    def plan(balances: dict[AccountRef, int]) -> tuple[list[Leg], dict[str, Any]]:
-        require_funds(balances[src], amount_micro, "available balance")
-        return _transfer(src, dst, amount_micro), {"amount": amount_micro}
-
+    req = _hold_request(
+        user_id=user_id,
+        amount_micro=amount_micro,
+        ref=ref,
+        idempotency_key=idempotency_key,
+        kind=kind,
+    )
     movement = await post(
         session,
-        kind=kind,
-        key=idempotency_key,
-        request_hash=request_hash(user=user_id, amount=amount_micro, ref=ref),
-        plan=plan,
-        accounts=[src, dst],
-        memo=f"{kind} {ref}",
-        refs={"hold": ref, "user_id": str(user_id)},
+        kind=req.kind,
+        key=req.key,
+        request_hash=req.request_hash,
+        plan=req.plan,
+        accounts=req.accounts,
+        memo=req.memo,
+        refs=req.refs,
     )
-    return await _audited(
+    assert req.audit is not None
+    return await _audited(session, movement, **req.audit)
+
+
+@dataclass(frozen=True)
+class NewHold:
+    """One ``place_hold`` for ``place_holds``."""
+
+    user_id: uuid.UUID
+    amount_micro: int
+    ref: str
+    idempotency_key: str
+
+
+async def place_holds(session: AsyncSession, holds: Sequence[NewHold]) -> list[Movement | AppError]:
+    """``place_hold`` for many holds in a few statements (same keys, rules and audit rows);
+    a hold that cannot be covered gets its ``InsufficientFunds`` in its slot, decided in
+    order as one by one would."""
+    return await post_batch(
         session,
-        movement,
-        action=f"money.{kind}",
-        actor_user_id=user_id,
-        subject_type="hold",
-        subject_id=ref,
-        details={"amount_micro": amount_micro},
+        [
+            _hold_request(
+                user_id=h.user_id,
+                amount_micro=h.amount_micro,
+                ref=h.ref,
+                idempotency_key=h.idempotency_key,
+            )
+            for h in holds
+        ],
     )
 
 

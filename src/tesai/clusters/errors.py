@@ -23,6 +23,11 @@ class NoCapacity(Conflict):
     code = "no_capacity"
 
 
+class PoolChanged(NoCapacity):
+    """The devices chosen kept being booked by other requests while placing (a lost race;
+    asking again usually succeeds)."""
+
+
 class InvalidClusterRequest(BadRequest):
     code = "invalid_cluster_request"
 

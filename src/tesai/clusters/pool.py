@@ -188,6 +188,8 @@ class CheckedDevices:
     unavailable: frozenset[str]
     """Chosen devices that cannot be booked: locked by another transaction, rented, offline,
     held by another quote, or changed since the index read them."""
+    reserved: frozenset[str] = frozenset()
+    """Of those, the ones held by another quote (the index keeps them held until it ends)."""
 
 
 @dataclass
@@ -329,6 +331,7 @@ class PoolCache:
         quote_id: uuid.UUID | None = None,
         skip_locked: bool = True,
         compare: bool = True,
+        release: bool = True,
     ) -> CheckedDevices:
         """Lock the chosen devices' rows (``FOR UPDATE``; with ``skip_locked`` a row another
         transaction holds counts as unavailable instead of being waited for) and check each is
@@ -337,7 +340,9 @@ class PoolCache:
         ``compare`` (a quote's devices, priced when quoted) only availability is checked.
 
         When something is unavailable, this attempt's local holds on the chosen devices are
-        given back (the caller retries without the ones another transaction has locked).
+        given back (the caller retries without the ones another transaction has locked);
+        ``release=False`` leaves that to the caller (a batch gives back only the holds of the
+        placements that failed).
         """
         ids = list(device_ids)
         stmt = _CHECK_SKIP_LOCKED if skip_locked else _CHECK_WAIT
@@ -358,13 +363,13 @@ class PoolCache:
                 unavailable.add(device.id)
         if self.index is not None:
             self.apply(fresh, gone)
-            if unavailable:
+            if unavailable and release:
                 self.unhold(i for i in ids if i not in reserved)
             for device_id, ttl in reserved.items():
                 self.hold([device_id], ttl)
         if unavailable:
             self.stats.conflicts += 1
-        return CheckedDevices(not unavailable, rows, frozenset(unavailable))
+        return CheckedDevices(not unavailable, rows, frozenset(unavailable), frozenset(reserved))
 
     def _known(self, device_id: str) -> pl.Device | None:
         if self.index is None or device_id not in self.index:

@@ -33,6 +33,7 @@ from tesai.auth.principal import Principal, session_principal
 from tesai.auth.tokens import runtime_signing_key
 from tesai.clusters import dashboard, ray_api, service
 from tesai.clusters import offers as offers_service
+from tesai.clusters.batching import create_batcher
 from tesai.clusters.errors import ClusterNotReady
 from tesai.clusters.models import Cluster, ClusterStatus, Job, JobStatus, Quote
 from tesai.clusters.pool import pool_cache
@@ -118,10 +119,13 @@ async def create_quote(
 
 @router.post("/clusters", status_code=status.HTTP_201_CREATED)
 async def create_cluster(
-    body: CreateCluster, user: CustomerUser, session: SessionDep, runtime: RuntimeDep
+    body: CreateCluster, user: CustomerUser, runtime: RuntimeDep
 ) -> ClusterOut:
-    """Book the devices (all or none), hold the price of the whole duration, provision."""
-    cluster = await service.create_cluster(session, runtime, user.id, body)
+    """Book the devices (all or none), hold the price of the whole duration, provision.
+
+    Committed with the other creations this process has in flight (group commit, see
+    ``tesai.clusters.batching``) before the answer is sent."""
+    cluster = await create_batcher(runtime).create(user.id, body)
     return _cluster_out(runtime, cluster)
 
 

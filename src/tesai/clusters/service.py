@@ -11,11 +11,13 @@ import functools
 import importlib.metadata
 import secrets
 import uuid
-from dataclasses import asdict, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +30,7 @@ from tesai.clusters.errors import (
     ClusterNotFound,
     InvalidClusterRequest,
     NoCapacity,
+    PoolChanged,
     QuoteExpired,
     QuoteNotFound,
 )
@@ -44,8 +47,10 @@ from tesai.clusters.models import (
 from tesai.clusters.pool import PoolCache, load_pool, pool_cache, to_placement_request
 from tesai.clusters.schemas import ClusterRequest, CreateCluster
 from tesai.clusters.states import LIVE, InvalidClusterTransition, check_transition
+from tesai.db import insert_rows
 from tesai.devices.models import Device, DeviceEvent, DeviceStatus
 from tesai.devices.states import check_transition as check_device_transition
+from tesai.errors import AppError
 from tesai.kit.secretbox import SecretBox, load_box
 from tesai.kit.time import utcnow
 from tesai.observability.business import DEVICE_TRANSITIONS, PLACEMENT_DURATION
@@ -84,6 +89,18 @@ def record_event(
     data: dict[str, Any] | None = None,
 ) -> None:
     """Move ``cluster`` to ``to`` (checked by the state machine) and store the event."""
+    session.add(cluster_event(cluster, reason, to=to, detail=detail, data=data))
+
+
+def cluster_event(
+    cluster: Cluster,
+    reason: str,
+    *,
+    to: ClusterStatus | None = None,
+    detail: str = "",
+    data: dict[str, Any] | None = None,
+) -> ClusterEvent:
+    """``record_event`` without the session: moves ``cluster`` and returns the event."""
     from_status = cluster.status
     message = detail
     if to is not None and to is not cluster.status:
@@ -95,16 +112,14 @@ def record_event(
         cluster.status_reason = reason
         cluster.version += 1
         message = t.message
-    session.add(
-        ClusterEvent(
-            cluster_id=cluster.id,
-            at=utcnow(),
-            from_status=from_status.value,
-            to_status=(to or cluster.status).value,
-            reason=reason,
-            message=message[:512],
-            data=data or {},
-        )
+    return ClusterEvent(
+        cluster_id=cluster.id,
+        at=utcnow(),
+        from_status=from_status.value,
+        to_status=(to or cluster.status).value,
+        reason=reason,
+        message=message[:512],
+        data=data or {},
     )
 
 
@@ -177,39 +192,37 @@ async def _place_and_lock(
         if checked.ok:
             return result, ids
         locked_elsewhere |= {i for i in checked.unavailable if i not in checked.rows}
-    raise NoCapacity("The pool changed while placing; try again")
+    raise PoolChanged("The pool changed while placing; try again")
 
 
-async def _mark_rented(
-    session: AsyncSession, device_ids: list[uuid.UUID], cluster_id: uuid.UUID
-) -> None:
-    """online → busy for locked devices, with their events, in two statements."""
-    t = check_device_transition(
-        DeviceStatus.online, DeviceStatus.busy, "rented", f"cluster {cluster_id}"
-    )
+async def _mark_rented(session: AsyncSession, rented: dict[uuid.UUID, uuid.UUID]) -> None:
+    """online → busy for locked devices (device → its cluster), with their events, in two
+    statements."""
     await session.execute(
         update(Device)
-        .where(Device.id.in_(device_ids))
+        .where(Device.id.in_(list(rented)))
         .values(status=DeviceStatus.busy, status_reason="rented", version=Device.version + 1)
         .execution_options(synchronize_session=False)
     )
     at = utcnow()
-    await session.execute(
-        insert(DeviceEvent).values(
-            [
-                {
-                    "device_id": d,
-                    "at": at,
-                    "from_status": DeviceStatus.online.value,
-                    "to_status": DeviceStatus.busy.value,
-                    "reason": "rented",
-                    "message": t.message,
-                }
-                for d in device_ids
-            ]
-        )
+    await insert_rows(
+        session,
+        DeviceEvent,
+        [
+            {
+                "device_id": device_id,
+                "at": at,
+                "from_status": DeviceStatus.online.value,
+                "to_status": DeviceStatus.busy.value,
+                "reason": "rented",
+                "message": check_device_transition(
+                    DeviceStatus.online, DeviceStatus.busy, "rented", f"cluster {cluster_id}"
+                ).message,
+            }
+            for device_id, cluster_id in rented.items()
+        ],
     )
-    DEVICE_TRANSITIONS.labels(DeviceStatus.busy.value, "rented").inc(len(device_ids))
+    DEVICE_TRANSITIONS.labels(DeviceStatus.busy.value, "rented").inc(len(rented))
 
 
 async def _reserve(
@@ -357,6 +370,195 @@ async def create_cluster(
         raise
 
 
+@dataclass(frozen=True)
+class NewCluster:
+    """One ``create_cluster`` call for ``create_clusters``."""
+
+    customer_id: uuid.UUID
+    body: CreateCluster
+
+
+async def create_clusters(
+    session: AsyncSession, runtime: Runtime, items: Sequence[NewCluster]
+) -> list[Cluster | AppError]:
+    """``create_cluster`` for many requests in one transaction and a fixed number of
+    statements, whatever their number: the group commit of an API process under load.
+
+    The same rules and answers as one by one, in order: every request is placed on the
+    index (the devices chosen for one are held from the next), the chosen rows are locked
+    and re-checked in one statement (a stale pick is placed again, ``BOOK_ATTEMPTS`` rounds
+    at most), spend caps are checked and the holds placed as one ledger batch (a request
+    that cannot be covered gets its 402), and the clusters, nodes, events, quotes and device
+    changes of the rest are written in one statement each. A request's slot holds its
+    cluster or its error; nothing of a refused request is written. One difference from one
+    by one: devices chosen for a request refused for money are free again only from the
+    next batch on. Requests naming a quote go through ``create_cluster`` one by one, each
+    in a savepoint.
+    """
+    pool = pool_cache(runtime.state)
+    now = utcnow()
+    out: list[Cluster | AppError | None] = [None] * len(items)
+    wanted: dict[int, pl.PlacementRequest] = {}
+    for i, item in enumerate(items):
+        if item.body.request is None:
+            try:
+                async with session.begin_nested():
+                    out[i] = await create_cluster(session, runtime, item.customer_id, item.body)
+            except AppError as exc:
+                out[i] = exc
+            continue
+        try:
+            wanted[i] = _placement_request(item.body.request)
+        except AppError as exc:
+            out[i] = exc
+
+    placed: dict[int, tuple[pl.PlacementRequest, pl.Placement]] = {}
+    try:
+        return await _place_and_book(session, runtime, items, wanted, placed, out, now)
+    except BaseException:
+        # Nothing of this call will be committed: give back what it took in the index.
+        if pool.index is not None:
+            pool.unhold(d for _, p in placed.values() for d in p.device_ids)
+        raise
+
+
+async def _place_and_book(
+    session: AsyncSession,
+    runtime: Runtime,
+    items: Sequence[NewCluster],
+    wanted: dict[int, pl.PlacementRequest],
+    placed: dict[int, tuple[pl.PlacementRequest, pl.Placement]],
+    out: list[Cluster | AppError | None],
+    now: datetime,
+) -> list[Cluster | AppError]:
+    """``create_clusters`` once the requests are read: ``placed`` holds what is placed and
+    locked so far (for the caller to give back if this raises)."""
+    settings = runtime.settings
+    pool = pool_cache(runtime.state)
+
+    def refuse(i: int, error: AppError) -> None:
+        out[i] = error
+        pool.unhold(placed.pop(i)[1].device_ids)
+
+    locked_elsewhere: set[str] = set()
+    for _ in range(BOOK_ATTEMPTS):
+        if not wanted:
+            break
+        index = await pool.current(session)
+        chosen: dict[int, pl.Placement] = {}
+        for i, preq in wanted.items():
+            if locked_elsewhere:
+                preq = replace(
+                    preq, excluded_device_ids=preq.excluded_device_ids | locked_elsewhere
+                )
+            with PLACEMENT_DURATION.time():
+                result = index.place(preq)
+            if isinstance(result, pl.Shortfall):
+                out[i] = _no_capacity(result)
+                continue
+            pool.hold(result.device_ids)
+            chosen[i] = result
+        wanted = {i: wanted[i] for i in chosen}
+        if not chosen:
+            break
+        checked = await pool.lock(
+            session, [d for p in chosen.values() for d in p.device_ids], release=False
+        )
+        for i, result in chosen.items():
+            if checked.unavailable.isdisjoint(result.device_ids):
+                placed[i] = (wanted.pop(i), result)
+            else:
+                pool.unhold(d for d in result.device_ids if d not in checked.reserved)
+        locked_elsewhere |= {d for d in checked.unavailable if d not in checked.rows}
+    for i in wanted:
+        out[i] = PoolChanged("The pool changed while placing; try again")
+
+    quotes: dict[int, Quote] = {}
+    for i, (_, placement) in placed.items():
+        req = items[i].body.request
+        assert req is not None
+        price = price_placement(placement, req.duration_s, settings.platform_fee_bps)
+        quotes[i] = Quote(
+            id=uuid.uuid4(),
+            customer_id=items[i].customer_id,
+            request=req.model_dump(mode="json"),
+            placement=_quote_view(placement, price),
+            hourly_micro=price.hourly_micro,
+            total_micro=price.total_micro,
+            fee_micro=price.fee_micro,
+            expires_at=now + timedelta(seconds=settings.quote_ttl_s),
+            used_at=now,
+            created_at=now,
+        )
+    order = sorted(placed)
+    capped = await guardrails.check_new_holds(
+        session, settings, [(items[i].customer_id, quotes[i].total_micro) for i in order]
+    )
+    for i, refused in zip(order, capped, strict=True):
+        if refused is not None:
+            refuse(i, refused)
+    box = secret_box(settings)
+    clusters: dict[int, Cluster] = {}
+    for i in sorted(placed):
+        item = items[i]
+        clusters[i] = _new_cluster(
+            settings, item.customer_id, item.body, quotes[i], now, req=item.body.request, box=box
+        )
+    moved = await billing.place_holds(
+        session,
+        [
+            billing.NewHold(
+                user_id=c.customer_id,
+                amount_micro=c.hold_micro,
+                ref=hold_ref(c.id),
+                idempotency_key=f"cluster-hold:{c.id}",
+            )
+            for c in clusters.values()
+        ],
+    )
+    for i, movement in zip(list(clusters), moved, strict=True):
+        if isinstance(movement, AppError):
+            refuse(i, movement)
+            del clusters[i]
+    if clusters:
+        await _write_clusters(session, [(clusters[i], quotes[i]) for i in clusters], now)
+    for i, cluster in clusters.items():
+        cluster.created_at = now
+        out[i] = cluster
+    done = [o for o in out if o is not None]
+    assert len(done) == len(items)
+    return done
+
+
+async def _write_clusters(
+    session: AsyncSession, booked: list[tuple[Cluster, Quote]], now: datetime
+) -> None:
+    """The rows of new clusters (their devices locked, their holds placed): one statement
+    per table."""
+    events = [e for c, q in booked for e in _first_events(c, q)]
+    await insert_rows(session, Quote, [_values(q) for _, q in booked])
+    await insert_rows(session, Cluster, [_values(c) | {"created_at": now} for c, _ in booked])
+    await insert_rows(
+        session,
+        ClusterNode,
+        [row for c, q in booked for row in _node_rows(c.id, q.placement["devices"])],
+    )
+    await insert_rows(session, ClusterEvent, [_values(e, skip=("id",)) for e in events])
+    await _mark_rented(
+        session,
+        {uuid.UUID(d["device_id"]): c.id for c, q in booked for d in q.placement["devices"]},
+    )
+
+
+def _values(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A new ORM object's column values, for a set-based INSERT."""
+    return {
+        a.key: getattr(obj, a.key)
+        for a in sa_inspect(type(obj)).column_attrs
+        if a.key not in skip and a.key in obj.__dict__
+    }
+
+
 async def _book(
     session: AsyncSession,
     runtime: Runtime,
@@ -366,13 +568,50 @@ async def _book(
     now: datetime,
 ) -> Cluster:
     """Write the cluster for a quote whose device rows this transaction has locked."""
-    settings = runtime.settings
-    req = ClusterRequest.model_validate(quote.request)
-    await guardrails.check_new_hold(session, settings, customer_id, quote.total_micro)
-    cluster_id = uuid.uuid4()
-    token = secrets.token_urlsafe(32)
-    cluster = Cluster(
-        id=cluster_id,
+    await guardrails.check_new_hold(session, runtime.settings, customer_id, quote.total_micro)
+    cluster = _new_cluster(runtime.settings, customer_id, body, quote, now)
+    cluster_id = cluster.id
+    session.add(cluster)
+    devices = quote.placement["devices"]
+    session.add_all(ClusterNode(**row) for row in _node_rows(cluster_id, devices))
+    quote.used_at = now
+    session.add_all(_first_events(cluster, quote))
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise NoCapacity("A quoted device was booked by someone else; ask for a new quote") from exc
+    await _mark_rented(session, {uuid.UUID(d["device_id"]): cluster_id for d in devices})
+    await billing.place_hold(
+        session,
+        user_id=customer_id,
+        amount_micro=quote.total_micro,
+        ref=hold_ref(cluster_id),
+        idempotency_key=f"cluster-hold:{cluster_id}",
+    )
+    if body.quote_id is not None:
+        await session.execute(
+            delete(DeviceReservation).where(DeviceReservation.quote_id == quote.id)
+        )
+    await session.flush()
+    return cluster
+
+
+def _new_cluster(
+    settings: Settings,
+    customer_id: uuid.UUID,
+    body: CreateCluster,
+    quote: Quote,
+    now: datetime,
+    *,
+    req: ClusterRequest | None = None,
+    box: SecretBox | None = None,
+) -> Cluster:
+    """The cluster row for a quote (pending; ``_first_events`` moves it on); ``req`` is the
+    quote's request when the caller has it already, ``box`` the settings' secret box."""
+    req = req or ClusterRequest.model_validate(quote.request)
+    box = box or secret_box(settings)
+    return Cluster(
+        id=uuid.uuid4(),
         customer_id=customer_id,
         name=body.name,
         status=ClusterStatus.pending,
@@ -387,47 +626,38 @@ async def _book(
         budget_micro=body.budget_micro,
         hold_micro=quote.total_micro,
         ray_version=ray_version(),
-        ray_token_sealed=secret_box(settings).seal(token),
+        ray_token_sealed=box.seal(secrets.token_urlsafe(32)),
         provisioning_deadline=now + timedelta(seconds=settings.provisioning_deadline_s),
         version=1,
         replacements=0,
     )
-    session.add(cluster)
-    devices = quote.placement["devices"]
-    for i, d in enumerate(devices):
-        session.add(
-            ClusterNode(
-                cluster_id=cluster_id,
-                device_id=uuid.UUID(d["device_id"]),
-                index=i,
-                role=NodeRole.head if i == 0 else NodeRole.worker,
-                state=NodeState.assigned,
-                gpus=d["gpu_count"],
-                price_per_hour_micro=d["hourly_micro"],
-                healthy_seconds=0,
-            )
-        )
-    quote.used_at = now
-    record_event(session, cluster, "created", detail=f"{len(devices)} nodes, quote {quote.id}")
-    record_event(session, cluster, "provisioning", to=ClusterStatus.provisioning)
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        raise NoCapacity("A quoted device was booked by someone else; ask for a new quote") from exc
-    await _mark_rented(session, [uuid.UUID(d["device_id"]) for d in devices], cluster_id)
-    await billing.place_hold(
-        session,
-        user_id=customer_id,
-        amount_micro=quote.total_micro,
-        ref=hold_ref(cluster_id),
-        idempotency_key=f"cluster-hold:{cluster_id}",
-    )
-    if body.quote_id is not None:
-        await session.execute(
-            delete(DeviceReservation).where(DeviceReservation.quote_id == quote.id)
-        )
-    await session.flush()
-    return cluster
+
+
+def _node_rows(cluster_id: uuid.UUID, devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The nodes of a new cluster, one per quoted device; the first is the head."""
+    return [
+        {
+            "id": uuid.uuid4(),
+            "cluster_id": cluster_id,
+            "device_id": uuid.UUID(d["device_id"]),
+            "index": i,
+            "role": NodeRole.head if i == 0 else NodeRole.worker,
+            "state": NodeState.assigned,
+            "gpus": d["gpu_count"],
+            "price_per_hour_micro": d["hourly_micro"],
+            "healthy_seconds": 0,
+        }
+        for i, d in enumerate(devices)
+    ]
+
+
+def _first_events(cluster: Cluster, quote: Quote) -> list[ClusterEvent]:
+    """created, then pending → provisioning."""
+    nodes = len(quote.placement["devices"])
+    return [
+        cluster_event(cluster, "created", detail=f"{nodes} nodes, quote {quote.id}"),
+        cluster_event(cluster, "provisioning", to=ClusterStatus.provisioning),
+    ]
 
 
 async def get_cluster(

@@ -69,6 +69,11 @@ PLACEMENT_DURATION = Histogram(
     "Time the placement engine took to answer one cluster request (quotes and replacements).",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+CREATE_BATCH_SIZE = Histogram(
+    "tesai_cluster_create_batch_size",
+    "Cluster creations an API process committed together in one transaction (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 PAYOUT_FAILURES = Counter(
     "tesai_payout_failures", "Payouts reversed: transfer rejected, failed or never landed."
 )
