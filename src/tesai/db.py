@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, cast
 
 import orjson
 from fastapi import Depends, Request
-from sqlalchemy import JSON, DateTime, Enum, MetaData, Table, func, text
+from sqlalchemy import JSON, DateTime, Enum, MetaData, String, Table, func, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -68,6 +68,8 @@ async def insert_rows(
         return
     table = table_of(model)
     given = tuple(rows[0])
+    if any(len(r) != len(given) or any(k not in r for k in given) for r in rows):
+        raise ValueError(f"insert_rows into {table.name}: rows name different columns")
     extra = tuple(
         c.key
         for c in table.columns
@@ -115,6 +117,11 @@ def _unnest_insert(
                 arrays.append(f"CAST(:c{i} AS text[])")
                 selected.append(f"CAST(u.c{i} AS {sql_type})")
                 bind = column.type.bind_processor(dialect)  # type: ignore[no-untyped-call]
+            elif isinstance(column.type, String):
+                # text, not varchar(n): an explicit cast would cut a long value, the
+                # assignment to the column refuses it.
+                arrays.append(f"CAST(:c{i} AS text[])")
+                selected.append(f"u.c{i}")
             else:
                 arrays.append(f"CAST(:c{i} AS {sql_type}[])")
                 selected.append(f"u.c{i}")

@@ -10,6 +10,7 @@ import uuid
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.audit.models import AuditEvent
 from tesai.billing import guardrails, ledger
@@ -254,3 +255,79 @@ async def test_a_lost_race_waits_for_the_next_batch(
         mp.setattr(service, "create_clusters", always_loses)
         with pytest.raises(PoolChanged):
             await batcher.create(user.id, _new(user.id).body)
+
+
+async def test_a_hold_refused_for_funds_does_not_count_against_the_cap(
+    runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    for _ in range(3):
+        await add_device(price=1_000_000)  # 1.1 USDC an hour with the fee
+    user, _ = await make_user()
+    await grant(user.id, 2_000_000)
+    async with runtime.sessionmaker.begin() as s:
+        await guardrails.set_cap(s, runtime.settings, user.id, 3_000_000)
+    # 2.2 fits the cap but not the funds; then 1.1 fits both, as it would alone.
+    async with runtime.sessionmaker() as s:
+        out = await service.create_clusters(s, runtime, [_new(user.id, gpus=2), _new(user.id)])
+        await s.commit()
+    assert [type(o) for o in out] == [InsufficientFunds, Cluster], out
+
+
+async def test_a_commit_that_failed_on_the_way_back_is_not_booked_twice(
+    runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    for _ in range(2):
+        await add_device()
+    user, _ = await make_user()
+    await grant(user.id, 100_000_000)
+    real_commit = AsyncSession.commit
+    failures: list[str] = []
+
+    async def lost_answer(self: AsyncSession) -> None:  # committed, then the line drops
+        await real_commit(self)
+        if not failures:
+            failures.append("after")
+            raise ConnectionResetError("connection lost while committing")
+
+    batcher = batching.CreateBatcher(runtime)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AsyncSession, "commit", lost_answer)
+        cluster = await batcher.create(user.id, _new(user.id).body)
+    assert failures == ["after"]
+    async with runtime.sessionmaker() as s:
+        assert (await s.scalars(select(Cluster.id))).all() == [cluster.id]
+
+    async def refused(self: AsyncSession) -> None:  # never committed
+        if len(failures) == 1:
+            failures.append("before")
+            await self.rollback()
+            raise ConnectionResetError("connection lost before committing")
+        await real_commit(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AsyncSession, "commit", refused)
+        second = await batcher.create(user.id, _new(user.id).body)  # retried alone
+    assert failures == ["after", "before"]
+    async with runtime.sessionmaker() as s:
+        assert sorted(map(str, (await s.scalars(select(Cluster.id))).all())) == sorted(
+            [str(cluster.id), str(second.id)]
+        )
+
+
+async def test_a_request_that_went_away_while_waiting_is_left_out(
+    runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    for _ in range(2):
+        await add_device()
+    user, _ = await make_user()
+    await grant(user.id, 100_000_000)
+    batcher = batching.CreateBatcher(runtime)
+    kept = asyncio.create_task(batcher.create(user.id, _new(user.id).body))
+    gone = asyncio.create_task(batcher.create(user.id, _new(user.id).body))
+    await asyncio.sleep(0)  # both queued; the batch has not formed yet
+    gone.cancel()
+    cluster = await kept
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    async with runtime.sessionmaker() as s:
+        assert (await s.scalars(select(Cluster.id))).all() == [cluster.id]

@@ -262,24 +262,54 @@ async def check_new_hold(
     customer are checked one after the other. Raises ``SpendCapExceeded`` (409) with the
     numbers; does nothing when the customer has no cap.
     """
-    refused = (await check_new_holds(session, settings, [(user_id, amount_micro)]))[0]
+    room = (await lock_caps(session, settings, [user_id])).get(user_id)
+    refused = room.refusal(amount_micro) if room is not None else None
     if refused is not None:
         raise refused
 
 
-async def check_new_holds(
-    session: AsyncSession, settings: Settings, holds: Sequence[tuple[uuid.UUID, int]]
-) -> list[SpendCapExceeded | None]:
-    """``check_new_hold`` for many new holds (customer, amount) at once, in order: a hold
-    counts against its customer's cap for the ones after it unless it is refused. Returns
-    each hold's refusal or None. The cap rows are locked in customer order (one statement;
-    customers without a cap cost nothing more)."""
-    users = sorted({user for user, _ in holds})
+@dataclass
+class CapRoom:
+    """What a customer's monthly spend cap leaves for new holds, as of its locked cap row."""
+
+    user_id: uuid.UUID
+    cap_micro: int
+    month_to_date_micro: int
+    open_holds_micro: int
+    period: str
+
+    def refusal(self, amount_micro: int) -> SpendCapExceeded | None:
+        """The refusal of a new hold of ``amount_micro`` (None: it fits)."""
+        spent, held, cap = self.month_to_date_micro, self.open_holds_micro, self.cap_micro
+        if not would_exceed(cap, spent, held, amount_micro):
+            return None
+        return SpendCapExceeded(
+            f"This needs a hold of {format_usdc(amount_micro)} USDC: with "
+            f"{format_usdc(spent)} USDC spent this month and {format_usdc(held)} USDC in open "
+            f"holds, that is {format_usdc(spent + held + amount_micro)} USDC, over your monthly "
+            f"spend cap of {format_usdc(cap)} USDC. Raise or clear the cap, or ask for less.",
+            monthly_cap_micro=cap,
+            month_to_date_micro=spent,
+            open_holds_micro=held,
+            requested_micro=amount_micro,
+            period=self.period,
+        )
+
+    def take(self, amount_micro: int) -> None:
+        """A new hold of ``amount_micro`` was placed."""
+        self.open_holds_micro += amount_micro
+
+
+async def lock_caps(
+    session: AsyncSession, settings: Settings, user_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, CapRoom]:
+    """The customers' cap rows, locked in customer order until the transaction ends (one
+    statement), with their spend so far; customers without a cap are left out."""
     caps = dict(
         (
             await session.execute(
                 select(SpendCap.user_id, SpendCap.monthly_cap_micro)
-                .where(SpendCap.user_id.in_(users))
+                .where(SpendCap.user_id.in_(sorted(set(user_ids))))
                 .order_by(SpendCap.user_id)
                 .with_for_update()
             )
@@ -287,33 +317,16 @@ async def check_new_holds(
         .tuples()
         .all()
     )
-    out: list[SpendCapExceeded | None] = [None] * len(holds)
     if not caps:
-        return out
+        return {}
     now = utcnow()
-    capped = list(caps)
-    spent = await month_to_date(session, settings, capped, now)
-    held = {user: await open_holds(session, settings, user) for user in capped}
-    for i, (user, amount) in enumerate(holds):
-        cap = caps.get(user)
-        if cap is None:
-            continue
-        if would_exceed(cap, spent[user], held[user], amount):
-            out[i] = SpendCapExceeded(
-                f"This needs a hold of {format_usdc(amount)} USDC: with "
-                f"{format_usdc(spent[user])} USDC spent this month and "
-                f"{format_usdc(held[user])} USDC in open holds, that is "
-                f"{format_usdc(spent[user] + held[user] + amount)} USDC, over your monthly "
-                f"spend cap of {format_usdc(cap)} USDC. Raise or clear the cap, or ask for less.",
-                monthly_cap_micro=cap,
-                month_to_date_micro=spent[user],
-                open_holds_micro=held[user],
-                requested_micro=amount,
-                period=period_of(now),
-            )
-        else:
-            held[user] += amount
-    return out
+    spent = await month_to_date(session, settings, list(caps), now)
+    return {
+        user: CapRoom(
+            user, cap, spent[user], await open_holds(session, settings, user), period_of(now)
+        )
+        for user, cap in caps.items()
+    }
 
 
 # --- the periodic scan -----------------------------------------------------------------------

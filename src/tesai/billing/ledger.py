@@ -175,6 +175,9 @@ async def lock_accounts(
     missing = [a for a in wanted if a not in found]
     if not missing or not create:
         return found
+    # In a fixed order, so two transactions creating the same new accounts wait for each
+    # other instead of deadlocking.
+    missing.sort(key=lambda a: (str(a.owner_user_id), a.kind, a.ref))
     await session.execute(
         insert(LedgerAccount).on_conflict_do_nothing(),
         [

@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tesai.billing import guardrails
+from tesai.billing import guardrails, ledger
 from tesai.billing import service as billing
 from tesai.billing.money import customer_charge
 from tesai.clusters.errors import (
@@ -370,6 +370,19 @@ async def create_cluster(
         raise
 
 
+BOOKED_DEVICES = "tesai.clusters.booked_devices"
+"""``session.info`` key: the devices ``create_clusters`` booked in the session's transaction."""
+
+
+def give_back_booked(session: AsyncSession, runtime: Runtime) -> None:
+    """The transaction of ``create_clusters`` did not commit: the devices it booked are free
+    again in this process's index (instead of held until the hold's TTL)."""
+    pool = pool_cache(runtime.state)
+    booked = session.info.pop(BOOKED_DEVICES, [])
+    if booked and pool.index is not None:
+        pool.unhold(booked)
+
+
 @dataclass(frozen=True)
 class NewCluster:
     """One ``create_cluster`` call for ``create_clusters``."""
@@ -490,13 +503,29 @@ async def _place_and_book(
             used_at=now,
             created_at=now,
         )
+    # Caps and funds in one ordered pass, as one by one would decide them: a request refused
+    # for either counts against neither for the requests after it. The cap rows, then the
+    # available accounts (id order) stay locked, so the holds below cannot be refused.
     order = sorted(placed)
-    capped = await guardrails.check_new_holds(
-        session, settings, [(items[i].customer_id, quotes[i].total_micro) for i in order]
+    users = sorted({items[i].customer_id for i in order})
+    rooms = await guardrails.lock_caps(session, settings, users)
+    accounts = await ledger.lock_accounts(
+        session, [billing.available(u) for u in users], create=False
     )
-    for i, refused in zip(order, capped, strict=True):
-        if refused is not None:
-            refuse(i, refused)
+    left = {u: accounts.get(billing.available(u), (0, 0))[1] for u in users}
+    for i in order:
+        user, amount = items[i].customer_id, quotes[i].total_micro
+        room = rooms.get(user)
+        try:
+            if room is not None and (over := room.refusal(amount)) is not None:
+                raise over
+            ledger.require_funds(left[user], amount, "available balance")
+        except AppError as exc:
+            refuse(i, exc)
+            continue
+        left[user] -= amount
+        if room is not None:
+            room.take(amount)
     box = secret_box(settings)
     clusters: dict[int, Cluster] = {}
     for i in sorted(placed):
@@ -521,7 +550,11 @@ async def _place_and_book(
             refuse(i, movement)
             del clusters[i]
     if clusters:
-        await _write_clusters(session, [(clusters[i], quotes[i]) for i in clusters], now)
+        booked = [(clusters[i], quotes[i]) for i in clusters]
+        await _write_clusters(session, booked, now)
+        session.info.setdefault(BOOKED_DEVICES, []).extend(
+            d["device_id"] for _, q in booked for d in q.placement["devices"]
+        )
     for i, cluster in clusters.items():
         cluster.created_at = now
         out[i] = cluster

@@ -15,8 +15,9 @@ refreshes every ``business_metrics_interval_s``; a scrape never runs SQL:
 - ``tesai_devices{state, gpu_model}``: devices by status and GPU model (``cpu`` for CPU-only
   devices; models beyond the ``MAX_MODELS`` most common are counted as ``other``).
 - ``tesai_clusters{state}``: clusters by status (terminal states count every cluster ever).
-- ``tesai_settlement_lag_seconds``: how long the oldest complete, unsettled minute of usage
-  (a usage bucket whose node was metered past its end) has been waiting for settlement.
+- ``tesai_settlement_lag_seconds``: how long the oldest minute of usage that is over and not
+  settled (an unsettled usage bucket, or a meter's minute in progress once it has ended) has
+  been waiting for settlement.
 - ``tesai_task_queue_depth{queue}``: messages waiting in each broker queue (Celery only).
 - ``tesai_business_snapshot_age_seconds``: how old the snapshot is (stale when refreshes fail).
 
