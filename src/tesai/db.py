@@ -48,12 +48,6 @@ class CreatedAtMixin:
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
-def table_of(model: type[Base]) -> Table:
-    """A model's table, for Core statements (a set-based INSERT skips the ORM's per-row
-    bookkeeping)."""
-    return cast(Table, model.__table__)
-
-
 async def insert_rows(
     session: AsyncSession, model: type[Base], rows: Sequence[Mapping[str, Any]]
 ) -> None:
@@ -66,7 +60,7 @@ async def insert_rows(
     """
     if not rows:
         return
-    table = table_of(model)
+    table = cast(Table, model.__table__)
     given = tuple(rows[0])
     if any(len(r) != len(given) or any(k not in r for k in given) for r in rows):
         raise ValueError(f"insert_rows into {table.name}: rows name different columns")

@@ -34,6 +34,13 @@ def _new(customer: uuid.UUID, gpus: int = 1, model: str = "NVIDIA A100") -> serv
     return service.NewCluster(customer, CreateCluster(name="b", request=request))
 
 
+async def _funded(make_user, grant: Grant, credit: int = 100_000_000):  # type: ignore[no-untyped-def]
+    """A customer with ``credit`` micro-USDC available."""
+    user, _ = await make_user()
+    await grant(user.id, credit)
+    return user
+
+
 async def test_a_batch_answers_each_request_as_one_by_one_and_writes_only_the_booked(
     runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
 ) -> None:
@@ -229,8 +236,7 @@ async def test_a_lost_race_waits_for_the_next_batch(
     runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
 ) -> None:
     await add_device()
-    user, _ = await make_user()
-    await grant(user.id, 100_000_000)
+    user = await _funded(make_user, grant)
     calls = 0
     real = service.create_clusters
 
@@ -278,8 +284,7 @@ async def test_a_commit_that_failed_on_the_way_back_is_not_booked_twice(
 ) -> None:
     for _ in range(2):
         await add_device()
-    user, _ = await make_user()
-    await grant(user.id, 100_000_000)
+    user = await _funded(make_user, grant)
     real_commit = AsyncSession.commit
     failures: list[str] = []
 
@@ -319,8 +324,7 @@ async def test_a_request_that_went_away_while_waiting_is_left_out(
 ) -> None:
     for _ in range(2):
         await add_device()
-    user, _ = await make_user()
-    await grant(user.id, 100_000_000)
+    user = await _funded(make_user, grant)
     batcher = batching.CreateBatcher(runtime)
     kept = asyncio.create_task(batcher.create(user.id, _new(user.id).body))
     gone = asyncio.create_task(batcher.create(user.id, _new(user.id).body))

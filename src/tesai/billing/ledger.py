@@ -70,6 +70,11 @@ class Leg:
     amount: int
 
 
+Plan = Callable[[dict[AccountRef, int]], tuple[list[Leg], dict[str, Any]]]
+"""A movement's plan: the locked balances of its accounts → its legs and its result (raise an
+``AppError`` to refuse)."""
+
+
 @dataclass
 class Movement:
     """The result of one money movement (the same object for a replay)."""
@@ -218,7 +223,7 @@ async def post(
     kind: str,
     key: str,
     request_hash: str,
-    plan: Callable[[dict[AccountRef, int]], tuple[list[Leg], dict[str, Any]]],
+    plan: Plan,
     accounts: Sequence[AccountRef],
     memo: str = "",
     refs: dict[str, Any] | None = None,
@@ -292,7 +297,7 @@ class PostRequest:
     kind: str
     key: str
     request_hash: str
-    plan: Callable[[dict[AccountRef, int]], tuple[list[Leg], dict[str, Any]]]
+    plan: Plan
     accounts: Sequence[AccountRef]
     memo: str = ""
     refs: dict[str, Any] = field(default_factory=dict)

@@ -17,9 +17,9 @@ with other arguments raises ``IdempotencyKeyReused``. They flush and never commi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,6 +31,7 @@ from tesai.billing.ledger import (
     AccountRef,
     Leg,
     Movement,
+    Plan,
     PostRequest,
     checkpoint,
     post,
@@ -39,6 +40,9 @@ from tesai.billing.ledger import (
 )
 from tesai.billing.money import request_hash, split_capped
 from tesai.errors import AppError, NotFound
+
+if TYPE_CHECKING:
+    from tesai.billing.guardrails import CapRoom
 
 
 def available(user_id: uuid.UUID) -> AccountRef:
@@ -244,22 +248,45 @@ class NewHold:
     idempotency_key: str
 
 
-async def place_holds(session: AsyncSession, holds: Sequence[NewHold]) -> list[Movement | AppError]:
-    """``place_hold`` for many holds in a few statements (same keys, rules and audit rows);
-    a hold that cannot be covered gets its ``InsufficientFunds`` in its slot, decided in
-    order as one by one would."""
-    return await post_batch(
-        session,
-        [
-            _hold_request(
-                user_id=h.user_id,
-                amount_micro=h.amount_micro,
-                ref=h.ref,
-                idempotency_key=h.idempotency_key,
-            )
-            for h in holds
-        ],
-    )
+async def place_holds(
+    session: AsyncSession,
+    holds: Sequence[NewHold],
+    *,
+    caps: Mapping[uuid.UUID, CapRoom] | None = None,
+) -> list[Movement | AppError]:
+    """``place_hold`` for many holds in a few statements (same keys, rules and audit rows),
+    decided in order as one by one would: a hold that cannot be covered gets its
+    ``InsufficientFunds`` in its slot. With ``caps`` (the customers' locked cap rows, see
+    ``guardrails.lock_caps``), a hold over its customer's cap gets its ``SpendCapExceeded``
+    first, and a refused hold counts against neither funds nor cap for the ones after it."""
+    rooms = caps or {}
+    requests = []
+    for h in holds:
+        req = _hold_request(
+            user_id=h.user_id,
+            amount_micro=h.amount_micro,
+            ref=h.ref,
+            idempotency_key=h.idempotency_key,
+        )
+        room = rooms.get(h.user_id)
+        if room is not None:
+            req = replace(req, plan=_within_cap(req.plan, room, h.amount_micro))
+        requests.append(req)
+    return await post_batch(session, requests)
+
+
+def _within_cap(plan: Plan, room: CapRoom, amount_micro: int) -> Plan:
+    """``plan``, refused first when the hold would pass the cap; counted when it is made."""
+
+    def capped(balances: dict[AccountRef, int]) -> tuple[list[Leg], dict[str, Any]]:
+        refused = room.refusal(amount_micro)
+        if refused is not None:
+            raise refused
+        legs, result = plan(balances)
+        room.take(amount_micro)
+        return legs, result
+
+    return capped
 
 
 async def extend_hold(

@@ -31,7 +31,6 @@ from sqlalchemy import func, select
 from tesai.clusters import service
 from tesai.clusters.errors import PoolChanged
 from tesai.clusters.models import Cluster
-from tesai.clusters.pool import pool_cache
 from tesai.clusters.schemas import CreateCluster
 from tesai.db import run_after_commit
 from tesai.errors import ServiceUnavailable
@@ -134,11 +133,7 @@ class CreateBatcher:
     async def _together(self, items: list[service.NewCluster]) -> list[Any]:
         """``create_clusters`` in one transaction. Raises only when nothing was committed."""
         async with self.runtime.sessionmaker() as session:
-            try:
-                results = await service.create_clusters(session, self.runtime, items)
-            except BaseException:
-                service.give_back_booked(session, self.runtime)
-                raise
+            results = await service.create_clusters(session, self.runtime, items)
             try:
                 await session.commit()
             except Exception as exc:
@@ -152,7 +147,7 @@ class CreateBatcher:
                         " before trying again"
                     ) from check
                 if not committed:
-                    service.give_back_booked(session, self.runtime)
+                    service.give_back_holds(session, self.runtime)
                     raise
                 log.warning("clusters.batch_commit_confirmed_after_error", error=repr(exc))
             try:
@@ -185,9 +180,8 @@ class CreateBatcher:
 
 
 def create_batcher(runtime: Runtime) -> CreateBatcher:
-    """The process's ``CreateBatcher`` (kept in ``Runtime.state`` beside its pool index)."""
+    """The process's ``CreateBatcher`` (kept in ``Runtime.state``)."""
     batcher = runtime.state.get(BATCHER_KEY)
     if not isinstance(batcher, CreateBatcher):
-        pool_cache(runtime.state)
         batcher = runtime.state[BATCHER_KEY] = CreateBatcher(runtime)
     return batcher

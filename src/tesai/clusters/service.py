@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tesai.billing import guardrails, ledger
+from tesai.billing import guardrails
 from tesai.billing import service as billing
 from tesai.billing.money import customer_charge
 from tesai.clusters.errors import (
@@ -370,22 +370,23 @@ async def create_cluster(
         raise
 
 
-BOOKED_DEVICES = "tesai.clusters.booked_devices"
-"""``session.info`` key: the devices ``create_clusters`` booked in the session's transaction."""
+HELD_FOR_BATCH = "tesai.clusters.held_for_batch"
+"""``session.info`` key: the devices ``create_clusters`` holds in this process's index for
+the session's transaction (chosen, or booked)."""
 
 
-def give_back_booked(session: AsyncSession, runtime: Runtime) -> None:
-    """The transaction of ``create_clusters`` did not commit: the devices it booked are free
-    again in this process's index (instead of held until the hold's TTL)."""
+def give_back_holds(session: AsyncSession, runtime: Runtime) -> None:
+    """The transaction of ``create_clusters`` will not commit: the devices it took in this
+    process's index are free there again (instead of held until the hold's TTL)."""
     pool = pool_cache(runtime.state)
-    booked = session.info.pop(BOOKED_DEVICES, [])
-    if booked and pool.index is not None:
-        pool.unhold(booked)
+    held: set[str] = session.info.pop(HELD_FOR_BATCH, set())
+    if held and pool.index is not None:
+        pool.unhold(held)
 
 
 @dataclass(frozen=True)
 class NewCluster:
-    """One ``create_cluster`` call for ``create_clusters``."""
+    """One ``create_cluster`` call (with a request, not a quote) for ``create_clusters``."""
 
     customer_id: uuid.UUID
     body: CreateCluster
@@ -400,59 +401,39 @@ async def create_clusters(
     The same rules and answers as one by one, in order: every request is placed on the
     index (the devices chosen for one are held from the next), the chosen rows are locked
     and re-checked in one statement (a stale pick is placed again, ``BOOK_ATTEMPTS`` rounds
-    at most), spend caps are checked and the holds placed as one ledger batch (a request
-    that cannot be covered gets its 402), and the clusters, nodes, events, quotes and device
-    changes of the rest are written in one statement each. A request's slot holds its
-    cluster or its error; nothing of a refused request is written. One difference from one
-    by one: devices chosen for a request refused for money are free again only from the
-    next batch on. Requests naming a quote go through ``create_cluster`` one by one, each
-    in a savepoint.
+    at most), the holds are placed as one ledger batch that checks each customer's spend cap
+    and funds in order (409 / 402 in the request's slot), and the clusters, nodes, events,
+    quotes and device changes of the rest are written in one statement each. A request's
+    slot holds its cluster or its error; nothing of a refused request is written. One
+    difference from one by one: devices chosen for a request refused for money are free
+    again only from the next batch on. Requests naming a quote are not taken (they wait on
+    their quoted devices' rows: ``create_cluster``, alone).
     """
+    try:
+        return await _place_and_book(session, runtime, items)
+    except BaseException:
+        give_back_holds(session, runtime)
+        raise
+
+
+async def _place_and_book(
+    session: AsyncSession, runtime: Runtime, items: Sequence[NewCluster]
+) -> list[Cluster | AppError]:
+    settings = runtime.settings
     pool = pool_cache(runtime.state)
+    held: set[str] = session.info.setdefault(HELD_FOR_BATCH, set())
     now = utcnow()
     out: list[Cluster | AppError | None] = [None] * len(items)
     wanted: dict[int, pl.PlacementRequest] = {}
     for i, item in enumerate(items):
         if item.body.request is None:
-            try:
-                async with session.begin_nested():
-                    out[i] = await create_cluster(session, runtime, item.customer_id, item.body)
-            except AppError as exc:
-                out[i] = exc
-            continue
+            raise ValueError("create_clusters takes requests, not quotes")
         try:
             wanted[i] = _placement_request(item.body.request)
         except AppError as exc:
             out[i] = exc
 
-    placed: dict[int, tuple[pl.PlacementRequest, pl.Placement]] = {}
-    try:
-        return await _place_and_book(session, runtime, items, wanted, placed, out, now)
-    except BaseException:
-        # Nothing of this call will be committed: give back what it took in the index.
-        if pool.index is not None:
-            pool.unhold(d for _, p in placed.values() for d in p.device_ids)
-        raise
-
-
-async def _place_and_book(
-    session: AsyncSession,
-    runtime: Runtime,
-    items: Sequence[NewCluster],
-    wanted: dict[int, pl.PlacementRequest],
-    placed: dict[int, tuple[pl.PlacementRequest, pl.Placement]],
-    out: list[Cluster | AppError | None],
-    now: datetime,
-) -> list[Cluster | AppError]:
-    """``create_clusters`` once the requests are read: ``placed`` holds what is placed and
-    locked so far (for the caller to give back if this raises)."""
-    settings = runtime.settings
-    pool = pool_cache(runtime.state)
-
-    def refuse(i: int, error: AppError) -> None:
-        out[i] = error
-        pool.unhold(placed.pop(i)[1].device_ids)
-
+    placed: dict[int, pl.Placement] = {}
     locked_elsewhere: set[str] = set()
     for _ in range(BOOK_ATTEMPTS):
         if not wanted:
@@ -470,6 +451,7 @@ async def _place_and_book(
                 out[i] = _no_capacity(result)
                 continue
             pool.hold(result.device_ids)
+            held.update(result.device_ids)
             chosen[i] = result
         wanted = {i: wanted[i] for i in chosen}
         if not chosen:
@@ -479,23 +461,27 @@ async def _place_and_book(
         )
         for i, result in chosen.items():
             if checked.unavailable.isdisjoint(result.device_ids):
-                placed[i] = (wanted.pop(i), result)
-            else:
+                placed[i] = result
+                del wanted[i]
+            else:  # another quote's hold on a device stays in the index until it ends
+                held.difference_update(result.device_ids)
                 pool.unhold(d for d in result.device_ids if d not in checked.reserved)
         locked_elsewhere |= {d for d in checked.unavailable if d not in checked.rows}
     for i in wanted:
         out[i] = PoolChanged("The pool changed while placing; try again")
 
-    quotes: dict[int, Quote] = {}
-    for i, (_, placement) in placed.items():
-        req = items[i].body.request
+    box = secret_box(settings)
+    booked: dict[int, tuple[Cluster, Quote]] = {}
+    for i in sorted(placed):
+        item = items[i]
+        req = item.body.request
         assert req is not None
-        price = price_placement(placement, req.duration_s, settings.platform_fee_bps)
-        quotes[i] = Quote(
+        price = price_placement(placed[i], req.duration_s, settings.platform_fee_bps)
+        quote = Quote(
             id=uuid.uuid4(),
-            customer_id=items[i].customer_id,
+            customer_id=item.customer_id,
             request=req.model_dump(mode="json"),
-            placement=_quote_view(placement, price),
+            placement=_quote_view(placed[i], price),
             hourly_micro=price.hourly_micro,
             total_micro=price.total_micro,
             fee_micro=price.fee_micro,
@@ -503,36 +489,12 @@ async def _place_and_book(
             used_at=now,
             created_at=now,
         )
-    # Caps and funds in one ordered pass, as one by one would decide them: a request refused
-    # for either counts against neither for the requests after it. The cap rows, then the
-    # available accounts (id order) stay locked, so the holds below cannot be refused.
-    order = sorted(placed)
-    users = sorted({items[i].customer_id for i in order})
-    rooms = await guardrails.lock_caps(session, settings, users)
-    accounts = await ledger.lock_accounts(
-        session, [billing.available(u) for u in users], create=False
+        cluster = _new_cluster(settings, item.customer_id, item.body, quote, now, req=req, box=box)
+        cluster.created_at = now
+        booked[i] = (cluster, quote)
+    rooms = await guardrails.lock_caps(
+        session, settings, [c.customer_id for c, _ in booked.values()]
     )
-    left = {u: accounts.get(billing.available(u), (0, 0))[1] for u in users}
-    for i in order:
-        user, amount = items[i].customer_id, quotes[i].total_micro
-        room = rooms.get(user)
-        try:
-            if room is not None and (over := room.refusal(amount)) is not None:
-                raise over
-            ledger.require_funds(left[user], amount, "available balance")
-        except AppError as exc:
-            refuse(i, exc)
-            continue
-        left[user] -= amount
-        if room is not None:
-            room.take(amount)
-    box = secret_box(settings)
-    clusters: dict[int, Cluster] = {}
-    for i in sorted(placed):
-        item = items[i]
-        clusters[i] = _new_cluster(
-            settings, item.customer_id, item.body, quotes[i], now, req=item.body.request, box=box
-        )
     moved = await billing.place_holds(
         session,
         [
@@ -542,35 +504,31 @@ async def _place_and_book(
                 ref=hold_ref(c.id),
                 idempotency_key=f"cluster-hold:{c.id}",
             )
-            for c in clusters.values()
+            for c, _ in booked.values()
         ],
+        caps=rooms,
     )
-    for i, movement in zip(list(clusters), moved, strict=True):
+    for i, movement in zip(list(booked), moved, strict=True):
         if isinstance(movement, AppError):
-            refuse(i, movement)
-            del clusters[i]
-    if clusters:
-        booked = [(clusters[i], quotes[i]) for i in clusters]
-        await _write_clusters(session, booked, now)
-        session.info.setdefault(BOOKED_DEVICES, []).extend(
-            d["device_id"] for _, q in booked for d in q.placement["devices"]
-        )
-    for i, cluster in clusters.items():
-        cluster.created_at = now
+            out[i] = movement
+            held.difference_update(placed[i].device_ids)
+            pool.unhold(placed[i].device_ids)
+            del booked[i]
+    if booked:
+        await _write_clusters(session, list(booked.values()))
+    for i, (cluster, _) in booked.items():
         out[i] = cluster
     done = [o for o in out if o is not None]
     assert len(done) == len(items)
     return done
 
 
-async def _write_clusters(
-    session: AsyncSession, booked: list[tuple[Cluster, Quote]], now: datetime
-) -> None:
+async def _write_clusters(session: AsyncSession, booked: list[tuple[Cluster, Quote]]) -> None:
     """The rows of new clusters (their devices locked, their holds placed): one statement
     per table."""
     events = [e for c, q in booked for e in _first_events(c, q)]
     await insert_rows(session, Quote, [_values(q) for _, q in booked])
-    await insert_rows(session, Cluster, [_values(c) | {"created_at": now} for c, _ in booked])
+    await insert_rows(session, Cluster, [_values(c) for c, _ in booked])
     await insert_rows(
         session,
         ClusterNode,
