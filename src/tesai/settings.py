@@ -110,6 +110,20 @@ class Settings(BaseSettings):
     """Sustained requests per second for one user, API key or device."""
     rate_limit_per_principal_burst: int = 400
     rate_limit_enabled: bool = True
+    """Also turns the sign-in throttle below on and off."""
+    login_rate_per_ip: float = 0.2
+    """Password sign-ins per second one address may try, sustained (12 a minute); each
+    try spends a token, whatever its outcome. Over it: 429 with Retry-After."""
+    login_burst_per_ip: int = 20
+    login_rate_per_account: float = 0.05
+    """Password sign-ins per second one email may be tried at, from anywhere (3 a minute)."""
+    login_burst_per_account: int = 10
+    password_hash_concurrency: int = 0
+    """argon2 computations (sign-in, sign-up) one API process runs at once, on threads of
+    the lowest CPU priority; 0: half the CPU cores, at least one."""
+    password_hash_queue: int = 32
+    """Password checks that may wait for a free slot in one API process; more → 503 with
+    Retry-After (a storm of sign-ins is refused, not queued for minutes)."""
 
     # --- devices: joining, heartbeats, liveness, proof of compute ------------------------
     join_token_ttl_s: int = 3600
@@ -183,6 +197,9 @@ class Settings(BaseSettings):
     """Smallest withdrawal a provider may request (10 USDC)."""
     solana_rpc_url: str = "https://api.mainnet-beta.solana.com"
     """Solana JSON-RPC endpoint for deposits and payouts."""
+    solana_rpc_timeout_s: float = 10.0
+    """Per request to ``solana_rpc_url``; a payout send with no answer by then is "outcome
+    unknown" and settled from its signature status, never assumed to have failed."""
     solana_public_rpc_url: str = ""
     """Solana JSON-RPC endpoint the web console may call from the browser (a recent blockhash
     for "Pay with wallet"); it is public (``GET /api/v1/public/console``, the CSP's connect-src).
@@ -196,7 +213,8 @@ class Settings(BaseSettings):
     deposit_scan_interval_s: float = 5.0
     """How often open deposit references are scanned on chain."""
     payout_confirm_timeout_s: int = 120
-    """A payout transfer not confirmed within this time is checked and, if absent, reversed."""
+    """How long a sender holds a payout it is signing and sending; a sender that stopped is
+    taken over after it (the outcome is then read from the chain, never sent again)."""
     payout_interval_s: float = 5.0
     """How often pending payouts are sent and confirmed."""
     payout_label: str = "TES AI"

@@ -29,6 +29,8 @@ def chain_client(settings: Settings) -> ChainClient:
     if client is None:
         if url.startswith("litesvm://"):
             raise RuntimeError(f"no LiteSVM chain client installed for {url}")
-        client = RpcChainClient(url, commitment="confirmed")
+        client = RpcChainClient(
+            url, commitment="confirmed", timeout_s=settings.solana_rpc_timeout_s
+        )
         _clients[url] = client
     return client

@@ -1,10 +1,18 @@
 """A chain client over LiteSVM: the real Solana runtime (SPL Token, ATA) in this process.
 
 LiteSVM executes and signs-checks transactions exactly like a validator but keeps no index
-by address, so this client remembers every transaction submitted through it (signature →
+by address, so this client remembers every transaction that landed through it (signature →
 message) to answer ``signatures_for_address`` and ``get_transaction``; balances and
-success come from the SVM itself. Transactions land at once, so every successful one is
+success come from the SVM itself. Transactions land at once, so every one that landed is
 ``finalized``. Used by tests and for local experiments; never in production.
+
+LiteSVM accepts only its latest blockhash. The client models block height on that: the
+height goes up by one whenever the SVM's blockhash changes (``expire_blockhash``), and a
+blockhash is valid up to the height it was handed out at, so "past its last valid block
+height" means exactly "LiteSVM would now refuse it".
+
+In solders 0.29 ``FailedTransactionMetadata.err`` and ``.meta`` are methods, not
+properties: ``error_text`` calls them.
 """
 
 from __future__ import annotations
@@ -14,10 +22,10 @@ from solders.keypair import Keypair
 from solders.litesvm import LiteSVM
 from solders.message import Message
 from solders.pubkey import Pubkey
-from solders.signature import Signature
 from solders.system_program import CreateAccountParams, create_account
 from solders.transaction import Transaction
 from solders.transaction_metadata import FailedTransactionMetadata
+from solders.transaction_status import TransactionErrorFieldless
 from spl.token import instructions as spl
 from spl.token._layouts import ACCOUNT_LAYOUT
 from spl.token.constants import MINT_LEN, TOKEN_PROGRAM_ID
@@ -28,8 +36,22 @@ from tesai.chain.base import (
     ChainTransaction,
     RawInstruction,
     SendResult,
+    SignedTransfer,
     parse_token_transfers,
 )
+
+
+def error_text(failed: FailedTransactionMetadata) -> str:
+    """The runtime's reason for a failed transaction (``InstructionError(…)``, …)."""
+    err = failed.err()
+    if isinstance(err, TransactionErrorFieldless):
+        return str(err).rsplit(".", 1)[-1]
+    return str(err).removeprefix("TransactionError")
+
+
+def already_processed(failed: FailedTransactionMetadata) -> bool:
+    """The runtime refused a resend because the same signature already landed."""
+    return failed.err() == TransactionErrorFieldless.AlreadyProcessed
 
 
 def transfer_checked_ix(
@@ -64,19 +86,30 @@ class LiteSVMChainClient(ChainClient):
         self._messages: dict[str, Message] = {}
         self._errors: dict[str, str | None] = {}
         self._by_address: dict[str, list[str]] = {}
+        self._blockhash = self.svm.latest_blockhash()
+        self._height = 1
 
     # --- submitting ----------------------------------------------------------------------
     def submit(self, tx: Transaction) -> SendResult:
-        """Execute a signed transaction and remember it (success or failure)."""
+        """Execute a signed transaction and remember it when it landed.
+
+        ``error`` is set when it failed: refused before landing (``BlockhashNotFound``, …)
+        or landed and failed (fee paid, nothing else moved). A resend of a transaction that
+        already landed is no failure: the runtime answers ``AlreadyProcessed`` and the first
+        outcome stands.
+        """
         result = self.svm.send_transaction(tx)
         sig = str(tx.signatures[0])
-        error = str(result.err) if isinstance(result, FailedTransactionMetadata) else None
-        if error is not None and "AlreadyProcessed" in error:
-            return SendResult(sig)
-        self._messages[sig] = tx.message
-        self._errors[sig] = error
-        for key in tx.message.account_keys:
-            self._by_address.setdefault(str(key), []).insert(0, sig)
+        error: str | None = None
+        if isinstance(result, FailedTransactionMetadata):
+            if already_processed(result) or sig in self._messages:
+                return SendResult(sig)
+            error = error_text(result)
+        if self.svm.get_transaction(tx.signatures[0]) is not None:
+            self._messages[sig] = tx.message
+            self._errors[sig] = error
+            for key in tx.message.account_keys:
+                self._by_address.setdefault(str(key), []).insert(0, sig)
         return SendResult(sig, error)
 
     def sign_and_submit(self, payer: Keypair, ixs: list[Instruction], *signers: Keypair) -> str:
@@ -87,6 +120,18 @@ class LiteSVMChainClient(ChainClient):
         if result.error is not None:
             raise RuntimeError(f"transaction failed: {result.error}")
         return result.signature
+
+    # --- blocks --------------------------------------------------------------------------
+    def _current_height(self) -> int:
+        latest = self.svm.latest_blockhash()
+        if latest != self._blockhash:
+            self._blockhash, self._height = latest, self._height + 1
+        return self._height
+
+    def expire_blockhash(self) -> None:
+        """Move the chain on: every blockhash handed out so far is past its last valid height."""
+        self.svm.expire_blockhash()
+        self._current_height()
 
     # --- set-up helpers (tests, local runs) ----------------------------------------------
     def fund(self, owner: Pubkey, lamports: int = 10_000_000_000) -> None:
@@ -159,12 +204,6 @@ class LiteSVMChainClient(ChainClient):
         if message is None:
             return None
         error = self._errors.get(signature)
-        # The SVM is the source of truth for whether it landed.
-        landed = self.svm.get_transaction(Signature.from_string(signature))
-        if landed is None and error is None:
-            return None
-        if isinstance(landed, FailedTransactionMetadata):
-            error = error or str(landed.err)
         keys = [str(k) for k in message.account_keys]
         raw = [
             RawInstruction(
@@ -180,7 +219,7 @@ class LiteSVMChainClient(ChainClient):
             error=error,
         )
 
-    async def send_transfer(
+    async def prepare_transfer(
         self,
         *,
         owner: Keypair,
@@ -189,7 +228,7 @@ class LiteSVMChainClient(ChainClient):
         mint: str,
         amount: int,
         decimals: int,
-    ) -> SendResult:
+    ) -> SignedTransfer:
         ix = transfer_checked_ix(
             source=Pubkey.from_string(source),
             mint=Pubkey.from_string(mint),
@@ -198,14 +237,21 @@ class LiteSVMChainClient(ChainClient):
             amount=amount,
             decimals=decimals,
         )
-        tx = Transaction([owner], Message([ix], owner.pubkey()), self.svm.latest_blockhash())
-        return self.submit(tx)
+        height = self._current_height()
+        blockhash = self.svm.latest_blockhash()
+        tx = Transaction([owner], Message([ix], owner.pubkey()), blockhash)
+        return SignedTransfer(str(tx.signatures[0]), str(blockhash), height, bytes(tx))
+
+    async def _transmit(self, signed: SignedTransfer) -> SendResult:
+        return self.submit(Transaction.from_bytes(signed.wire))
 
     async def confirmation(self, signature: str) -> tuple[str | None, str | None]:
         if signature not in self._messages:
             return None, None
-        error = self._errors.get(signature)
-        return ("finalized", error)
+        return "finalized", self._errors.get(signature)
+
+    async def block_height(self) -> int:
+        return self._current_height()
 
     async def token_balance(self, token_account: str) -> int:
         acc = self.svm.get_account(Pubkey.from_string(token_account))

@@ -8,6 +8,8 @@ multiprocess mode):
   are a fixed set, see ``tesai.devices.states``).
 - ``tesai_placement_duration_seconds``: time the placement engine took for one request.
 - ``tesai_payout_failures_total``: payouts reversed (transfer rejected, failed or expired).
+- ``tesai_deposit_scan_failures_total``: deposit intents a scan could not get through (the
+  reason is on the intent, ``scan_error``); the scan goes on with the others.
 
 Read from a snapshot (``BusinessCollector``), which a background task of each API process
 refreshes every ``business_metrics_interval_s``; a scrape never runs SQL:
@@ -77,6 +79,10 @@ CREATE_BATCH_SIZE = Histogram(
 )
 PAYOUT_FAILURES = Counter(
     "tesai_payout_failures", "Payouts reversed: transfer rejected, failed or never landed."
+)
+DEPOSIT_SCAN_FAILURES = Counter(
+    "tesai_deposit_scan_failures",
+    "Deposit intents a scan could not get through (chain unreadable, a transaction not recorded).",
 )
 
 

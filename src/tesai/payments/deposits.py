@@ -4,17 +4,25 @@ The scan reads the chain outside any DB transaction, then applies each new signa
 short transaction guarded by the unique ``chain_receipts.signature``: a second scan, a
 second worker or a replay after a crash finds the receipt and credits nothing more. The
 ledger credit's idempotency key is the signature too, a second guard.
+
+One intent or one transaction never stops the others: each signature is applied in its own
+transaction, and whatever fails for an intent (reading the chain, recording a transaction)
+is caught, written on the intent (``scan_error``, ``scan_failures``), counted
+(``tesai_deposit_scan_failures_total``), logged, and audited (``money.deposit_scan_failed``,
+when the reason changes); the scan goes on with the next one and tries the failed one again
+next time. Amounts a transaction can carry but a receipt cannot store (a u64 of a
+self-made token) are capped by the deposit rule, never sent to the database as they are.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from solders.keypair import Keypair
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -24,6 +32,7 @@ from tesai.billing.errors import AmountInvalid, PaymentsNotConfigured
 from tesai.billing.money import MICRO
 from tesai.chain.base import ChainClient, level_reached
 from tesai.kit.time import utcnow
+from tesai.observability.business import DEPOSIT_SCAN_FAILURES
 from tesai.payments.models import ChainReceipt, DepositIntent
 from tesai.payments.rules import DepositJudgement, judge_deposit, solana_pay_url
 from tesai.settings import Settings
@@ -89,6 +98,8 @@ class ScanReport:
     credited: int = 0
     flagged: int = 0
     waiting: int = 0
+    failed: int = 0
+    """Intents whose scan failed this time (see ``DepositIntent.scan_error``)."""
 
 
 async def scan_deposits(
@@ -98,61 +109,36 @@ async def scan_deposits(
     *,
     limit: int = 500,
 ) -> ScanReport:
-    """Find and apply new transfers for every deposit reference still being watched."""
+    """Find and apply new transfers for every deposit reference still being watched.
+
+    Every watched intent is scanned each run, ``limit`` at a time (oldest first), so no
+    number of intents, however they were made, keeps a later one from being looked at.
+    """
     report = ScanReport()
     now = utcnow()
     grace = timedelta(seconds=settings.deposit_scan_grace_s)
-    async with sessionmaker() as session:
-        intents = list(
-            (
-                await session.scalars(
-                    select(DepositIntent)
-                    .where(DepositIntent.expires_at + grace > now)
-                    .order_by(DepositIntent.created_at)
-                    .limit(limit)
-                )
-            ).all()
+    after: tuple[datetime, uuid.UUID] | None = None
+    while True:
+        query = (
+            select(DepositIntent)
+            .where(DepositIntent.expires_at + grace > now)
+            .order_by(DepositIntent.created_at, DepositIntent.id)
+            .limit(limit)
         )
-    report.intents = len(intents)
-    for intent in intents:
-        signatures = await chain.signatures_for_address(intent.reference)
-        if not signatures:
-            continue
+        if after is not None:
+            query = query.where(tuple_(DepositIntent.created_at, DepositIntent.id) > after)
         async with sessionmaker() as session:
-            known = set(
-                (
-                    await session.scalars(
-                        select(ChainReceipt.signature).where(ChainReceipt.signature.in_(signatures))
-                    )
-                ).all()
-            )
-        for signature in signatures:
-            if signature in known:
-                continue
-            report.seen += 1
-            tx = await chain.get_transaction(signature)
-            if tx is None or not level_reached(tx.confirmation, settings.deposit_confirmation):
-                report.waiting += 1  # not final yet: the next scan looks again
-                continue
-            judgement = judge_deposit(
-                tx,
-                expected_micro=intent.amount_micro,
-                mint=intent.mint,
-                recipient=intent.recipient,
-            )
-            async with sessionmaker() as session, session.begin():
-                applied = await apply_receipt(session, intent, signature, judgement)
-            if applied and judgement.credit_micro > 0:
-                report.credited += 1
-            if applied and judgement.needs_review:
-                report.flagged += 1
-                log.warning(
-                    "deposit_flagged",
-                    deposit_id=str(intent.id),
-                    signature=signature,
-                    outcome=judgement.outcome,
-                    reason=judgement.reason,
-                )
+            intents = list((await session.scalars(query)).all())
+        report.intents += len(intents)
+        for intent in intents:
+            failures = await _scan_intent(sessionmaker, settings, chain, intent, report)
+            if failures or intent.scan_error:
+                await _note_scan(sessionmaker, intent, failures)
+            if failures:
+                report.failed += 1
+        if len(intents) < limit:
+            break
+        after = (intents[-1].created_at, intents[-1].id)
     # Intents past their time with nothing paid are marked expired (still scanned in grace).
     async with sessionmaker() as session, session.begin():
         await session.execute(
@@ -161,6 +147,107 @@ async def scan_deposits(
             .values(status="expired")
         )
     return report
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+async def _scan_intent(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    chain: ChainClient,
+    intent: DepositIntent,
+    report: ScanReport,
+) -> list[str]:
+    """Apply the new transactions of one intent, each on its own; returns what failed."""
+    try:
+        signatures = await chain.signatures_for_address(intent.reference)
+        if not signatures:
+            return []
+        async with sessionmaker() as session:
+            known = set(
+                (
+                    await session.scalars(
+                        select(ChainReceipt.signature).where(ChainReceipt.signature.in_(signatures))
+                    )
+                ).all()
+            )
+    except Exception as exc:
+        return [f"reading the chain: {_describe(exc)}"]
+    failures: list[str] = []
+    for signature in signatures:
+        if signature in known:
+            continue
+        try:
+            await _apply_signature(sessionmaker, settings, chain, intent, signature, report)
+        except Exception as exc:
+            failures.append(f"{signature}: {_describe(exc)}")
+    return failures
+
+
+async def _apply_signature(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    chain: ChainClient,
+    intent: DepositIntent,
+    signature: str,
+    report: ScanReport,
+) -> None:
+    report.seen += 1
+    tx = await chain.get_transaction(signature)
+    if tx is None or not level_reached(tx.confirmation, settings.deposit_confirmation):
+        report.waiting += 1  # not final yet: the next scan looks again
+        return
+    judgement = judge_deposit(
+        tx,
+        expected_micro=intent.amount_micro,
+        mint=intent.mint,
+        recipient=intent.recipient,
+    )
+    async with sessionmaker() as session, session.begin():
+        applied = await apply_receipt(session, intent, signature, judgement)
+    if applied and judgement.credit_micro > 0:
+        report.credited += 1
+    if applied and judgement.needs_review:
+        report.flagged += 1
+        log.warning(
+            "deposit_flagged",
+            deposit_id=str(intent.id),
+            signature=signature,
+            outcome=judgement.outcome,
+            reason=judgement.reason,
+        )
+
+
+async def _note_scan(
+    sessionmaker: async_sessionmaker[AsyncSession], intent: DepositIntent, failures: list[str]
+) -> None:
+    """Write the intent's scan failures (or clear the last one once a scan got through)."""
+    reason = "; ".join(failures)[:300]
+    if failures:
+        DEPOSIT_SCAN_FAILURES.inc()
+        log.error("deposit_scan_failed", deposit_id=str(intent.id), reason=reason)
+    try:
+        async with sessionmaker() as session, session.begin():
+            values: dict[str, object] = {"scan_error": reason}
+            if failures:
+                values["scan_failures"] = DepositIntent.scan_failures + 1
+            await session.execute(
+                update(DepositIntent).where(DepositIntent.id == intent.id).values(**values)
+            )
+            if failures and reason != intent.scan_error:
+                await audit(
+                    session,
+                    action="money.deposit_scan_failed",
+                    actor_user_id=None,
+                    actor_kind="system",
+                    subject_type="deposit",
+                    subject_id=intent.id,
+                    details={"reason": reason, "failures": failures[:10]},
+                )
+    except Exception as exc:  # the database itself is failing: the log line above stays
+        log.error("deposit_scan_note_failed", deposit_id=str(intent.id), error=_describe(exc))
 
 
 async def apply_receipt(

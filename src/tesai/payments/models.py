@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, func
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tesai.db import Base, CreatedAtMixin, IdMixin
@@ -17,6 +17,9 @@ class DepositIntent(IdMixin, CreatedAtMixin, Base):
     States: ``open`` (waiting for a transfer) → ``credited`` (a transfer credited) or
     ``expired`` (no transfer before ``expires_at``; late transfers are still scanned for a
     grace period and credited, see ``tesai.payments.deposits``).
+
+    A scan that fails on this intent (the chain cannot be read, one transaction cannot be
+    recorded) leaves the others alone and writes why here; the next scan tries again.
     """
 
     __tablename__ = "deposit_intents"
@@ -32,6 +35,10 @@ class DepositIntent(IdMixin, CreatedAtMixin, Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     expires_at: Mapped[datetime]
     credited_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    scan_error: Mapped[str] = mapped_column(String(300), default="", server_default="")
+    """Why the last scan of this intent failed; empty once a scan gets through."""
+    scan_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Scans of this intent that failed, ever."""
 
 
 class ChainReceipt(IdMixin, CreatedAtMixin, Base):
@@ -39,7 +46,8 @@ class ChainReceipt(IdMixin, CreatedAtMixin, Base):
 
     ``outcome`` says what the rule did: ``credited`` (exact), ``credited_underpaid`` /
     ``credited_overpaid`` (what arrived was credited, flagged for review), ``rejected_mint``
-    / ``rejected_recipient`` / ``failed`` (nothing credited, flagged).
+    / ``rejected_recipient`` / ``rejected_amount`` (nothing credited, flagged) or
+    ``failed`` (the transaction failed on chain: nothing moved, nothing credited).
     """
 
     __tablename__ = "chain_receipts"
@@ -69,11 +77,14 @@ class PayoutWallet(CreatedAtMixin, Base):
 
 
 class Payout(IdMixin, CreatedAtMixin, Base):
-    """A provider withdrawal: ``pending`` → ``sending`` → ``paid`` or ``reversed``.
+    """A provider withdrawal: ``pending`` → ``sending`` → ``sent`` → ``paid`` or ``reversed``.
 
-    The transfer is sent outside any DB transaction under a lease (``lock_token``); the
-    result is applied guarded by ``id + lock_token`` so a stale sender's late answer is
-    dropped. The signature is stored before confirmation so a crash never pays twice.
+    The transfer is signed locally and its signature, blockhash and last valid block height
+    are stored before it is sent, under a lease (``lock_token``); the send's answer is
+    applied guarded by ``id + lock_token``, so a stale sender's late answer is dropped. A
+    payout whose outcome is unknown stays ``sent`` until the chain says (see
+    ``tesai.payments.payouts``). ``needs_review``: sent by an older version without a
+    blockhash, its outcome cannot be proved by expiry.
     """
 
     __tablename__ = "payouts"
@@ -85,6 +96,10 @@ class Payout(IdMixin, CreatedAtMixin, Base):
     """Token account the USDC goes to."""
     status: Mapped[str] = mapped_column(String(16), default="pending")
     signature: Mapped[str | None] = mapped_column(String(100))
+    blockhash: Mapped[str | None] = mapped_column(String(44))
+    """The recent blockhash the transfer was signed on."""
+    last_valid_block_height: Mapped[int | None] = mapped_column(BigInteger)
+    """Past this block height a transfer with no signature status can never land."""
     reason: Mapped[str] = mapped_column(String(300), default="")
     lock_token: Mapped[str | None] = mapped_column(String(64))
     lock_expires_at: Mapped[datetime | None]

@@ -2,14 +2,36 @@
 
 Lifecycle of a ``Payout``::
 
-    pending ──claim (lease)──▶ sending ──signature stored──▶ sent ──confirmed──▶ paid
-       │                          │                            └──failed/expired──▶ reversed
-       └──────────────────────────┴──send rejected──────────────────────────────▶ reversed
+    pending ──claim (lease)──▶ sending ──sign; store signature, blockhash, last valid height──▶ send
+       ▲                         │                                                              │
+       └─ lease ran out, ────────┤ lease ran out,          reversed ◀── refused by the node ────┤
+          nothing signed         │ signature stored                                             │
+                                 ▼                                                              │
+                               sent ◀──────────────────── accepted, or no answer (unknown) ─────┘
+                                 ├─ signature confirmed ─────────────────────────────▶ paid
+                                 ├─ signature failed (confirmed) ────────────────────▶ reversed
+                                 ├─ no status, chain past the last valid block height ▶ reversed
+                                 └─ otherwise: stays sent, looked at again next run
 
-The transfer is sent outside any DB transaction. The signature is stored right after the
-send, guarded by ``id + lock_token``; a payout found in ``sending`` after its lease ran out
-(the sender died between sending and storing) is never sent again blindly: it goes to
-``needs_review`` so the platform can never pay twice.
+Why it can never pay twice:
+
+- A transfer is signed locally and its signature, blockhash and last valid block height
+  are committed before it is sent. From then on the payout's fate is read from the chain:
+  the same signature lands at most once, and no other transfer is made for the payout.
+- Only a definite refusal (the RPC node answered that it did not forward the transaction)
+  reverses at once. A timeout, a lost connection or a crash leaves the payout ``sent``
+  with its signature; it becomes ``paid`` when the signature is confirmed and is reversed
+  only when the chain is past the blockhash's last valid block height and the signature has
+  no status (block height read first, then the status: ``payout_verdict``), i.e. when it
+  can never land.
+- A payout goes back to ``pending`` (to be signed again) only when its lease ran out before
+  a signature was stored, so nothing was sent. Storing the signature is guarded by the
+  lease, and the sender sends only after that commit.
+
+Every network call happens outside any DB transaction; every write after one is guarded
+(``id + lock_token`` for the sender, ``status = 'sent'`` and the signature for the
+confirmer), so a stale process's late answer is dropped. Killed at any point,
+``process_payouts`` picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +49,7 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from spl.token.instructions import get_associated_token_address
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tesai.audit.service import record as audit
@@ -36,12 +59,12 @@ from tesai.billing.errors import (
     PayoutWalletMissing,
     WalletProofInvalid,
 )
-from tesai.chain.base import ChainClient, level_reached
+from tesai.chain.base import ChainClient, SendResult, SignedTransfer
 from tesai.kit.cache import Cache
 from tesai.kit.time import utcnow
 from tesai.observability.business import PAYOUT_FAILURES
 from tesai.payments.models import Payout, PayoutWallet
-from tesai.payments.rules import payout_wallet_message
+from tesai.payments.rules import payout_verdict, payout_wallet_message
 from tesai.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -125,7 +148,9 @@ async def request_payout(
 ) -> Payout:
     """Reserve earnings for a payout to the registered wallet; the task sends it.
 
-    Raises ``BelowMinimumPayout``, ``PayoutWalletMissing`` or ``InsufficientFunds``.
+    The same (user, key) always answers with the same payout, also when two such requests
+    run at once. Raises ``BelowMinimumPayout``, ``PayoutWalletMissing``,
+    ``InsufficientFunds`` or ``IdempotencyKeyReused`` (the key was used for another amount).
     """
     if amount_micro < settings.min_payout_micro:
         raise BelowMinimumPayout(
@@ -136,17 +161,9 @@ async def request_payout(
     if wallet is None:
         raise PayoutWalletMissing("Register a payout wallet first")
     payout_id = payout_id_for(user_id, idempotency_key)
-    existing = await session.get(Payout, payout_id)
-    if existing is not None:
-        # The ledger call below raises 409 when the amount differs from the first request.
-        await ledger.request_payout(
-            session,
-            provider_user_id=user_id,
-            amount_micro=amount_micro,
-            payout_id=payout_id,
-            idempotency_key=f"payout_request:{payout_id}",
-        )
-        return existing
+    # The reservation comes first: it locks the provider's accounts, so a twin request with
+    # the same key waits here until the first commits, then replays its movement (or gets
+    # 409 for another amount) and finds its payout row below instead of inserting a second.
     await ledger.request_payout(
         session,
         provider_user_id=user_id,
@@ -154,17 +171,21 @@ async def request_payout(
         payout_id=payout_id,
         idempotency_key=f"payout_request:{payout_id}",
     )
-    payout = Payout(
-        id=payout_id,
-        user_id=user_id,
-        amount_micro=amount_micro,
-        destination=wallet.token_account,
-        status="pending",
-        reason="",
-        attempts=0,
+    await session.execute(
+        insert(Payout)
+        .values(
+            id=payout_id,
+            user_id=user_id,
+            amount_micro=amount_micro,
+            destination=wallet.token_account,
+            status="pending",
+            reason="",
+            attempts=0,
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
     )
-    session.add(payout)
-    await session.flush()
+    payout = await session.get(Payout, payout_id, populate_existing=True)
+    assert payout is not None
     return payout
 
 
@@ -188,9 +209,14 @@ def hot_wallet_source(settings: Settings, wallet: Keypair) -> str:
 @dataclass
 class PayoutReport:
     sent: int = 0
+    """Transfers sent (accepted, or outcome unknown) this run."""
+    unknown: int = 0
+    """Of those, sends without a definite answer: their fate is read from the chain."""
     paid: int = 0
     reversed: int = 0
     review: int = 0
+    requeued: int = 0
+    """Payouts whose sender stopped before signing, back in ``pending``."""
 
 
 async def _reverse(session: AsyncSession, payout: Payout, reason: str) -> None:
@@ -203,6 +229,7 @@ async def _reverse(session: AsyncSession, payout: Payout, reason: str) -> None:
         idempotency_key=f"payout_reverse:{payout.id}",
     )
     payout.status, payout.reason = "reversed", reason[:300]
+    payout.lock_token = payout.lock_expires_at = None
     PAYOUT_FAILURES.inc()
     await session.flush()
 
@@ -220,27 +247,43 @@ async def _complete(session: AsyncSession, payout: Payout, signature: str) -> No
     await session.flush()
 
 
-async def process_payouts(
+async def _claim(
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
-    chain: ChainClient,
-    *,
-    limit: int = 20,
-) -> PayoutReport:
-    """Send pending payouts and settle sent ones; safe to run concurrently and twice."""
-    report = PayoutReport()
+    token: str,
+    limit: int,
+    report: PayoutReport,
+) -> list[Payout]:
+    """Recover payouts of senders that stopped, then lease up to ``limit`` pending ones."""
     now = utcnow()
-    token = secrets.token_hex(16)
-    lease = timedelta(seconds=settings.payout_confirm_timeout_s)
     async with sessionmaker() as session, session.begin():
-        # A sender that died between sending and storing the signature: never resend.
-        stale = await session.scalars(
+        # Stopped before a signature was stored: nothing can have been sent.
+        requeued = await session.scalars(
             update(Payout)
-            .where(Payout.status == "sending", Payout.lock_expires_at < now)
-            .values(status="needs_review", reason="sender stopped after claiming; check chain")
+            .where(
+                Payout.status == "sending",
+                Payout.lock_expires_at < now,
+                Payout.signature.is_(None),
+            )
+            .values(status="pending", lock_token=None, lock_expires_at=None)
             .returning(Payout.id)
         )
-        report.review = len(stale.all())
+        report.requeued = len(requeued.all())
+        # Stopped after storing one: sent or not, the chain says; never signed again.
+        await session.execute(
+            update(Payout)
+            .where(
+                Payout.status == "sending",
+                Payout.lock_expires_at < now,
+                Payout.signature.is_not(None),
+            )
+            .values(
+                status="sent",
+                lock_token=None,
+                lock_expires_at=None,
+                reason="sender stopped after signing; outcome read from the chain",
+            )
+        )
         ids = list(
             (
                 await session.scalars(
@@ -252,22 +295,114 @@ async def process_payouts(
                 )
             ).all()
         )
-        if ids:
-            await session.execute(
-                update(Payout)
-                .where(Payout.id.in_(ids))
-                .values(
-                    status="sending",
-                    lock_token=token,
-                    lock_expires_at=now + lease,
-                    attempts=Payout.attempts + 1,
-                )
+        if not ids:
+            return []
+        await session.execute(
+            update(Payout)
+            .where(Payout.id.in_(ids))
+            .values(
+                status="sending",
+                lock_token=token,
+                lock_expires_at=now + timedelta(seconds=settings.payout_confirm_timeout_s),
+                attempts=Payout.attempts + 1,
             )
-        claimed = list((await session.scalars(select(Payout).where(Payout.id.in_(ids)))).all())
-    wallet = load_hot_wallet(settings) if claimed else None
-    for payout in claimed:
-        assert wallet is not None
-        result = await chain.send_transfer(
+        )
+        return list((await session.scalars(select(Payout).where(Payout.id.in_(ids)))).all())
+
+
+async def _release(
+    sessionmaker: async_sessionmaker[AsyncSession], ids: list[uuid.UUID], token: str
+) -> None:
+    """Give claimed payouts that were never signed back to ``pending``."""
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            update(Payout)
+            .where(
+                Payout.id.in_(ids),
+                Payout.lock_token == token,
+                Payout.status == "sending",
+                Payout.signature.is_(None),
+            )
+            .values(status="pending", lock_token=None, lock_expires_at=None)
+        )
+
+
+async def _store_signed(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    payout_id: uuid.UUID,
+    token: str,
+    signed: SignedTransfer,
+) -> bool:
+    """Commit what identifies the transfer; False when the lease is lost (then never send).
+
+    The lease starts again here: it now covers one send, not the batch's queue.
+    """
+    lease = timedelta(seconds=settings.payout_confirm_timeout_s)
+    async with sessionmaker() as session, session.begin():
+        stored = await session.scalar(
+            update(Payout)
+            .where(
+                Payout.id == payout_id,
+                Payout.lock_token == token,
+                Payout.status == "sending",
+                Payout.signature.is_(None),
+            )
+            .values(
+                signature=signed.signature,
+                blockhash=signed.blockhash,
+                last_valid_block_height=signed.last_valid_block_height,
+                lock_expires_at=utcnow() + lease,
+            )
+            .returning(Payout.id)
+        )
+    return stored is not None
+
+
+async def _apply_send(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    payout_id: uuid.UUID,
+    token: str,
+    result: SendResult,
+    report: PayoutReport,
+) -> None:
+    async with sessionmaker() as session, session.begin():
+        row = await session.scalar(
+            select(Payout)
+            .where(Payout.id == payout_id, Payout.lock_token == token, Payout.status == "sending")
+            .with_for_update()
+        )
+        if row is None:
+            return  # the lease ran out meanwhile: the payout is ``sent``, the chain decides
+        if result.error is not None:
+            await _reverse(session, row, f"transfer rejected: {result.error}")
+            report.reversed += 1
+            return
+        row.status, row.lock_token, row.lock_expires_at = "sent", None, None
+        report.sent += 1
+        if result.uncertain is not None:
+            row.reason = f"send outcome unknown ({result.uncertain}); read from the chain"[:300]
+            report.unknown += 1
+            log.warning(
+                "payout_outcome_unknown",
+                payout_id=str(payout_id),
+                signature=result.signature,
+                why=result.uncertain,
+            )
+
+
+async def _send_one(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    chain: ChainClient,
+    wallet: Keypair,
+    payout: Payout,
+    token: str,
+    report: PayoutReport,
+) -> None:
+    """Sign, store, send, apply: each step's result is committed before the next starts."""
+    try:
+        signed = await chain.prepare_transfer(
             owner=wallet,
             source=hot_wallet_source(settings, wallet),
             destination=payout.destination,
@@ -275,56 +410,121 @@ async def process_payouts(
             amount=payout.amount_micro,
             decimals=settings.usdc_decimals,
         )
-        async with sessionmaker() as session, session.begin():
-            row = await session.scalar(
-                select(Payout)
-                .where(Payout.id == payout.id, Payout.lock_token == token)
-                .with_for_update()
-            )
-            if row is None or row.status != "sending":
-                continue  # our lease was taken over; the other sender decides
-            if result.error is not None:
-                await _reverse(session, row, f"transfer rejected: {result.error}")
-                report.reversed += 1
-            else:
-                row.signature, row.status = result.signature, "sent"
-                report.sent += 1
+    except Exception as exc:  # no blockhash: nothing signed, try again next run
+        log.warning("payout_not_signed", payout_id=str(payout.id), error=str(exc)[:300])
+        await _release(sessionmaker, [payout.id], token)
+        return
+    if not await _store_signed(sessionmaker, settings, payout.id, token, signed):
+        return
+    result = await chain.send(signed)
+    await _apply_send(sessionmaker, payout.id, token, result, report)
+
+
+async def process_payouts(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    chain: ChainClient,
+    *,
+    limit: int = 20,
+) -> PayoutReport:
+    """Send pending payouts and settle sent ones; safe to run concurrently, twice, and after
+    a crash at any point (see the module docstring)."""
+    report = PayoutReport()
+    token = secrets.token_hex(16)
+    claimed = await _claim(sessionmaker, settings, token, limit, report)
+    if claimed:
+        try:
+            wallet = load_hot_wallet(settings)
+        except Exception:
+            await _release(sessionmaker, [p.id for p in claimed], token)
+            raise
+        for payout in claimed:
+            await _send_one(sessionmaker, settings, chain, wallet, payout, token, report)
     report_confirm = await confirm_payouts(sessionmaker, settings, chain)
     report.paid += report_confirm.paid
     report.reversed += report_confirm.reversed
+    report.review += report_confirm.review
     return report
 
 
 async def confirm_payouts(
-    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, chain: ChainClient
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    chain: ChainClient,
+    *,
+    limit: int = 200,
 ) -> PayoutReport:
-    """Mark sent payouts paid when confirmed; reverse failed ones and ones gone too long."""
+    """Settle sent payouts by what the chain says: paid when confirmed, reversed when failed
+    or when it can no longer land (``payout_verdict``); the others wait."""
     report = PayoutReport()
     async with sessionmaker() as session:
-        sent = list((await session.scalars(select(Payout).where(Payout.status == "sent"))).all())
+        sent = list(
+            (
+                await session.scalars(
+                    select(Payout)
+                    .where(Payout.status == "sent")
+                    .order_by(Payout.updated_at)
+                    .limit(limit)
+                )
+            ).all()
+        )
+    if not sent:
+        return report
+    try:
+        height = await chain.block_height()  # before any status: see payout_verdict
+    except Exception as exc:
+        log.warning("payout_confirm_unavailable", error=str(exc)[:300])
+        return report
     for payout in sent:
         assert payout.signature is not None
-        level, error = await chain.confirmation(payout.signature)
-        age = (utcnow() - payout.updated_at).total_seconds()
-        if error is None and not level_reached(level, "confirmed"):
-            if level is None and age > settings.payout_confirm_timeout_s:
-                error = "transfer never landed (expired)"
-            else:
-                continue
+        try:
+            level, error = await chain.confirmation(payout.signature)
+        except Exception as exc:
+            log.warning("payout_status_unavailable", payout_id=str(payout.id), error=str(exc))
+            continue
+        verdict = payout_verdict(
+            level=level,
+            error=error,
+            block_height=height,
+            last_valid_block_height=payout.last_valid_block_height,
+        )
+        legacy_stuck = (
+            verdict == "wait"
+            and payout.last_valid_block_height is None
+            and (utcnow() - payout.updated_at).total_seconds() > settings.payout_confirm_timeout_s
+        )
+        if verdict == "wait" and not legacy_stuck:
+            continue
         async with sessionmaker() as session, session.begin():
             row = await session.scalar(
                 select(Payout)
-                .where(Payout.id == payout.id, Payout.status == "sent")
+                .where(
+                    Payout.id == payout.id,
+                    Payout.status == "sent",
+                    Payout.signature == payout.signature,
+                )
                 .with_for_update()
             )
             if row is None:
                 continue
-            if error is None:
+            if verdict == "paid":
                 await _complete(session, row, payout.signature)
                 report.paid += 1
-            else:
-                await _reverse(session, row, error)
+            elif verdict == "failed":
+                await _reverse(session, row, f"transfer failed on chain: {error}")
                 report.reversed += 1
+            elif verdict == "expired":
+                await _reverse(
+                    session,
+                    row,
+                    f"transfer never landed: its blockhash expired after block height "
+                    f"{payout.last_valid_block_height} (now {height})",
+                )
+                report.reversed += 1
+            else:  # sent without a blockhash (older version): no proof it cannot land
+                row.status = "needs_review"
+                row.reason = "no status and no blockhash to prove expiry; check the chain"
+                report.review += 1
     return report
 
 

@@ -1,12 +1,21 @@
-"""Pure rules for deposits and payouts: what a chain transfer is worth, Solana Pay URLs."""
+"""Pure rules for deposits and payouts: what a chain transfer is worth, what a sent payout's
+chain state means, Solana Pay URLs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import quote
 
 from tesai.billing.money import format_usdc
-from tesai.chain.base import ChainTransaction
+from tesai.billing.schemas import MAX_MICRO
+from tesai.chain.base import ChainTransaction, level_reached
+
+MAX_RECORDED = 2**63 - 1
+"""The largest amount a receipt can store (a PostgreSQL ``bigint``); a token amount is a
+u64 on chain, so anyone can send more of a token they made themselves."""
+MAX_CREDIT_MICRO = MAX_MICRO
+"""The most one transaction may credit; more is flagged (``rejected_amount``), not credited."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,11 @@ def judge_deposit(
     - USDC to the treasury account: what arrived is credited; a different amount than asked
       is flagged for review (``credited_underpaid`` / ``credited_overpaid``);
     - another mint: nothing credited, flagged (``rejected_mint``);
-    - no transfer to the treasury: nothing credited, flagged (``rejected_recipient``).
+    - no transfer to the treasury: nothing credited, flagged (``rejected_recipient``);
+    - USDC beyond ``MAX_CREDIT_MICRO``: nothing credited, flagged (``rejected_amount``).
+
+    Amounts are u64 on chain and summed here, so ``received_micro`` is capped at what a
+    receipt stores (``MAX_RECORDED``); the reason keeps the full number.
     """
     if not tx.succeeded:
         return DepositJudgement(
@@ -40,6 +53,16 @@ def judge_deposit(
     right = [t for t in tx.transfers if t.mint == mint and t.destination == recipient]
     if right:
         received = sum(t.amount for t in right)
+        if received > MAX_CREDIT_MICRO:
+            return DepositJudgement(
+                "rejected_amount",
+                0,
+                min(received, MAX_RECORDED),
+                mint,
+                recipient,
+                f"received {received}, more than one deposit may credit; not credited",
+                True,
+            )
         if received == expected_micro:
             return DepositJudgement("credited", received, received, mint, recipient, "", False)
         outcome = "credited_underpaid" if received < expected_micro else "credited_overpaid"
@@ -48,25 +71,55 @@ def judge_deposit(
     other = [t for t in tx.transfers if t.mint != mint]
     if other:
         first = other[0]
+        amount = sum(t.amount for t in other)
         return DepositJudgement(
             "rejected_mint",
             0,
-            sum(t.amount for t in other),
+            min(amount, MAX_RECORDED),
             first.mint or "unknown",
             first.destination,
-            f"paid in mint {first.mint}, expected {mint}; not credited",
+            f"paid {amount} in mint {first.mint}, expected {mint}; not credited"[:300],
             True,
         )
     dest = tx.transfers[0].destination if tx.transfers else ""
+    amount = sum(t.amount for t in tx.transfers)
     return DepositJudgement(
         "rejected_recipient",
         0,
-        sum(t.amount for t in tx.transfers),
+        min(amount, MAX_RECORDED),
         mint,
         dest,
-        "no transfer to the treasury token account; not credited",
+        f"{amount} not to the treasury token account; not credited"[:300],
         True,
     )
+
+
+PayoutVerdict = Literal["paid", "failed", "expired", "wait"]
+
+
+def payout_verdict(
+    *,
+    level: str | None,
+    error: str | None,
+    block_height: int,
+    last_valid_block_height: int | None,
+    wanted: str = "confirmed",
+) -> PayoutVerdict:
+    """What the chain says about a sent payout's transfer.
+
+    ``level``/``error`` are its signature status (None, None: the chain has not seen it);
+    ``block_height`` is the finalized block height, which must be read BEFORE the status:
+    a transfer with no status once the chain is past its blockhash's last valid block
+    height can never land (``expired``), and reading in that order leaves no moment in
+    which it could land unseen. A status below ``wanted`` waits, failed or not.
+    """
+    if level is not None or error is not None:
+        if not level_reached(level, wanted):
+            return "wait"
+        return "failed" if error is not None else "paid"
+    if last_valid_block_height is not None and block_height > last_valid_block_height:
+        return "expired"
+    return "wait"
 
 
 def solana_pay_url(

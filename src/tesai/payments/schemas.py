@@ -8,10 +8,11 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from tesai.billing.schemas import MAX_MICRO
+from tesai.kit.money import Micro
 
 
 class DepositIn(BaseModel):
-    amount_micro: int = Field(gt=0, le=MAX_MICRO, description="Micro-USDC to deposit")
+    amount_micro: Micro = Field(gt=0, le=MAX_MICRO, description="Micro-USDC to deposit")
 
 
 class DepositOut(BaseModel):
@@ -65,7 +66,7 @@ class WalletOut(BaseModel):
 
 
 class PayoutIn(BaseModel):
-    amount_micro: int = Field(gt=0, le=MAX_MICRO)
+    amount_micro: Micro = Field(gt=0, le=MAX_MICRO)
 
 
 class PayoutOut(BaseModel):
