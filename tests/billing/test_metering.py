@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from tesai.billing import holds, metering, service
-from tesai.billing.ledger import balance_of, set_fault_hook
-from tesai.billing.models import NodeMeter, UsageBucket
-from tesai.billing.money import customer_charge
+from tesai.billing import holds, metering, service, statements
+from tesai.billing.ledger import account_id, balance_of, set_fault_hook
+from tesai.billing.models import HoldTotals, NodeMeter, UsageBucket
+from tesai.billing.money import customer_charge, settle_hold
 from tesai.runtime import Runtime
 from tests.billing.conftest import NewUser
 
@@ -147,7 +147,8 @@ async def test_incomplete_minute_is_not_settled_and_short_hold_is_reported(
         )
         assert batch.buckets == 1
         assert batch.provider_micro == 60_000
-        # Drain the hold: the next batch cannot pay and reports it instead of failing.
+        # Drain the hold: the next batch cannot pay and reports it instead of failing; the
+        # bucket is settled as far as the hold goes (nothing) with its shortfall recorded.
         await holds.release_cluster_hold(
             s, customer_user_id=customer, cluster_id=cluster, idempotency_key="r"
         )
@@ -156,8 +157,8 @@ async def test_incomplete_minute_is_not_settled_and_short_hold_is_reported(
             s, before=T0 + timedelta(minutes=5), fee_bps=0, idempotency_key="c3"
         )
         assert batch.short_holds
-        assert batch.buckets == 0
-    del node
+        assert (batch.buckets, batch.transaction_id, batch.shortfall_micro) == (1, None, 60_000)
+        assert await metering.unsettled_seconds(s, node) == 0
 
 
 async def test_a_crash_at_any_point_of_a_tick_counts_each_second_once(
@@ -308,7 +309,7 @@ async def test_the_tick_settles_each_minute_as_it_closes_exactly_once(
     """``meter_and_settle``: closed minutes are written settled, with their postings, by the
     same statement; the minute in progress waits on the meter; crashes inside the tick roll
     it back whole and a replay counts nothing twice; a hold that cannot pay is reported and
-    its buckets are left to the sweep."""
+    it pays what it has (here nothing) and its buckets carry what it could not pay."""
     customer, provider, cluster, (up, flaky) = await _cluster(runtime, new_user, 2)
 
     async def tick(
@@ -361,16 +362,18 @@ async def test_the_tick_settles_each_minute_as_it_closes_exactly_once(
             == 3
         )
 
-    # The hold is drained: the next closed minutes cannot be paid; they wait unsettled.
+    # The hold is drained: the next closed minutes cannot be paid; they are settled as far
+    # as the hold goes (nothing), their usage recorded as unpaid.
     async with runtime.sessionmaker() as s, s.begin():
         await holds.release_cluster_hold(
             s, customer_user_id=customer, cluster_id=cluster, idempotency_key="drain"
         )
     short = await tick(240, "k240")
     assert short.short_holds
-    assert (short.buckets, short.transaction_id) == (0, None)
+    assert (short.buckets, short.transaction_id, short.shortfall_micro) == (2, None, 120_000)
     async with runtime.sessionmaker() as s:
-        assert [await metering.unsettled_seconds(s, n) for n in (up, flaky)] == [60, 60]
+        assert [await metering.unsettled_seconds(s, n) for n in (up, flaky)] == [0, 0]
+        assert await s.scalar(select(func.sum(UsageBucket.unpaid_micro))) == 120_000
         assert await balance_of(s, service.earnings(provider)) == 300_000
     await _one_bucket_per_node_and_minute(runtime)
 
@@ -475,3 +478,254 @@ async def test_a_node_stop_and_the_tick_at_once_do_not_deadlock(
     async with runtime.sessionmaker() as s:
         assert await balance_of(s, service.earnings(provider)) == (90 + 120) * 1000
         assert [await metering.unsettled_seconds(s, n) for n in (staying, leaving)] == [0, 0]
+
+
+# --- holds always pay for what they were computed for; a short hold pays what it has ---------
+
+
+async def _funded_node(
+    runtime: Runtime,
+    new_user: NewUser,
+    *,
+    price: int,
+    hold: int,
+    started_at: datetime = T0,
+    billable_until: datetime | None = None,
+) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID]:
+    """One metered node of a cluster whose hold is ``hold``: customer, provider, cluster,
+    node."""
+    customer, provider = await new_user(), await new_user(("provider",))
+    cluster, node = uuid.uuid4(), uuid.uuid4()
+    async with runtime.sessionmaker() as s, s.begin():
+        await service.admin_grant_credit(
+            s,
+            admin_user_id=None,
+            user_id=customer,
+            amount_micro=100_000_000,
+            reason="t",
+            idempotency_key=f"g{cluster}",
+        )
+        await holds.place_cluster_hold(
+            s,
+            customer_user_id=customer,
+            cluster_id=cluster,
+            amount_micro=hold,
+            idempotency_key=f"h{cluster}",
+        )
+        await metering.start_meter(
+            s,
+            node_id=node,
+            cluster_id=cluster,
+            device_id=uuid.uuid4(),
+            customer_user_id=customer,
+            provider_user_id=provider,
+            price_per_hour_micro=price,
+            started_at=started_at,
+            billable_until=billable_until,
+        )
+    return customer, provider, cluster, node
+
+
+async def _fees(runtime: Runtime) -> int:
+    async with runtime.sessionmaker() as s:
+        return await balance_of(s, service.FEES)
+
+
+async def _end_of_cluster(
+    runtime: Runtime, customer: uuid.UUID, cluster: uuid.UUID, node: uuid.UUID, key: str
+) -> int:
+    """The cluster ends as the reconciler ends it: the node stops, the sweep settles, the
+    hold is released; returns what the release gave back."""
+    async with runtime.sessionmaker() as s, s.begin():
+        await metering.settlement_lock(s)
+        await metering.stop_meter(s, node)
+        await metering.settle_usage_batch(
+            s, before=T0 + timedelta(days=1), fee_bps=1000, idempotency_key=f"final:{key}"
+        )
+        released = await holds.release_cluster_hold(
+            s, customer_user_id=customer, cluster_id=cluster, idempotency_key=f"release:{key}"
+        )
+    return int(released.result["amount"])
+
+
+async def _nothing_unsettled(runtime: Runtime) -> None:
+    async with runtime.sessionmaker() as s:
+        assert await s.scalar(select(func.count()).where(UsageBucket.settled.is_(False))) == 0
+        assert await s.scalar(text("SELECT sum(amount) FROM ledger_postings")) == 0
+
+
+async def test_an_hour_at_one_usdc_is_paid_in_full_by_the_hold_made_for_it(
+    runtime: Runtime, new_user: NewUser
+) -> None:
+    """1 USDC/h for exactly 3,600 s, held as 1,100,000 (price + 10 % fee), settled minute by
+    minute: the fee rounds once over the hold (100,000), not up on every minute (60 ×
+    1,667 = 100,020, which left the last minute unpaid and refunded)."""
+    price = 1_000_000
+    hold = holds.cluster_hold_amount(
+        gpus=1, price_per_gpu_hour_micro=price, duration_s=3600, fee_bps=1000
+    )
+    assert hold == 1_100_000
+    customer, provider, cluster, node = await _funded_node(
+        runtime, new_user, price=price, hold=hold, billable_until=T0 + timedelta(hours=1)
+    )
+    fees_before = await _fees(runtime)
+    for minute in range(1, 62):
+        async with runtime.sessionmaker() as s, s.begin():
+            batch = await metering.meter_and_settle(
+                s, now=T0 + timedelta(minutes=minute), fee_bps=1000, idempotency_key=f"m{minute}"
+            )
+        assert batch.short_holds == []
+    assert await _end_of_cluster(runtime, customer, cluster, node, "hour") == 0
+    async with runtime.sessionmaker() as s:
+        assert await balance_of(s, service.earnings(provider)) == 1_000_000
+        totals = await s.get(
+            HoldTotals, await account_id(s, service.held(customer, f"cluster:{cluster}"))
+        )
+        assert totals is not None
+        assert (totals.provider_micro, totals.fee_micro, totals.shortfall_micro) == (
+            1_000_000,
+            100_000,
+            0,
+        )
+    assert await _fees(runtime) - fees_before == 100_000
+    await _nothing_unsettled(runtime)
+
+
+@pytest.mark.parametrize("path", ["tick", "sweep"])
+async def test_a_short_hold_pays_what_it_has_and_records_the_shortfall(
+    runtime: Runtime, new_user: NewUser, path: str
+) -> None:
+    """A hold of 100,000 for two minutes at 1,000 µUSDC/s + 10 %: the first minute
+    (66,000) is paid; of the second, the provider gets the largest part the remaining
+    34,000 can pay with its fee, the hold is emptied, and the part it could not pay is
+    recorded — the usage is not left unsettled while the release hands the 34,000 back."""
+    customer, provider, cluster, node = await _funded_node(
+        runtime, new_user, price=PRICE, hold=100_000
+    )
+    fees_before = await _fees(runtime)
+    for minute in (1, 2):
+        async with runtime.sessionmaker() as s, s.begin():
+            now = T0 + timedelta(minutes=minute)
+            if path == "tick":
+                batch = await metering.meter_and_settle(
+                    s, now=now, fee_bps=1000, idempotency_key=f"t{minute}"
+                )
+            else:
+                await metering.meter_tick(s, now=now)
+                batch = await metering.settle_usage_batch(
+                    s, before=now, fee_bps=1000, idempotency_key=f"s{minute}"
+                )
+    expected = settle_hold(
+        usage=60_000, balance=34_000, provider_before=60_000, fee_before=6_000, fee_bps=1000
+    )
+    assert (expected.provider, expected.fee, expected.shortfall) == (30_909, 3_091, 29_091)
+    assert batch.buckets == 1
+    assert batch.short_holds
+    assert (batch.provider_micro, batch.fee_micro, batch.shortfall_micro) == (
+        30_909,
+        3_091,
+        29_091,
+    )
+    assert await _end_of_cluster(runtime, customer, cluster, node, path) == 0
+    async with runtime.sessionmaker() as s:
+        assert await balance_of(s, service.earnings(provider)) == 90_909
+        unpaid = await s.scalar(select(func.sum(UsageBucket.unpaid_micro)))
+        assert unpaid == 29_091
+        hold = await account_id(s, service.held(customer, f"cluster:{cluster}"))
+        totals = await s.get(HoldTotals, hold)
+        assert totals is not None
+        assert (totals.provider_micro, totals.fee_micro, totals.shortfall_micro) == (
+            90_909,
+            9_091,
+            29_091,
+        )
+        # The provider's usage statement says what was earned and what was paid of it.
+        [line] = await statements.usage_by_node(
+            s, earnings_account_ids=[await account_id(s, service.earnings(provider))]
+        )
+        assert (line.seconds, line.amount_micro, line.settled_micro) == (120, 120_000, 90_909)
+    assert await _fees(runtime) - fees_before == 9_091
+    await _nothing_unsettled(runtime)
+
+
+async def test_a_meter_started_mid_second_bills_only_whole_observed_seconds(
+    runtime: Runtime, new_user: NewUser
+) -> None:
+    """Started at 12:00:00.19 and metered to 12:01:36: 95.81 s observed, 95 billed (the
+    start rounds up), not 96."""
+    _, _, _, node = await _funded_node(
+        runtime,
+        new_user,
+        price=PRICE,
+        hold=1_000_000,
+        started_at=T0 + timedelta(microseconds=190_000),
+    )
+    async with runtime.sessionmaker() as s, s.begin():
+        await metering.meter_tick(s, now=T0 + timedelta(seconds=96))
+    async with runtime.sessionmaker() as s:
+        meter = await s.get(NodeMeter, node)
+        assert meter is not None
+        assert meter.billed_seconds == 95
+
+
+async def test_a_meter_bills_nothing_past_its_paid_end_until_the_end_moves(
+    runtime: Runtime, new_user: NewUser
+) -> None:
+    """Paid until 12:01:00.5: a tick at 12:02 bills 60 s, not 120 (the rest moves the
+    watermark unbilled); the end moved on (an extension) bills from then on."""
+    customer, _, cluster, node = await _funded_node(
+        runtime,
+        new_user,
+        price=PRICE,
+        hold=1_000_000,
+        billable_until=T0 + timedelta(seconds=60, microseconds=500_000),
+    )
+    async with runtime.sessionmaker() as s, s.begin():
+        await metering.meter_and_settle(
+            s, now=T0 + timedelta(minutes=2), fee_bps=1000, idempotency_key="a"
+        )
+        meter = await s.get(NodeMeter, node)
+        assert meter is not None
+        assert meter.billed_seconds == 60
+        state = await metering.limit_cluster_billing(
+            s,
+            cluster_id=cluster,
+            ends_at=T0 + timedelta(minutes=3),
+            limit_micro=1_000_000,
+            fee_bps=1000,
+        )
+        assert (state.spent_micro, state.exhausted) == (66_000, False)
+    async with runtime.sessionmaker() as s, s.begin():
+        await metering.meter_and_settle(
+            s, now=T0 + timedelta(minutes=4), fee_bps=1000, idempotency_key="b"
+        )
+        meter = await s.get(NodeMeter, node)
+        assert meter is not None
+        assert meter.billed_seconds == 120
+    del customer
+
+
+async def test_a_budget_stops_billing_at_the_second_it_is_used_up(
+    runtime: Runtime, new_user: NewUser
+) -> None:
+    """A limit of 5,500 at 1,100 µUSDC/s (price + fee) buys exactly 5 s: a tick 7 s in bills
+    5 (5,500), not 7 (7,700), and the cluster then counts as out of money."""
+    _, _, cluster, node = await _funded_node(runtime, new_user, price=PRICE, hold=1_000_000)
+    async with runtime.sessionmaker() as s, s.begin():
+        state = await metering.limit_cluster_billing(
+            s, cluster_id=cluster, ends_at=None, limit_micro=5_500, fee_bps=1000
+        )
+        assert (state.spent_micro, state.end_s, state.exhausted) == (
+            0,
+            int(T0.timestamp()) + 5,
+            False,
+        )
+    async with runtime.sessionmaker() as s, s.begin():
+        await metering.meter_tick(s, now=T0 + timedelta(seconds=7))
+        state = await metering.limit_cluster_billing(
+            s, cluster_id=cluster, ends_at=None, limit_micro=5_500, fee_bps=1000
+        )
+        assert (state.spent_micro, state.exhausted) == (5_500, True)
+        meter = await s.get(NodeMeter, node)
+        assert meter is not None
+        assert meter.billed_seconds == 5

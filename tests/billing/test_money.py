@@ -8,13 +8,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tesai.billing.money import (
+    MeterState,
     accrue,
+    billable_end,
     customer_charge,
     fee_on,
     format_usdc,
     hold_for,
     seconds_by_minute,
+    settle_hold,
+    spend_limit,
+    spend_state,
     split_capped,
+    usage_until,
 )
 from tesai.chain.base import ChainTransaction, TokenTransfer
 from tesai.payments.rules import judge_deposit, solana_pay_url
@@ -99,3 +105,89 @@ def test_solana_pay_url() -> None:
         recipient="R", amount_micro=1_500_000, mint="M", reference="F", label="TES AI", message="hi"
     )
     assert url == "solana:R?amount=1.5&spl-token=M&reference=F&label=TES%20AI&message=hi"
+
+
+@given(
+    st.lists(st.integers(0, 10**7), min_size=1, max_size=40),
+    st.integers(0, 10_000),
+    st.integers(0, 10**9),
+)
+def test_settling_a_hold_minute_by_minute_charges_the_fee_of_the_total(
+    parts: list[int], bps: int, extra: int
+) -> None:
+    """Settled in any number of parts, a hold that covers the total pays exactly the total
+    plus the fee of the total (the fee is rounded once over the hold, not per part)."""
+    total = sum(parts)
+    balance = customer_charge(total, bps) + extra
+    paid = fees = 0
+    for usage in parts:
+        s = settle_hold(
+            usage=usage, balance=balance, provider_before=paid, fee_before=fees, fee_bps=bps
+        )
+        assert s.shortfall == 0
+        balance -= s.total
+        paid, fees = paid + s.provider, fees + s.fee
+    assert (paid, fees, balance) == (total, fee_on(total, bps), extra)
+
+
+@given(
+    st.integers(0, 10**10),
+    st.integers(0, 10**10),
+    st.integers(0, 10**10),
+    st.integers(0, 10**9),
+    st.integers(0, 10_000),
+)
+def test_a_short_hold_pays_the_most_it_can_and_is_emptied(
+    usage: int, balance: int, before: int, extra_fee: int, bps: int
+) -> None:
+    fee_before = fee_on(before, bps) + extra_fee
+    s = settle_hold(
+        usage=usage, balance=balance, provider_before=before, fee_before=fee_before, fee_bps=bps
+    )
+    assert s.provider + s.shortfall == usage
+    assert s.provider >= 0
+    assert s.fee >= 0
+    assert s.total <= balance
+    # The fee is at least what the cumulative rule asks for what was paid.
+    assert s.fee >= max(0, fee_on(before + s.provider, bps) - fee_before)
+    if s.shortfall:
+        assert s.total == balance  # emptied exactly
+        more = s.provider + 1  # and one more micro-USDC to the provider would not fit
+        assert more + max(0, fee_on(before + more, bps) - fee_before) > balance
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5000), st.integers(-30, 30), st.integers(0, 10**8), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(0, 10**8),
+    st.integers(0, 10_000),
+)
+def test_billable_end_is_the_last_second_the_limit_pays_for(
+    raw: list[tuple[int, int, int, bool]], limit: int, bps: int
+) -> None:
+    meters = [MeterState(b, 1_000_000 + w, p, a) for b, w, p, a in raw]
+    end = billable_end(meters, limit, bps)
+    priced = [m for m in meters if m.active and m.price_per_hour_micro > 0]
+    if not priced:
+        assert end is None
+        return
+    assert end is not None
+    start = min(m.watermark_s for m in priced)
+    spent = customer_charge(usage_until(meters, start), bps)
+    if spent > limit:
+        assert end == start
+    else:
+        assert customer_charge(usage_until(meters, end), bps) <= limit
+        assert customer_charge(usage_until(meters, end + 1), bps) > limit
+
+
+def test_a_budget_of_5500_at_1100_a_second_buys_5_seconds() -> None:
+    meter = MeterState(billed_seconds=0, watermark_s=1000, price_per_hour_micro=3_600_000)
+    assert billable_end([meter], 5_500, 1000) == 1005
+    state = spend_state([MeterState(5, 1005, 3_600_000)], 5_500, 1000)
+    assert (state.spent_micro, state.end_s, state.exhausted) == (5_500, 1005, True)
+    assert spend_limit(1_100_000, None) == 1_100_000
+    assert spend_limit(1_100_000, 5_500) == 5_500

@@ -147,6 +147,11 @@ def test_duration_over_and_budget_exhausted_terminate() -> None:
     assert [(s.kind, s.reason) for s in next_steps(broke).steps] == [
         ("set_status", "budget_exhausted")
     ]
+    # Money left, but not enough for another second of the cluster: it stops there.
+    short = view(ClusterStatus.running, [head], budget_left_micro=900, out_of_money=True)
+    assert [(s.kind, s.reason) for s in next_steps(short).steps] == [
+        ("set_status", "budget_exhausted")
+    ]
 
 
 def test_terminating_releases_everything_once() -> None:

@@ -25,6 +25,7 @@ from tesai.clusters.service import hold_ref
 from tesai.clusters.usage import meter_all
 from tesai.devices import keys
 from tesai.devices.models import Device, DeviceStatus
+from tesai.devices.service import record_transition
 from tesai.kit.time import utcnow
 from tesai.runtime import Runtime
 from tests.clusters.conftest import AddDevice, Grant
@@ -217,3 +218,138 @@ async def test_a_cluster_over_its_budget_is_stopped_with_that_reason(
     assert "budget_exhausted" in [e["reason"] for e in detail["events"]]
     async with runtime.sessionmaker() as s:
         assert await ledger.balance_of(s, billing.held(user.id, hold_ref(cid))) == 0
+
+
+async def _books(runtime: Runtime, user_id: uuid.UUID, cid: uuid.UUID) -> tuple[int, int, int]:
+    """(billed seconds, customer charged, unsettled buckets) of an ended cluster whose
+    customer was granted 100 USDC."""
+    async with runtime.sessionmaker() as s:
+        billed = await s.scalar(
+            select(func.coalesce(func.sum(NodeMeter.billed_seconds), 0)).where(
+                NodeMeter.cluster_id == cid
+            )
+        )
+        unsettled = await s.scalar(
+            select(func.count()).where(
+                UsageBucket.cluster_id == cid, UsageBucket.settled.is_(False)
+            )
+        )
+        available = await ledger.balance_of(s, billing.available(user_id))
+        assert await ledger.balance_of(s, billing.held(user_id, hold_ref(cid))) == 0
+    return int(billed or 0), 100_000_000 - available, int(unsettled or 0)
+
+
+async def _rent(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> uuid.UUID:
+    r = await client.post("/api/v1/clusters", json=body, headers=headers)
+    assert r.status_code == 201, r.text
+    return uuid.UUID(r.json()["id"])
+
+
+async def _end(
+    client: httpx.AsyncClient, runtime: Runtime, cid: uuid.UUID, headers: dict[str, str]
+) -> None:
+    await client.post(f"/api/v1/clusters/{cid}/terminate", headers=headers)
+    await reconcile(runtime.task_context)
+    assert (await cluster_row(runtime, cid)).status is ClusterStatus.terminated
+
+
+async def test_a_60_s_cluster_is_never_billed_past_its_paid_end(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    """The tick runs 90 s after a 60 s cluster started (the reconciler has not stopped it
+    yet): 60 s at most are billed, and the hold made for 60 s pays all of it."""
+    await add_device(gpu_model=None, gpus=0, price=3_600_000)  # 1,000 µUSDC per second
+    user, headers = await make_user()
+    await grant(user.id, 100_000_000)
+    cid = await _rent(client, headers, request={"nodes": 1, "duration_s": 60})
+    await bring_up(runtime, cid)
+    for _ in range(3):  # ticks up to 90 s in (a gap longer than the stall cap is not billed)
+        await meter(runtime, 30)
+    await _end(client, runtime, cid, headers)
+    billed, charged, unsettled = await _books(runtime, user.id, cid)
+    assert 55 <= billed <= 60
+    assert charged == billed * 1100  # every billed second paid: provider + 10 % fee
+    assert unsettled == 0
+
+
+async def test_an_extension_moves_the_paid_end_and_billing_follows_it(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    await add_device(gpu_model=None, gpus=0, price=3_600_000)
+    user, headers = await make_user()
+    await grant(user.id, 100_000_000)
+    cid = await _rent(client, headers, request={"nodes": 1, "duration_s": 60})
+    await bring_up(runtime, cid)
+    await meter(runtime, 30)
+    r = await client.post(
+        f"/api/v1/clusters/{cid}/extend",
+        json={"duration_s": 60},
+        headers=headers | {"Idempotency-Key": f"extend-{cid}"},
+    )
+    assert r.status_code == 200, r.text
+    for _ in range(2):  # past the first end: billed, the end moved
+        await meter(runtime, 30)
+    async with runtime.sessionmaker() as s:
+        meter_row = (
+            await s.execute(select(NodeMeter).where(NodeMeter.cluster_id == cid))
+        ).scalar_one()
+        assert meter_row.billed_seconds >= 85
+    for _ in range(2):  # past the new end: not billed
+        await meter(runtime, 30)
+    await _end(client, runtime, cid, headers)
+    billed, charged, unsettled = await _books(runtime, user.id, cid)
+    assert 115 <= billed <= 120
+    assert charged == billed * 1100
+    assert unsettled == 0
+
+
+async def test_a_cluster_stops_at_its_budget_not_a_tick_after_it(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    """A budget of 5,500 at 1,100 µUSDC/s buys 5 s: a tick 7 s in bills 5 s (5,500, not
+    7,700), and the reconciler stops the cluster there."""
+    await add_device(gpu_model=None, gpus=0, price=3_600_000)
+    user, headers = await make_user()
+    await grant(user.id, 100_000_000)
+    cid = await _rent(client, headers, request={"nodes": 1, "duration_s": 3600}, budget_micro=5_500)
+    await bring_up(runtime, cid)
+    await meter(runtime, 7)
+    await reconcile(runtime.task_context)  # out of money: stops it
+    c = await cluster_row(runtime, cid)
+    assert (c.status, c.status_reason) == (ClusterStatus.terminating, "budget_exhausted")
+    await reconcile(runtime.task_context)  # releases and settles
+    billed, charged, unsettled = await _books(runtime, user.id, cid)
+    assert (billed, charged, unsettled) == (5, 5_500, 0)
+
+
+async def test_a_lost_node_is_not_replaced_by_a_dearer_device_than_its_hold_was_made_for(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    """A 1 USDC/h node is lost and the only free device costs 60 USDC/h: no replacement is
+    placed there (its usage would outrun the hold); one at the same price or less is."""
+    for _ in range(2):
+        await add_device(gpu_model=None, gpus=0, price=1_000_000)
+    user, headers = await make_user()
+    await grant(user.id, 100_000_000)
+    cid = await _rent(client, headers, request={"nodes": 2, "duration_s": 3600})
+    nodes = await bring_up(runtime, cid)
+    assert {n.price_per_hour_micro for n in nodes} == {1_000_000}
+    dear = await add_device(gpu_model=None, gpus=0, price=60_000_000)
+
+    async def lose(device_id: uuid.UUID) -> None:
+        async with runtime.sessionmaker.begin() as s:
+            d = await s.get(Device, device_id)
+            assert d is not None
+            record_transition(s, d, DeviceStatus.offline, "missed_heartbeats")
+        await reconcile(runtime.task_context)
+
+    await lose(nodes[1].device_id)
+    live = [n for n in await node_rows(runtime, cid) if n.released_at is None]
+    assert dear.id not in {n.device_id for n in live}
+    detail = (await client.get(f"/api/v1/clusters/{cid}", headers=headers)).json()
+    assert [e["reason"] for e in detail["events"]].count("no_replacement") == 1
+
+    cheaper = await add_device(gpu_model=None, gpus=0, price=500_000)
+    await lose(nodes[0].device_id)
+    live = [n for n in await node_rows(runtime, cid) if n.released_at is None]
+    assert [(n.device_id, n.price_per_hour_micro) for n in live] == [(cheaper.id, 500_000)]

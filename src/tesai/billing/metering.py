@@ -11,11 +11,20 @@ so 100,000 running nodes fit in a tick.
 - ``meter_and_settle(now, ...)``: the metering tick. Every active node's healthy seconds
   since its watermark are accrued; each minute that closes becomes a bucket, and the closed
   minutes are settled in the same statement (holds → provider earnings + platform fees, ONE
-  ledger transaction). Holds that cannot pay are reported; their buckets stay unsettled.
+  ledger transaction). The fee rounds once over each hold's whole usage (running totals
+  in ``billing_hold_totals``). A hold that cannot pay in full pays what it has and is
+  reported; the part it could not pay is recorded on its buckets (``unpaid_micro``).
 - ``meter_tick`` / ``meter_nodes``: the same accrual without settling (all nodes, or the
   listed ones: a node's last seconds before it stops); ``record_interval``: one node.
 - ``settle_usage_batch(before)``: the sweep: buckets left unsettled (written by
-  ``meter_nodes``/``stop_meter``, or of a hold that could not pay) in one ledger transaction.
+  ``meter_nodes``/``stop_meter``) in one ledger transaction, by the same rules.
+- ``limit_cluster_billing``: a meter bills nothing after its ``billable_until``: the
+  cluster's paid end, or the second its budget or hold runs out, if sooner. So a hold
+  computed for the paid duration at the quoted prices always covers the usage, and a
+  budget is never passed.
+
+Only observed whole seconds are billed: a meter starts at the next whole second after the
+node started, and a tick bills up to the whole second before its ``now``.
 
 Unhealthy nodes (offline per the control plane's heartbeats) get no usage for the interval:
 their watermark moves on, so that time is never billed later either. A crash anywhere rolls
@@ -28,11 +37,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.audit.service import record as audit
@@ -40,11 +49,18 @@ from tesai.billing import service
 from tesai.billing.holds import cluster_hold_ref
 from tesai.billing.ledger import account_id, checkpoint
 from tesai.billing.models import NodeMeter, UsageBucket
-from tesai.billing.money import customer_charge
+from tesai.billing.money import MeterState, SpendState, customer_charge, spend_state
 
 
 def whole_second(t: datetime) -> datetime:
+    """``t`` rounded down to its second: the end of observed time."""
     return t.replace(microsecond=0)
+
+
+def next_whole_second(t: datetime) -> datetime:
+    """``t`` rounded up to a second: the start of observed time (a meter started at
+    ``12:00:00.19`` bills from ``12:00:01``, so only whole observed seconds are billed)."""
+    return whole_second(t) + timedelta(seconds=1) if t.microsecond else t
 
 
 async def start_meter(
@@ -57,8 +73,10 @@ async def start_meter(
     provider_user_id: uuid.UUID,
     price_per_hour_micro: int,
     started_at: datetime,
+    billable_until: datetime | None = None,
 ) -> NodeMeter:
-    """Begin billing a node from ``started_at`` (idempotent per node)."""
+    """Begin billing a node from ``started_at`` (rounded up to a whole second), no further
+    than ``billable_until`` (see ``limit_cluster_billing``); idempotent per node."""
     existing = await session.get(NodeMeter, node_id)
     if existing is not None:
         return existing
@@ -71,7 +89,8 @@ async def start_meter(
         ),
         earnings_account_id=await account_id(session, service.earnings(provider_user_id)),
         price_per_hour_micro=price_per_hour_micro,
-        metered_until=whole_second(started_at),
+        metered_until=next_whole_second(started_at),
+        billable_until=billable_until,
         billed_seconds=0,
         active=True,
     )
@@ -114,7 +133,9 @@ async def record_interval(
     Time before the node's watermark is ignored, so replaying an interval adds nothing; time
     between the watermark and ``start`` is skipped (not billed).
     """
-    await meter_nodes(session, now=start, node_ids=[node_id], unhealthy=[node_id])
+    await meter_nodes(
+        session, now=next_whole_second(start), node_ids=[node_id], unhealthy=[node_id]
+    )
     billed = await meter_nodes(
         session, now=end, node_ids=[node_id], unhealthy=() if healthy else [node_id]
     )
@@ -131,7 +152,9 @@ def _accrue_sql(*, listed: bool) -> str:
 
     Times are whole epoch seconds (``:now_s``, ``:cur_s`` = the start of ``:now``'s minute).
     For each active meter behind ``:now``, the healthy time from its watermark to ``:now``
-    is cut at minute boundaries; a piece's amount uses cumulative rounding on the node's
+    (or to the meter's ``billable_until``, if sooner: the paid end, or when the budget or
+    hold runs out) is cut at minute boundaries; a piece's amount uses cumulative rounding on
+    the node's
     running total of billed seconds (see ``money.accrue``), so the amounts of all pieces add
     up to the rounded price of the total. The minute in progress stays on the meter; each
     closed minute adds the part carried on the meter and becomes a bucket. ``:bill`` false
@@ -149,12 +172,17 @@ def _accrue_sql(*, listed: bool) -> str:
         " OR n.device_id = ANY(CAST(:unhealthy_devices AS uuid[]))))"
     )
     wm = "CAST(floor(date_part('epoch', n.metered_until)) AS bigint)"  # the old watermark
-    added = f"(CASE WHEN {healthy} THEN :now_s - {wm} ELSE 0 END)"
-    open_healthy = f"(CASE WHEN {healthy} THEN :now_s - GREATEST({wm}, :cur_s) ELSE 0 END)"
+    # Billed time ends at :now or at the meter's limit, whichever is first (LEAST skips
+    # a NULL limit); time after the limit moves the watermark unbilled.
+    end = "LEAST(:now_s, CAST(floor(date_part('epoch', n.billable_until)) AS bigint))"
+    added = f"(CASE WHEN {healthy} THEN GREATEST(0, {end} - {wm}) ELSE 0 END)"
+    open_healthy = (
+        f"(CASE WHEN {healthy} THEN GREATEST(0, {end} - GREATEST({wm}, :cur_s)) ELSE 0 END)"
+    )
     keep_s = f"(CASE WHEN n.open_minute = {_CUR} THEN n.open_seconds ELSE 0 END)"
     keep_a = f"(CASE WHEN n.open_minute = {_CUR} THEN n.open_amount ELSE 0 END)"
     was = "CAST(floor(date_part('epoch', n.metered_from)) AS bigint)"  # in RETURNING
-    was_added = f"(CASE WHEN {healthy} THEN :now_s - {was} ELSE 0 END)"
+    was_added = f"(CASE WHEN {healthy} THEN GREATEST(0, {end} - {was}) ELSE 0 END)"
     return f"""
 moved AS (
   UPDATE billing_node_meters n
@@ -170,7 +198,7 @@ moved AS (
   WHERE n.active AND n.metered_until < {_NOW} {only}
   RETURNING n.node_id, n.cluster_id, n.device_id, n.hold_account_id AS hold,
     n.earnings_account_id AS earn, n.price_per_hour_micro AS p, {healthy} AS healthy,
-    {was} AS wm, n.billed_seconds - {was_added} AS b, {was_added} AS added,
+    {was} AS wm, {end} AS e, n.billed_seconds - {was_added} AS b, {was_added} AS added,
     CAST(date_part('epoch', n.prev_open_minute) AS bigint) AS om,
     n.prev_open_seconds AS os, n.prev_open_amount AS oa,
     LEAST({was} - {was} % 60, CAST(date_part('epoch', n.prev_open_minute) AS bigint)) AS first
@@ -199,16 +227,20 @@ def _pieces(name: str, minute: str, where: str, series: str = "") -> str:
   FROM moved {series}
   CROSS JOIN LATERAL (
     SELECT CASE WHEN moved.healthy
-             THEN GREATEST(0, {minute} + 60 - GREATEST(moved.wm, {minute})) ELSE 0
+             THEN GREATEST(0, LEAST({minute} + 60, moved.e) - GREATEST(moved.wm, {minute}))
+             ELSE 0
            END AS seconds,
-           CASE WHEN moved.healthy THEN GREATEST(0, {minute} + 60 - moved.wm) ELSE 0 END AS cum
+           CASE WHEN moved.healthy THEN GREATEST(0, LEAST({minute} + 60, moved.e) - moved.wm)
+             ELSE 0
+           END AS cum
   ) AS h
   WHERE {where} AND (h.seconds > 0 OR {minute} = moved.om)
 )"""  # noqa: S608
 
 
 _BUCKET_COLUMNS = """cluster_id, node_id, device_id, hold_account_id, earnings_account_id,
-    minute, seconds, price_per_hour_micro, amount_micro, settled, settlement_transaction_id"""
+    minute, seconds, price_per_hour_micro, amount_micro, settled, settlement_transaction_id,
+    unpaid_micro"""
 
 
 def _meter_sql(*, listed: bool) -> str:
@@ -217,68 +249,113 @@ def _meter_sql(*, listed: bool) -> str:
     return f"""
 WITH {_accrue_sql(listed=listed)}, ins AS (
   INSERT INTO usage_buckets ({_BUCKET_COLUMNS})
-  SELECT cluster_id, node_id, device_id, hold, earn, minute, seconds, p, amount, false, NULL
+  SELECT cluster_id, node_id, device_id, hold, earn, minute, seconds, p, amount, false, NULL, 0
   FROM done
 )
 {out}
 """  # noqa: S608
 
 
-def _settle_sql(usage: str) -> str:
-    """The CTEs that settle the usage rows of CTE ``usage`` (``hold``, ``earn``, ``amount``):
-    per (hold, provider) sums (``due``), the holds that can pay (``verdict``), ONE ledger
-    transaction (``tx``) with their postings (``posted``): holds debited, providers and the
-    platform fee credited.
+def _settle_sql(usage: str, keys: str) -> str:
+    """The CTEs that settle the usage rows of CTE ``usage`` (``hold``, ``earn``, ``amount``
+    and the columns ``keys`` that tell its rows apart), each hold by ``money.settle_hold``:
+
+    - ``verdict``: per hold, its usage, whether it ``pays`` in full, what is ``paid`` to
+      providers, the ``fee`` (rounded once over the hold's whole usage, from its running
+      totals in ``billing_hold_totals``) and, for a hold that cannot pay in full, the
+      ``paid`` part that fits with the rest of the hold as fee: the hold is emptied;
+    - ``shares``: the rows of the holds that cannot pay in full, each with its ``paid`` part
+      (the hold's paid amount shared pro rata by cumulative rounding, so the parts add up
+      exactly); ``pay``: what each provider gets per hold;
+    - ONE ledger transaction (``tx``) with its postings (``posted``: holds debited,
+      providers and the platform fee credited) and the hold totals moved on (``kept``).
 
     Hold balances are read without row locks: a hold's balance only falls by a settlement or
     by its release at the cluster's end, and both run under the settlement lock the caller
     holds (a fall from elsewhere would fail the balance CHECK and roll the statement back
-    whole, never overdraw).
+    whole, never overdraw). The totals are only written under that lock too.
     """
+    bps = "CAST(:bps AS bigint)"
+    rows = ", ".join(f"u.{k}" for k in keys.split(", "))
     return f"""due AS (
-  SELECT hold, earn, CAST(sum(amount) AS bigint) AS amount,
-         (CAST(sum(amount) AS bigint) * CAST(:bps AS bigint) + 9999) / 10000 AS fee
-  FROM {usage} GROUP BY hold, earn
-), charge AS (
-  SELECT hold, sum(amount + fee) AS total FROM due GROUP BY hold
+  SELECT hold, earn, CAST(sum(amount) AS bigint) AS amount FROM {usage} GROUP BY hold, earn
+), held AS (
+  SELECT hold, CAST(sum(amount) AS bigint) AS amount FROM due GROUP BY hold
+), owed AS (
+  SELECT h.hold, h.amount, a.balance, coalesce(t.provider_micro, 0) AS p0,
+         coalesce(t.fee_micro, 0) AS f0,
+         GREATEST(0, ((coalesce(t.provider_micro, 0) + h.amount) * {bps} + 9999) / 10000
+                     - coalesce(t.fee_micro, 0)) AS full_fee
+  FROM held h JOIN ledger_accounts a ON a.id = h.hold
+  LEFT JOIN billing_hold_totals t ON t.hold_account_id = h.hold
 ), verdict AS (
-  SELECT c.hold, c.total <= a.balance AS pays
-  FROM charge c JOIN ledger_accounts a ON a.id = c.hold
+  SELECT hold, amount, pays, paid, CASE WHEN pays THEN full_fee ELSE balance - paid END AS fee
+  FROM (
+    SELECT o.*, o.amount + o.full_fee <= o.balance AS pays,
+           CASE WHEN o.amount + o.full_fee <= o.balance THEN o.amount
+             ELSE LEAST(o.amount, o.balance, GREATEST(0, CAST(div(
+               CAST(o.balance + o.f0 AS numeric) * 10000 - CAST(o.p0 AS numeric) * {bps},
+               10000 + {bps}) AS bigint)))
+           END AS paid
+    FROM owed o
+  ) AS x
+), shares AS (
+  SELECT u.hold, u.earn, {rows},
+         CAST(div(CAST(v.paid AS numeric) * sum(u.amount) OVER w, v.amount)
+              - div(CAST(v.paid AS numeric) * (sum(u.amount) OVER w - u.amount), v.amount)
+              AS bigint) AS paid
+  FROM {usage} u JOIN verdict v ON v.hold = u.hold AND NOT v.pays
+  WINDOW w AS (PARTITION BY u.hold ORDER BY u.earn, {rows}
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ), pay AS (
-  SELECT due.* FROM due JOIN verdict v ON v.hold = due.hold WHERE v.pays
+  SELECT due.earn, due.amount FROM due JOIN verdict v ON v.hold = due.hold WHERE v.pays
+  UNION ALL
+  SELECT earn, paid FROM shares
 ), tx AS (
   INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, memo, refs)
   SELECT 'settle_batch', :key, '', :memo, CAST(:refs AS jsonb)
-  WHERE EXISTS (SELECT 1 FROM pay WHERE amount + fee <> 0)
+  WHERE EXISTS (SELECT 1 FROM verdict WHERE paid + fee <> 0)
   RETURNING id
 ), posted AS (
   INSERT INTO ledger_postings (transaction_id, account_id, amount)
   SELECT tx.id, p.account_id, p.amount FROM tx, (
-    SELECT hold AS account_id, -sum(amount + fee) AS amount FROM pay
-      GROUP BY hold HAVING sum(amount + fee) <> 0
+    SELECT hold AS account_id, -(paid + fee) AS amount FROM verdict WHERE paid + fee <> 0
     UNION ALL
     SELECT earn, sum(amount) FROM pay GROUP BY earn HAVING sum(amount) <> 0
     UNION ALL
-    SELECT CAST(:fees AS bigint), sum(fee) FROM pay HAVING sum(fee) <> 0
+    SELECT CAST(:fees AS bigint), sum(fee) FROM verdict HAVING sum(fee) <> 0
   ) AS p
   RETURNING 1
+), kept AS (
+  INSERT INTO billing_hold_totals AS t (hold_account_id, provider_micro, fee_micro,
+                                        shortfall_micro)
+  SELECT hold, paid, fee, amount - paid FROM verdict WHERE paid + fee <> 0 OR amount <> paid
+  ON CONFLICT (hold_account_id) DO UPDATE
+  SET provider_micro = t.provider_micro + excluded.provider_micro,
+      fee_micro = t.fee_micro + excluded.fee_micro,
+      shortfall_micro = t.shortfall_micro + excluded.shortfall_micro
 )"""  # noqa: S608
 
 
-# The tick: what closed is settled in the statement that closes it; the buckets of the holds
-# that pay are written settled with their ledger transaction, the others unsettled.
+_SETTLED = """(SELECT id FROM tx), (SELECT count(*) FROM posted),
+       (SELECT coalesce(sum(paid), 0) FROM verdict), (SELECT coalesce(sum(fee), 0) FROM verdict),
+       ARRAY(SELECT hold FROM verdict WHERE NOT pays ORDER BY hold),
+       (SELECT coalesce(sum(amount - paid), 0) FROM verdict)"""
+"""What a settlement statement reports: transaction, postings, provider and fee amounts,
+the holds that could not pay in full and their shortfall."""
+
+# The tick: what closed is settled in the statement that closes it, every bucket written
+# settled with its ledger transaction; a hold that cannot pay in full pays what it has, and
+# its buckets carry the part it could not pay.
 _METER_AND_SETTLE = f"""
-WITH {_accrue_sql(listed=False)}, {_settle_sql("done")}, ins AS (
+WITH {_accrue_sql(listed=False)}, {_settle_sql("done", "node_id, minute")}, ins AS (
   INSERT INTO usage_buckets ({_BUCKET_COLUMNS})
   SELECT d.cluster_id, d.node_id, d.device_id, d.hold, d.earn, d.minute, d.seconds, d.p,
-         d.amount, coalesce(v.pays, false), CASE WHEN v.pays THEN (SELECT id FROM tx) END
-  FROM done d LEFT JOIN verdict v ON v.hold = d.hold
-  RETURNING settled
+         d.amount, true, (SELECT id FROM tx), coalesce(d.amount - sh.paid, 0)
+  FROM done d LEFT JOIN shares sh ON sh.node_id = d.node_id AND sh.minute = d.minute
+  RETURNING 1
 )
-SELECT (SELECT count(*) FROM moved), (SELECT id FROM tx),
-       (SELECT count(*) FROM ins WHERE settled), (SELECT count(*) FROM posted),
-       (SELECT coalesce(sum(amount), 0) FROM pay), (SELECT coalesce(sum(fee), 0) FROM pay),
-       ARRAY(SELECT hold FROM verdict WHERE NOT pays ORDER BY hold)
+SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM ins), {_SETTLED}
 """  # noqa: S608
 
 _TICK_ALL = _meter_sql(listed=False)
@@ -357,7 +434,10 @@ class BatchSettlement:
     provider_micro: int = 0
     fee_micro: int = 0
     short_holds: list[int] = field(default_factory=list)
-    """Hold accounts whose balance cannot cover their charge (not settled in this batch)."""
+    """Hold accounts whose balance could not cover their charge: each paid what it had and
+    is empty now (their clusters are out of money)."""
+    shortfall_micro: int = 0
+    """Provider usage those holds could not pay (recorded on the buckets and hold totals)."""
     moved: int = 0
     """Meters moved on (``meter_and_settle`` only)."""
 
@@ -398,6 +478,7 @@ async def _audit_settlement(
             "provider_micro": out.provider_micro,
             "fee_micro": out.fee_micro,
             "short_holds": len(out.short_holds),
+            "shortfall_micro": out.shortfall_micro,
         },
     )
 
@@ -440,47 +521,43 @@ async def meter_and_settle(
             | _settle_params(idempotency_key, fee_bps, fees, f"to {whole_second(now).isoformat()}"),
         )
     ).one()
-    out = BatchSettlement(
-        moved=int(row[0]),
-        transaction_id=None if row[1] is None else int(row[1]),
-        buckets=int(row[2]),
-        provider_micro=int(row[4]),
-        fee_micro=int(row[5]),
-        short_holds=[int(h) for h in row[6]],
-    )
+    out, postings = _settlement(row[1:], moved=int(row[0]))
     await session.execute(text("SET LOCAL enable_nestloop = on"))
     checkpoint("batch_posted")
-    await _audit_settlement(session, out, int(row[3]), "money.usage_metered_settled")
+    await _audit_settlement(session, out, postings, "money.usage_metered_settled")
     return out
 
 
 # The sweep: unsettled buckets (all complete: a bucket is written when its minute closes),
-# settled like the tick's, then marked settled with their ledger transaction.
+# settled like the tick's, then marked settled with their ledger transaction and the part
+# their hold could not pay.
 _SWEEP_SQL = f"""
 WITH b AS (
   SELECT u.id, u.hold_account_id AS hold, u.earnings_account_id AS earn, u.amount_micro AS amount
   FROM usage_buckets u
   WHERE NOT u.settled AND u.minute < CAST(:before AS timestamptz)
-), {_settle_sql("b")}, marked AS (
-  UPDATE usage_buckets u SET settled = true, settlement_transaction_id = (SELECT id FROM tx)
-  WHERE u.id = ANY(ARRAY(
-    SELECT b.id FROM b JOIN verdict v ON v.hold = b.hold WHERE v.pays))
+), {_settle_sql("b", "id")}, marked AS (
+  UPDATE usage_buckets u SET settled = true, settlement_transaction_id = (SELECT id FROM tx),
+    unpaid_micro = x.unpaid
+  FROM (SELECT b.id, coalesce(b.amount - sh.paid, 0) AS unpaid
+        FROM b LEFT JOIN shares sh ON sh.id = b.id) AS x
+  WHERE u.id = x.id
   RETURNING 1
 )
-SELECT (SELECT id FROM tx), (SELECT count(*) FROM marked), (SELECT count(*) FROM posted),
-       (SELECT coalesce(sum(amount), 0) FROM pay), (SELECT coalesce(sum(fee), 0) FROM pay),
-       ARRAY(SELECT hold FROM verdict WHERE NOT pays ORDER BY hold)
+SELECT (SELECT count(*) FROM marked), {_SETTLED}
 """  # noqa: S608
 
 
 async def settle_usage_batch(
     session: AsyncSession, *, before: datetime, fee_bps: int, idempotency_key: str
 ) -> BatchSettlement:
-    """Settle every unsettled bucket of a minute before ``before`` in one ledger transaction.
+    """Settle every unsettled bucket of a minute before ``before`` in one ledger transaction,
+    each hold as far as its balance goes (``money.settle_hold``).
 
     Runs are serialised with the metering tick by an advisory lock; a second run finds the
     buckets settled and does nothing. Buckets worth nothing are marked settled without a
-    ledger transaction.
+    ledger transaction. After it, no bucket before ``before`` is left unsettled: a hold that
+    could not pay in full is emptied and the rest recorded as its shortfall.
     """
     fees = await _settle_lock(session)
     checkpoint("batch_claimed")
@@ -491,16 +568,25 @@ async def settle_usage_batch(
             | _settle_params(idempotency_key, fee_bps, fees, f"before {before.isoformat()}"),
         )
     ).one()
-    out = BatchSettlement(
-        transaction_id=None if row[0] is None else int(row[0]),
-        buckets=int(row[1]),
-        provider_micro=int(row[3]),
-        fee_micro=int(row[4]),
-        short_holds=[int(h) for h in row[5]],
-    )
+    out, postings = _settlement(row)
     checkpoint("batch_posted")
-    await _audit_settlement(session, out, int(row[2]), "money.usage_settled_batch")
+    await _audit_settlement(session, out, postings, "money.usage_settled_batch")
     return out
+
+
+def _settlement(row: Sequence[Any], moved: int = 0) -> tuple[BatchSettlement, int]:
+    """A settlement statement's row (buckets, then ``_SETTLED``) → its result, postings."""
+    buckets, tx, postings, provider, fee, short, shortfall = row[:7]
+    out = BatchSettlement(
+        transaction_id=None if tx is None else int(tx),
+        buckets=int(buckets),
+        provider_micro=int(provider),
+        fee_micro=int(fee),
+        short_holds=[int(h) for h in short],
+        shortfall_micro=int(shortfall),
+        moved=moved,
+    )
+    return out, int(postings)
 
 
 async def oldest_unsettled_end(session: AsyncSession) -> datetime | None:
@@ -520,6 +606,17 @@ SELECT least(
         )
     )
     return oldest
+
+
+async def unsettled_buckets(session: AsyncSession, cluster_id: uuid.UUID) -> int:
+    """How many usage buckets of the cluster wait to be settled (0 before its hold may be
+    released)."""
+    count = await session.scalar(
+        select(func.count()).where(
+            UsageBucket.cluster_id == cluster_id, UsageBucket.settled.is_(False)
+        )
+    )
+    return int(count or 0)
 
 
 async def unsettled_seconds(session: AsyncSession, node_id: uuid.UUID) -> int:
@@ -552,3 +649,69 @@ async def spent_by_cluster(
         .group_by(NodeMeter.cluster_id)
     )
     return {cid: customer_charge(int(total or 0), fee_bps) for cid, total in rows.tuples()}
+
+
+async def cluster_meters(
+    session: AsyncSession, cluster_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[MeterState]]:
+    """Every meter of these clusters (stopped ones too: they count for spend), one query."""
+    if not cluster_ids:
+        return {}
+    rows = await session.execute(
+        select(
+            NodeMeter.cluster_id,
+            NodeMeter.billed_seconds,
+            NodeMeter.metered_until,
+            NodeMeter.price_per_hour_micro,
+            NodeMeter.active,
+        ).where(NodeMeter.cluster_id.in_(list(cluster_ids)))
+    )
+    out: dict[uuid.UUID, list[MeterState]] = {}
+    for cid, billed, until, price, active in rows.tuples():
+        out.setdefault(cid, []).append(
+            MeterState(int(billed), int(until.timestamp()), int(price), bool(active))
+        )
+    return out
+
+
+async def limit_cluster_billing(
+    session: AsyncSession,
+    *,
+    cluster_id: uuid.UUID,
+    ends_at: datetime | None,
+    limit_micro: int,
+    fee_bps: int,
+) -> SpendState:
+    """Bill the cluster's running nodes no further than its paid end (``ends_at``) nor past
+    the second its spend limit (``money.spend_limit``: budget or hold) would be passed;
+    returns where its spend stands.
+
+    Call it whenever the end, the limit or the set of meters changes (and it may be called
+    at any time: the end is recomputed from the meters, so usage that fell short of the
+    estimate — unhealthy time — moves it on). Takes the settlement lock before it changes a
+    meter (see ``settlement_lock``: a caller that moves money afterwards must have taken it
+    first).
+    """
+    meters = (await cluster_meters(session, [cluster_id])).get(cluster_id, [])
+    state = spend_state(meters, limit_micro, fee_bps)
+    ends = [] if ends_at is None else [whole_second(ends_at)]
+    if state.end_s is not None:
+        ends.append(datetime.fromtimestamp(state.end_s, UTC))
+    until = min(ends, default=None)
+    stale = await session.scalar(
+        select(func.count())
+        .select_from(NodeMeter)
+        .where(
+            NodeMeter.cluster_id == cluster_id,
+            NodeMeter.active,
+            NodeMeter.billable_until.is_distinct_from(until),
+        )
+    )
+    if stale:
+        await settlement_lock(session)
+        await session.execute(
+            update(NodeMeter)
+            .where(NodeMeter.cluster_id == cluster_id, NodeMeter.active)
+            .values(billable_until=until)
+        )
+    return state

@@ -135,6 +135,10 @@ class NodeMeter(Base):
     earnings_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
     price_per_hour_micro: Mapped[int] = mapped_column(BigInteger)
     metered_until: Mapped[datetime]
+    billable_until: Mapped[datetime | None]
+    """No time after this is billed (None: no limit): the cluster's paid end, or the second
+    its budget or hold runs out if that is sooner (``tesai.billing.money.billable_end``).
+    Time past it moves the watermark without billing, like unhealthy time."""
     billed_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
     open_minute: Mapped[datetime | None]
     """The minute in progress at the watermark (None when nothing of it is accounted yet):
@@ -182,6 +186,31 @@ class UsageBucket(Base):
     amount_micro: Mapped[int] = mapped_column(BigInteger)
     settled: Mapped[bool] = mapped_column(Boolean, default=False)
     settlement_transaction_id: Mapped[int | None] = mapped_column(BigInteger)
+    unpaid_micro: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """The part of ``amount_micro`` its hold could not pay when it was settled (the
+    shortfall; 0 almost always): settled buckets are paid as far as the hold allowed."""
+
+
+class HoldTotals(Base):
+    """Running totals of what one hold has paid for usage, kept by the settlement that
+    pays it (under the settlement lock).
+
+    They make the platform fee round once over the hold's whole usage: each settlement
+    charges ``fee_on(provider_micro after) − fee_micro`` (``money.settle_hold``), so a
+    hold's fees add up to the fee of its total, as the hold was computed.
+    """
+
+    __tablename__ = "billing_hold_totals"
+
+    hold_account_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("ledger_accounts.id"), primary_key=True
+    )
+    provider_micro: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Paid to providers from the hold so far."""
+    fee_micro: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Paid to the platform from the hold so far."""
+    shortfall_micro: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Provider usage the hold could not pay (the sum of its buckets' ``unpaid_micro``)."""
 
 
 class SpendCap(Base):

@@ -123,6 +123,7 @@ class UsageLine:
     price_per_hour_micro: int
     amount_micro: int
     settled_micro: int
+    """What was paid of ``amount_micro`` so far (a hold that ran short pays less)."""
 
 
 async def usage_by_node(
@@ -132,7 +133,9 @@ async def usage_by_node(
     earnings_account_ids: list[int] | None = None,
 ) -> list[UsageLine]:
     """Seconds and amounts per cluster node, for a customer's holds or a provider's earnings."""
-    settled = func.sum(UsageBucket.amount_micro).filter(UsageBucket.settled.is_(True))
+    settled = func.sum(UsageBucket.amount_micro - UsageBucket.unpaid_micro).filter(
+        UsageBucket.settled.is_(True)
+    )
     query = select(
         UsageBucket.cluster_id,
         UsageBucket.node_id,

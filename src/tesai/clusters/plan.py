@@ -43,6 +43,9 @@ class ClusterView:
     ends_at: datetime | None
     budget_left_micro: int | None = None
     """Money left for this cluster (None: no budget limit)."""
+    out_of_money: bool = False
+    """Its budget or hold cannot pay for another second of its running nodes (their meters
+    stopped billing there: ``tesai.billing.money.spend_state``)."""
 
 
 StepKind = Literal[
@@ -99,7 +102,7 @@ def next_steps(view: ClusterView) -> Plan:
     if view.ends_at is not None and view.now >= view.ends_at:
         plan.add("set_status", status=ClusterStatus.terminating, reason="duration_over")
         return plan
-    if view.budget_left_micro is not None and view.budget_left_micro <= 0:
+    if view.out_of_money or (view.budget_left_micro is not None and view.budget_left_micro <= 0):
         plan.add("set_status", status=ClusterStatus.terminating, reason="budget_exhausted")
         return plan
 
