@@ -228,6 +228,11 @@ def raw_round(temp_base: Path) -> RawRound:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _short_dir(path: Path) -> str:
+    path.mkdir(mode=0o700)
+    return str(path)
+
+
 class Bench:
     def __init__(self, base_url: str, provider: dict[str, str], customer: dict[str, str]) -> None:
         self.api = httpx.Client(base_url=base_url, headers=customer, timeout=30)
@@ -256,8 +261,10 @@ class Bench:
                 extra_env={
                     "TESAI_RAY_PORT_RANGE": f"{21000 + i * 1000}-{21999 + i * 1000}",
                     "TESAI_RAY_NODE_IP": "127.0.0.1",
-                    # Short: Ray's unix socket paths live below it (~107 bytes at most).
-                    "TESAI_RAY_TEMP_ROOT": tempfile.mkdtemp(prefix=f"a{i}-", dir=temp_base),
+                    # Short: Ray's unix socket paths live below it (107 bytes at most); a
+                    # mkdtemp() level more (/tmp/tbXXXXXXXX/a0-XXXXXXXX) is refused by the
+                    # agent (ray_temp_dir_too_long) where PIDs have 5 digits or more.
+                    "TESAI_RAY_TEMP_ROOT": _short_dir(temp_base / f"a{i}"),
                 },
             )
         self.wait_devices_online(set(self.agents), 180)

@@ -8,6 +8,7 @@ import secrets
 import shlex
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,8 +20,11 @@ import httpx
 import psutil
 import pytest
 
+from tesai.agent import ray_node
+from tesai.agent.port_locks import HostPortClaims
 from tesai.agent.ray_node import (
     REASON_RAY_AUTH_FAILED,
+    REASON_RAY_PORT_IN_USE,
     REASON_RAY_VERSION_MISMATCH,
     NodePorts,
     PortAllocator,
@@ -93,6 +97,45 @@ def test_port_allocator_skips_busy_ports_and_lays_out_blocks() -> None:
     assert sorted(head.all()) == list(range(100, 117))
     with pytest.raises(RayNodeError, match="no_free_ports"):
         PortAllocator(PortRange(40_000, 40_003)).allocate(5)
+
+
+# Another agent on the host: allocates a head's block from a range and holds it until killed.
+OTHER_AGENT = """
+import json, sys
+from pathlib import Path
+from tesai.agent.port_locks import HostPortClaims
+from tesai.agent.ray_node import PortAllocator, PortRange, ports_needed
+claims = HostPortClaims(Path(sys.argv[1]))
+alloc = PortAllocator(PortRange(int(sys.argv[2]), int(sys.argv[3])), claims)
+print(json.dumps(alloc.allocate(ports_needed("head"))), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_agents_with_overlapping_port_ranges_never_hand_out_the_same_ports(
+    tmp_path: Path,
+) -> None:
+    """Two agents on one host allocate from the same range before any Ray binds: before,
+    both got the first block, and one head's ``ray start`` met the other cluster's GCS on
+    its port (``InvalidAuthToken``). The other agent's ports come free when it exits."""
+    lock = tmp_path / "ports.lock"
+    rng = _range()
+    other = subprocess.Popen(
+        [sys.executable, "-c", OTHER_AGENT, str(lock), str(rng.first), str(rng.last)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None
+        theirs = json.loads(other.stdout.readline())
+        mine = PortAllocator(rng, HostPortClaims(lock)).allocate(ports_needed("head"))
+        assert not set(mine) & set(theirs)
+    finally:
+        other.kill()
+        other.wait()
+    later = PortAllocator(rng, HostPortClaims(lock)).allocate(ports_needed("head"))
+    assert later == theirs  # the kernel dropped a dead agent's claims
 
 
 def test_version_mismatch_is_refused_before_anything_starts() -> None:
@@ -259,3 +302,77 @@ def test_three_node_cluster_with_token_auth(temp_root: Path) -> None:
         assert not leftovers
     finally:
         stop_node(marker=f"{cluster_id}/")
+
+
+class _GcsPortTaken(PortAllocator):
+    """Another process binds the GCS port of the blocks this allocator hands out (the first
+    ``times``) right after it checked them: the race between our check and Ray's bind."""
+
+    def __init__(self, ports: PortRange, times: int) -> None:
+        super().__init__(ports)
+        self.times = times
+        self.taken: list[socket.socket] = []
+
+    def allocate(self, count: int) -> list[int]:
+        block = super().allocate(count)
+        if count == ports_needed("head") and len(self.taken) < self.times:
+            holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            holder.bind(("0.0.0.0", NodePorts.from_block("head", block).gcs or 0))
+            self.taken.append(holder)
+        return block
+
+    def close(self) -> None:
+        for s in self.taken:
+            s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_head_whose_gcs_port_was_taken_starts_on_the_same_device_on_its_second_try(
+    temp_root: Path,
+) -> None:
+    """Not the device's fault: the agent tries once more on fresh ports instead of
+    reporting a failure that costs the device (``head_lost``)."""
+    alloc = _GcsPortTaken(_range(), times=1)
+    cluster_id = str(uuid.uuid4())
+    try:
+        head = start_head(
+            cluster_id, secrets.token_urlsafe(32), allocator=alloc, temp_root=temp_root
+        )
+        taken = alloc.taken[0].getsockname()[1]
+        assert head.attempts == 2
+        assert head.ports.gcs != taken
+        assert node_status(head).up
+        print(f"\nhead up on its second try in {head.start_seconds:.1f} s")
+    finally:
+        stop_node(marker=f"{cluster_id}/")
+        alloc.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_head_that_cannot_start_reports_rays_own_lines_without_the_token(
+    temp_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the agent's join command: a port clash on both tries is reported as such
+    (not ``ray_auth_failed``), with Ray's words naming the port, and nothing left running."""
+    alloc = _GcsPortTaken(_range(), times=2)
+    monkeypatch.setattr(ray_node, "_allocator", alloc)
+    monkeypatch.setenv("TESAI_RAY_TEMP_ROOT", str(temp_root))
+    cluster_id = str(uuid.uuid4())
+    token = secrets.token_urlsafe(32)
+    try:
+        state = join_cluster({"cluster_id": cluster_id, "role": "head", "token": token})
+        assert state.state == "failed"
+        assert state.reason == REASON_RAY_PORT_IN_USE
+        assert state.message is not None
+        last = alloc.taken[-1].getsockname()[1]
+        assert f"The specified port is {last}" in state.message
+        assert state.message.startswith("ray start: RuntimeError: Failed to start GCS")
+        assert token not in state.message
+        assert len(alloc.taken) == 2
+        assert not find_processes(f"{cluster_id}/")
+        assert not list(temp_root.iterdir())
+    finally:
+        stop_node(marker=f"{cluster_id}/")
+        alloc.close()

@@ -466,6 +466,11 @@ class Agent:
                 "ok" if result.ok else "failed",
                 f" ({result.detail})" if result.detail else "",
             )
+            said = (result.data or {}).get("message") if not result.ok else None
+            if said:
+                # What Ray said about a failed start: the provider sees it here, the
+                # control plane in the cluster's event.
+                log.warning("command %s (%s): %s", command.id, command.kind, said)
             self._wake.set()
         finally:
             self._running.pop(command.id, None)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import shutil
@@ -55,15 +56,19 @@ from uuid import UUID
 import httpx
 import psutil
 
-from tesai.protocol.v1 import REASON_BAD_ARGS, NodeState
+from tesai.agent import ray_failures
+from tesai.agent.port_locks import HostPortClaims, host_ports
+from tesai.agent.ray_failures import REASON_RAY_AUTH_FAILED as REASON_RAY_AUTH_FAILED
+from tesai.agent.ray_failures import REASON_RAY_DASHBOARD_FAILED as REASON_RAY_DASHBOARD_FAILED
+from tesai.agent.ray_failures import REASON_RAY_PORT_IN_USE as REASON_RAY_PORT_IN_USE
+from tesai.agent.ray_failures import REASON_RAY_START_FAILED as REASON_RAY_START_FAILED
+from tesai.agent.ray_failures import REASON_RAY_START_TIMEOUT as REASON_RAY_START_TIMEOUT
+from tesai.agent.ray_failures import REASON_RAY_TEMP_DIR_TOO_LONG as REASON_RAY_TEMP_DIR_TOO_LONG
+from tesai.protocol.v1 import MAX_NODE_MESSAGE, REASON_BAD_ARGS, NodeState
 
 REASON_RAY_VERSION_MISMATCH: Final = "ray_version_mismatch"
 """The installed Ray differs from the cluster's required version; the node is not started."""
 REASON_RAY_NOT_INSTALLED: Final = "ray_not_installed"
-REASON_RAY_START_FAILED: Final = "ray_start_failed"
-REASON_RAY_START_TIMEOUT: Final = "ray_start_timeout"
-REASON_RAY_AUTH_FAILED: Final = "ray_auth_failed"
-"""The head's GCS rejected this node's token (wrong or missing)."""
 REASON_NO_FREE_PORTS: Final = "no_free_ports"
 REASON_RAY_STOP_FAILED: Final = "ray_stop_failed"
 REASON_NODE_UNKNOWN: Final = "ray_node_unknown"
@@ -73,21 +78,26 @@ MARKER_ENV: Final = "TESAI_RAY_NODE"
 PORT_RANGE_ENV: Final = "TESAI_RAY_PORT_RANGE"
 """``first-last`` ports the agent may give Ray nodes (default 20000-29999)."""
 TEMP_ROOT_ENV: Final = "TESAI_RAY_TEMP_ROOT"
+"""Where per-node ``--temp-dir`` folders go (default ``<tmp>/tesai-ray``). Keep it short: Ray's
+unix socket paths live under it and must fit 107 bytes, so the root may have 26 characters
+where PIDs have 5 digits, 24 where they have 7 (a deeper one is refused before Ray runs:
+ray_temp_dir_too_long, see ``check_temp_dir``)."""
 NODE_IP_ENV: Final = "TESAI_RAY_NODE_IP"
 """The address this host's Ray nodes advertise (default: the one Ray detects)."""
-"""Where per-node ``--temp-dir`` folders go (default ``<tmp>/tesai-ray``; keep it short: Ray's
-unix socket paths live under it and must stay under ~100 characters)."""
 
 DEFAULT_WORKER_PORTS: Final = 32
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_OVERLOADED = "timed out during startup"
 _NODE_IP = re.compile(r"Local node IP:\s*([0-9a-fA-F.:]+)")
 
 Role = Literal["head", "worker"]
 
+log = logging.getLogger(__name__)
+
 
 class RayNodeError(Exception):
-    """A node could not be started/stopped; ``reason`` is a stable code for the control plane."""
+    """A node could not be started/stopped; ``reason`` is a stable code for the control plane,
+    ``message`` what happened in Ray's own words (for a failed start: its error lines and the
+    tail of its logs, at most ``ray_failures.MESSAGE_LIMIT`` characters, token redacted)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
@@ -165,14 +175,28 @@ def _port_free(port: int) -> bool:
 class PortAllocator:
     """Hands out blocks of consecutive, currently bindable ports from a range (thread-safe).
 
-    A port is only known free when checked; Ray binds it a few seconds later, so ports
-    handed out are remembered until ``release`` even if nothing listens on them yet.
+    A port is only known free when checked; Ray binds it seconds later, so ports handed out
+    stay claimed until ``release`` even if nothing listens on them yet — claimed host-wide
+    (``tesai.agent.port_locks``): another agent on this host with an overlapping range skips
+    them, and two clusters' heads never get the same GCS port.
     """
 
-    def __init__(self, ports: PortRange) -> None:
+    def __init__(self, ports: PortRange, claims: HostPortClaims | None = None) -> None:
         self.range = ports
+        self._claims = claims or host_ports
         self._reserved: set[int] = set()
         self._lock = threading.Lock()
+
+    def _claim(self, block: range) -> int | None:
+        """Claim every port of ``block``; on the first one that is taken or not bindable,
+        give back what was claimed and return that port."""
+        taken: list[int] = []
+        for p in block:
+            if not _port_free(p) or not self._claims.claim(p):
+                self._claims.release(taken)
+                return p
+            taken.append(p)
+        return None
 
     def allocate(self, count: int) -> list[int]:
         """Reserve ``count`` consecutive free ports. Raises RayNodeError(no_free_ports)."""
@@ -180,7 +204,7 @@ class PortAllocator:
             port = self.range.first
             while port + count - 1 <= self.range.last:
                 block = range(port, port + count)
-                bad = next((p for p in block if p in self._reserved or not _port_free(p)), None)
+                bad = self._claim(block)
                 if bad is None:
                     self._reserved.update(block)
                     return list(block)
@@ -190,9 +214,11 @@ class PortAllocator:
         )
 
     def release(self, ports: list[int]) -> None:
-        """Give ports back (unknown ones are ignored)."""
+        """Give ports back (ones this allocator did not hand out are ignored)."""
         with self._lock:
-            self._reserved.difference_update(ports)
+            mine = self._reserved.intersection(ports)
+            self._reserved.difference_update(mine)
+            self._claims.release(mine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +372,38 @@ def _node_temp_dir(root: Path | None, cluster_id: str, node_index: int) -> Path:
     return (root or _temp_root()) / f"{cluster_id.replace('-', '')[:12]}-{node_index}"
 
 
+def _pid_digits() -> int:
+    """Digits of the largest PID this host hands out (``kernel.pid_max``; 7 when unknown)."""
+    try:
+        return len(str(int(Path("/proc/sys/kernel/pid_max").read_text()) - 1))
+    except (OSError, ValueError):
+        return 7
+
+
+def check_temp_dir(temp_dir: Path, role: Role) -> None:
+    """Refuse a node temp dir below which Ray's unix socket paths could pass ``AF_UNIX``'s
+    limit: Ray would fail after a minute with a misleading ``Module MetricsHead failed to
+    start. Received EOF from pipe.`` (and only when its PID has one digit more).
+
+    Raises RayNodeError(ray_temp_dir_too_long).
+    """
+    limit = 103 if sys.platform == "darwin" else ray_failures.AF_UNIX_PATH_MAX
+    longest = ray_failures.longest_socket_path(temp_dir, role, _pid_digits())
+    if longest > limit:
+        over = longest - limit
+        raise RayNodeError(
+            REASON_RAY_TEMP_DIR_TOO_LONG,
+            f"Ray's unix socket paths below {temp_dir} would reach {longest} bytes, over the "
+            f"{limit}-byte AF_UNIX limit: {TEMP_ROOT_ENV} (now {temp_dir.parent}) must be "
+            f"{over} byte{'' if over == 1 else 's'} shorter",
+        )
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+
+
 def _start(
     role: Role,
     cluster_id: str,
@@ -372,31 +430,30 @@ def _start(
     marker = node_marker(cluster_id, node_index)
     if find_processes(marker):
         raise RayNodeError(REASON_RAY_START_FAILED, f"node {marker} is already running here")
-    block = allocator.allocate(ports_needed(role, worker_ports))
-    ports = NodePorts.from_block(role, block)
     temp_dir = _node_temp_dir(temp_root, cluster_id, node_index)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    temp_dir.mkdir(parents=True, exist_ok=True)
+    check_temp_dir(temp_dir, role)
+    ports = NodePorts.from_block(role, allocator.allocate(ports_needed(role, worker_ports)))
+    _fresh_dir(temp_dir)
     all_resources = {cluster_resource(cluster_id): 1.0, node_resource(node_index): 1.0}
     all_resources.update(resources or {})
     all_labels = {"tesai.io/cluster": cluster_id, "tesai.io/node": str(node_index)}
     all_labels.update(labels or {})
-    cmd = [ray_executable(), "start"]
+    head: list[str] = [ray_executable(), "start"]
     if role == "head":
-        cmd += ["--head", f"--dashboard-host={dashboard_host}", "--include-dashboard=true"]
+        head += ["--head", f"--dashboard-host={dashboard_host}", "--include-dashboard=true"]
     else:
         assert head_address is not None
-        cmd.append(f"--address={head_address}")
-    cmd += ports.args()
+        head.append(f"--address={head_address}")
+    rest: list[str] = []
     if node_ip:
-        cmd.append(f"--node-ip-address={node_ip}")
+        rest.append(f"--node-ip-address={node_ip}")
     if num_cpus is not None:
-        cmd.append(f"--num-cpus={num_cpus}")
+        rest.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
-        cmd.append(f"--num-gpus={num_gpus}")
+        rest.append(f"--num-gpus={num_gpus}")
     if object_store_memory is not None:
-        cmd.append(f"--object-store-memory={object_store_memory}")
-    cmd += [
+        rest.append(f"--object-store-memory={object_store_memory}")
+    rest += [
         f"--resources={json.dumps(all_resources, sort_keys=True)}",
         "--labels=" + ",".join(f"{k}={v}" for k, v in sorted(all_labels.items())),
         f"--temp-dir={temp_dir}",
@@ -405,37 +462,62 @@ def _start(
         "--log-color=false",
     ]
     started = time.monotonic()
-    deadline = started + timeout_s
     attempts = 0
     while True:
         attempts += 1
+        cmd = head + ports.args() + rest
+        # The first two runs get the whole timeout each; later ones (an overloaded host
+        # missing Ray's fixed 30 s raylet wait again) only what is left of the first.
+        run_s = timeout_s if attempts <= 2 else started + timeout_s - time.monotonic()
         try:
             proc = subprocess.run(
                 cmd,
                 env=ray_env(token, marker),
                 capture_output=True,
                 text=True,
-                timeout=max(deadline - time.monotonic(), 1.0),
+                timeout=max(run_s, 1.0),
                 check=False,
                 start_new_session=True,
             )
-        except subprocess.TimeoutExpired:
-            _cleanup_failed(marker, ports, allocator, temp_dir)
-            raise RayNodeError(
-                REASON_RAY_START_TIMEOUT, f"ray start did not finish in {timeout_s:.0f} s"
-            ) from None
-        output = _ANSI.sub("", proc.stdout + proc.stderr)
-        if proc.returncode == 0:
-            break
-        # An overloaded host can miss Ray's fixed 30 s raylet-registration wait: try again
-        # while the deadline allows; any other failure is final.
-        if _OVERLOADED in output and deadline - time.monotonic() > 30:
-            _kill(find_processes(marker), grace_s=2.0)
-            continue
-        _cleanup_failed(marker, ports, allocator, temp_dir)
-        auth = "InvalidAuthToken" in output or "AuthenticationError" in output
-        reason = REASON_RAY_AUTH_FAILED if auth else REASON_RAY_START_FAILED
-        raise RayNodeError(reason, _last_error(output))
+        except subprocess.TimeoutExpired as exc:
+            output = _text(exc.stdout) + _text(exc.stderr)
+            logs = ray_failures.read_session_logs(temp_dir)
+            failure = ray_failures.StartFailure(REASON_RAY_START_TIMEOUT, retryable=True)
+            message = f"ray start did not finish in {run_s:.0f} s\n" + (
+                ray_failures.failure_message(output, logs, token)
+            )
+        else:
+            output = _ANSI.sub("", proc.stdout + proc.stderr)
+            if proc.returncode == 0:
+                break
+            logs = ray_failures.read_session_logs(temp_dir)
+            failure = ray_failures.classify(role, output, logs)
+            message = ray_failures.failure_message(output, logs, token)
+        _kill(find_processes(marker), grace_s=2.0)
+        elapsed = time.monotonic() - started
+        overloaded = failure.reason == REASON_RAY_START_TIMEOUT and elapsed + 30 < timeout_s
+        if failure.retryable and (attempts == 1 or overloaded):
+            # Not the device's fault: once more (an overloaded host missing Ray's fixed 30 s
+            # waits: while they fit in the timeout), on fresh ports and a fresh temp dir.
+            log.warning(
+                "ray start of %s failed (%s, attempt %d): %s; trying again",
+                marker,
+                failure.reason,
+                attempts,
+                ray_failures.headline(output),
+            )
+            try:
+                block = allocator.allocate(ports_needed(role, worker_ports))
+            except RayNodeError:
+                block = None
+            if block is not None:
+                allocator.release(ports.all())
+                ports = NodePorts.from_block(role, block)
+                _fresh_dir(temp_dir)
+                continue
+        allocator.release(ports.all())
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise RayNodeError(failure.reason, message)
     elapsed = time.monotonic() - started
     seen_ip = _NODE_IP.search(output)
     ip = node_ip or (seen_ip.group(1) if seen_ip else "127.0.0.1")
@@ -463,24 +545,11 @@ def _start(
     )
 
 
-_EXCEPTION_LINE = re.compile(r"^\w*(Error|Exception)\b.*:")
-
-
-def _last_error(output: str) -> str:
-    """The raised exception's line of ``ray start`` output (else its last line)."""
-    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if _EXCEPTION_LINE.match(ln) or ln.startswith("ray.exceptions."):
-            return ln[-400:]
-    return (lines[-1] if lines else "ray start failed")[-400:]
-
-
-def _cleanup_failed(
-    marker: str, ports: NodePorts, allocator: PortAllocator, temp_dir: Path
-) -> None:
-    _kill(find_processes(marker), grace_s=2.0)
-    allocator.release(ports.all())
-    shutil.rmtree(temp_dir, ignore_errors=True)
+def _text(data: str | bytes | None) -> str:
+    """Partial output of a timed-out run (bytes even with ``text=True``)."""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", errors="replace")
+    return _ANSI.sub("", data or "")
 
 
 def start_head(
@@ -504,9 +573,13 @@ def start_head(
     """Start the head node of a cluster (``ray start --head``) with token authentication.
 
     ``dashboard_host`` is where the dashboard / Job API listens (the control plane's proxy must
-    reach it; the token guards it). Blocks until ``ray start`` returns (≈ 7–12 s).
-    Raises RayNodeError (ray_version_mismatch, ray_not_installed, no_free_ports,
-    ray_start_failed, ray_start_timeout); nothing is left running after a failure.
+    reach it; the token guards it). Blocks until ``ray start`` returns (≈ 7–12 s on a quiet
+    host). A failure that is not the device's fault (ray_start_timeout, ray_port_in_use,
+    ray_dashboard_failed: see ``tesai.agent.ray_failures``) is tried once more on fresh ports,
+    each run within ``timeout_s``. Raises RayNodeError: ray_version_mismatch,
+    ray_not_installed, ray_temp_dir_too_long or no_free_ports before Ray runs; after it, one
+    of those three or ray_start_failed, with Ray's own lines in its message. Nothing is left
+    running after a failure.
     """
     return _start(
         "head",
@@ -550,7 +623,7 @@ def start_worker(
     """Join a worker node to the cluster whose GCS is at ``head_address`` (``ip:port``).
 
     Raises RayNodeError like ``start_head``, and ray_auth_failed when the head rejects the token
-    (Ray retries for ~25 s before giving up).
+    (Ray retries for ~25 s before giving up; not tried again).
     """
     return _start(
         "worker",
@@ -844,7 +917,7 @@ def join_cluster(args: Mapping[str, Any]) -> NodeState:
     args: cluster_id (UUID str), role ("head"|"worker"), token, node_index, head_address
     (workers), ray_version (required version), resources, labels, num_cpus, num_gpus,
     object_store_memory, node_ip, dashboard_host. Failures come back as state "failed" with a
-    reason code (e.g. ray_version_mismatch).
+    reason code (e.g. ray_version_mismatch) and, in ``message``, what Ray said.
     """
     cluster_id = str(UUID(str(args["cluster_id"])))
     role: Role = "head" if args.get("role") == "head" else "worker"
@@ -878,7 +951,13 @@ def join_cluster(args: Mapping[str, Any]) -> NodeState:
         else:
             node = start_worker(cluster_id, token, head_address, **common)
     except RayNodeError as exc:
-        return NodeState(cluster_id=UUID(cluster_id), role=role, state="failed", reason=exc.reason)
+        return NodeState(
+            cluster_id=UUID(cluster_id),
+            role=role,
+            state="failed",
+            reason=exc.reason,
+            message=exc.message[:MAX_NODE_MESSAGE],
+        )
     with _nodes_lock:
         _nodes[node.marker] = node
     return to_node_state(node)

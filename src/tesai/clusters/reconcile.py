@@ -9,15 +9,18 @@ Each run (every ``cluster_reconcile_interval_s``):
    two task workers running it at once never apply a step twice.
 
 Metering and settlement are the metering tick's (``tesai.clusters.usage``): the reconciler
-accounts a node's last seconds when it stops billing it, shows each node's billed seconds,
-settles a cluster's last usage when it ends, and stops a cluster over its budget.
+starts a node's meter when the cluster runs, accounts a node's last seconds when it stops
+billing it, shows each node's billed seconds, sets how far the meters may bill (the paid
+end, or where the budget or hold runs out: ``limit_billing``), stops a cluster whose money
+cannot pay another second, and settles a cluster's last usage before it releases the hold.
+Replacements cost no more per hour than the node they replace (docs/money.md).
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -28,7 +31,7 @@ from tesai.billing import metering
 from tesai.billing import service as billing
 from tesai.billing.errors import InsufficientFunds
 from tesai.billing.models import NodeMeter
-from tesai.billing.money import accrue, customer_charge
+from tesai.billing.money import SpendState, accrue, customer_charge, spend_limit, spend_state
 from tesai.clusters.autoscale import ScalingNode, ScalingView, decide
 from tesai.clusters.models import (
     Cluster,
@@ -53,9 +56,10 @@ from tesai.clusters.pool import load_pool, to_placement_request
 from tesai.clusters.schemas import ClusterRequest
 from tesai.clusters.service import hold_ref, record_event, secret_box
 from tesai.clusters.states import BILLED
-from tesai.clusters.usage import stall_cap
+from tesai.clusters.usage import skip_unobserved, stall_cap
 from tesai.db import run_after_commit
 from tesai.devices import keys as device_keys
+from tesai.devices.liveness import healthy_window_s
 from tesai.devices.models import Device, DeviceCommand, DeviceStatus
 from tesai.devices.service import create_command, record_transition
 from tesai.kit.secretbox import SecretBox
@@ -105,7 +109,8 @@ def join_args(
 
 def _fresh(report: dict[str, Any] | None, settings: Settings, now_s: float) -> bool:
     """The device heartbeat within 1.5 intervals: its node time counts as healthy."""
-    return report is not None and now_s - float(report["at"]) <= 1.5 * settings.heartbeat_interval_s
+    window = healthy_window_s(settings.heartbeat_interval_s)
+    return report is not None and now_s - float(report["at"]) <= window
 
 
 def _node_report(report: dict[str, Any] | None, cluster_id: uuid.UUID) -> dict[str, Any] | None:
@@ -125,10 +130,19 @@ async def _reports(
     return {d: orjson.loads(r) for d, r in zip(device_ids, raws, strict=True) if r is not None}
 
 
+class JoinFailure(NamedTuple):
+    """How an agent answered a node's join command that failed."""
+
+    reason: str
+    """The short code (``ray_start_failed``, ``ray_auth_failed``, …)."""
+    message: str
+    """What Ray said (its error lines and log tail, from ``NodeState.message``), or ""."""
+
+
 async def _join_failures(
     session: AsyncSession, starting: list[ClusterNode]
-) -> dict[uuid.UUID, str]:
-    """Nodes whose agent answered their join command with a failure, and its reason."""
+) -> dict[uuid.UUID, JoinFailure]:
+    """Nodes whose agent answered their join command with a failure, and what it said."""
     if not starting:
         return {}
     node_ids = [str(n.id) for n in starting]
@@ -142,7 +156,11 @@ async def _join_failures(
     failures = {}
     for node_id, result in rows.tuples():
         if result and not result.get("ok", True):
-            failures[uuid.UUID(node_id)] = str(result.get("detail") or "join_failed")[:200]
+            data = result.get("data")
+            message = data.get("message") if isinstance(data, dict) else None
+            failures[uuid.UUID(node_id)] = JoinFailure(
+                str(result.get("detail") or "join_failed")[:200], str(message or "")
+            )
     return failures
 
 
@@ -152,15 +170,15 @@ def build_view(
     device_status: dict[uuid.UUID, DeviceStatus],
     reports: dict[uuid.UUID, dict[str, Any]],
     now: datetime,
-    join_failures: dict[uuid.UUID, str] | None = None,
-    spent_micro: int = 0,
+    join_failures: dict[uuid.UUID, JoinFailure] | None = None,
+    spend: SpendState | None = None,
 ) -> ClusterView:
     views = []
     for n in nodes:
         rep = _node_report(reports.get(n.device_id), cluster.id)
         failure = (join_failures or {}).get(n.id)
         if failure is not None:
-            rep = {"state": "failed", "reason": failure}
+            rep = {"state": "failed", "reason": failure.reason}
         views.append(
             NodeView(
                 id=n.id,
@@ -184,8 +202,11 @@ def build_view(
         provisioning_deadline=cluster.provisioning_deadline,
         ends_at=cluster.ends_at,
         budget_left_micro=(
-            None if cluster.budget_micro is None else cluster.budget_micro - spent_micro
+            None
+            if cluster.budget_micro is None
+            else cluster.budget_micro - (spend.spent_micro if spend else 0)
         ),
+        out_of_money=spend is not None and spend.exhausted,
     )
 
 
@@ -212,8 +233,8 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
         join_failures = await _join_failures(
             session, [n for n in nodes if n.state is NodeState.starting]
         )
-        spent = await metering.spent_by_cluster(
-            session, ctx.settings.platform_fee_bps, [c.id for c in clusters if c.budget_micro]
+        meters = await metering.cluster_meters(
+            session, [c.id for c in clusters if c.status in BILLED]
         )
         statuses = dict(
             (
@@ -229,19 +250,20 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
     for n in nodes:
         by_cluster.setdefault(n.cluster_id, []).append(n)
     steps = 0
+    fee_bps = ctx.settings.platform_fee_bps
     for cluster in clusters:
+        spend = None
+        if cluster.id in meters:
+            limit = spend_limit(cluster.hold_micro, cluster.budget_micro)
+            spend = spend_state(meters[cluster.id], limit, fee_bps)
         view = build_view(
-            cluster,
-            by_cluster.get(cluster.id, []),
-            statuses,
-            reports,
-            now,
-            join_failures,
-            spent.get(cluster.id, 0),
+            cluster, by_cluster.get(cluster.id, []), statuses, reports, now, join_failures, spend
         )
         plan = next_steps(view)
         try:
-            steps += await apply(ctx, cluster.id, cluster.version, plan, view, reports)
+            steps += await apply(
+                ctx, cluster.id, cluster.version, plan, view, reports, join_failures
+            )
         except Exception:
             log.exception("cluster_reconcile_failed", cluster_id=str(cluster.id))
     return {"clusters": len(clusters), "steps": steps}
@@ -254,6 +276,7 @@ async def apply(
     plan: Plan,
     view: ClusterView,
     reports: dict[uuid.UUID, dict[str, Any]],
+    join_failures: dict[uuid.UUID, JoinFailure] | None = None,
 ) -> int:
     """Apply one cluster's plan and metering in one transaction, guarded by ``version``."""
     async with ctx.sessionmaker() as session:
@@ -277,12 +300,13 @@ async def apply(
             ).scalars()
         }
         box = secret_box(ctx.settings)
-        applier = _Applier(ctx, session, cluster, nodes, view, reports, box)
+        applier = _Applier(ctx, session, cluster, nodes, view, reports, box, join_failures)
         for step in plan.steps:
             await applier.apply(step)
         await applier.autoscale()
         if cluster.status in BILLED:
             await show_billed_time(session, list(nodes.values()))
+            await limit_billing(session, ctx.settings, cluster)
         if cluster.status in (ClusterStatus.terminated, ClusterStatus.failed):
             await finalize(session, ctx.settings, cluster, view.now)
         await session.commit()
@@ -299,8 +323,9 @@ async def meter_nodes(
 ) -> None:
     """Accrue each running node's time since its meter's watermark (the metering tick's
     work, done here for a node about to stop): healthy (its device heartbeat within 1.5
-    intervals) time is billed, the rest is not; a stall bills at most a few intervals of the
-    gap nobody observed. Two set-based statements for all the nodes."""
+    intervals) time is billed from the device's first heartbeat after a gap at the earliest,
+    the rest is not; a stall bills at most a few intervals of the gap nobody observed.
+    A few set-based statements for all the nodes (see ``tesai.clusters.usage``)."""
     cap = stall_cap(settings)
     now_s = now.timestamp()
     running = [n for n in nodes if n.state is NodeState.running]
@@ -308,9 +333,31 @@ async def meter_nodes(
         return
     ids = [n.id for n in running]
     await metering.meter_nodes(session, now=now - cap, node_ids=ids, unhealthy=ids)
+    floor_s = (now - cap).timestamp()
+    run_starts = {
+        n.device_id: float(report["since"])
+        for n in running
+        if (report := reports.get(n.device_id)) is not None
+        and float(report.get("since", floor_s)) > floor_s
+    }
+    await skip_unobserved(session, run_starts, ids)
     unhealthy = [n.id for n in running if not _fresh(reports.get(n.device_id), settings, now_s)]
     await metering.meter_nodes(session, now=now, node_ids=ids, unhealthy=unhealthy)
     await show_billed_time(session, running)
+
+
+async def limit_billing(session: AsyncSession, settings: Settings, cluster: Cluster) -> SpendState:
+    """Bill the cluster's running nodes no further than its paid end (``ends_at``; an
+    extension moves it) nor past the second its budget or hold would be passed (see
+    ``metering.limit_cluster_billing``); run on every pass, as usage, nodes and extensions
+    change when that second falls."""
+    return await metering.limit_cluster_billing(
+        session,
+        cluster_id=cluster.id,
+        ends_at=cluster.ends_at,
+        limit_micro=spend_limit(cluster.hold_micro, cluster.budget_micro),
+        fee_bps=settings.platform_fee_bps,
+    )
 
 
 async def show_billed_time(session: AsyncSession, nodes: list[ClusterNode]) -> None:
@@ -352,14 +399,33 @@ async def finalize(
 ) -> None:
     """A cluster ended: settle every bucket its nodes left and return the rest of the hold.
 
-    Idempotent: the keys name the cluster, so a replay moves nothing twice.
+    The release comes last: every meter of the cluster is stopped (its minute in progress
+    becomes a bucket) and every bucket settled, as far as the hold goes (the sweep leaves
+    none unsettled), so usage is paid before anything is handed back. Idempotent: the keys
+    name the cluster, so a replay moves nothing twice.
     """
+    await metering.settlement_lock(session)  # before any meter (see stop_node_meter)
+    running = (
+        await session.scalars(
+            select(NodeMeter.node_id).where(NodeMeter.cluster_id == cluster.id, NodeMeter.active)
+        )
+    ).all()
+    for node_id in running:
+        await metering.stop_meter(session, node_id)
+    # Every bucket of the cluster: up to its meters' last watermark (the clock of the
+    # process that metered may run ahead of this one's).
+    last = await session.scalar(
+        select(func.max(NodeMeter.metered_until)).where(NodeMeter.cluster_id == cluster.id)
+    )
     await metering.settle_usage_batch(
         session,
-        before=now + timedelta(minutes=1),
+        before=max(now, last or now) + timedelta(minutes=1),
         fee_bps=settings.platform_fee_bps,
         idempotency_key=f"cluster-final-settle:{cluster.id}",
     )
+    left = await metering.unsettled_buckets(session, cluster.id)
+    if left:
+        raise RuntimeError(f"{left} usage buckets of cluster {cluster.id} are unsettled")
     await billing.release_hold(
         session,
         user_id=cluster.customer_id,
@@ -378,6 +444,7 @@ class _Applier:
         view: ClusterView,
         reports: dict[uuid.UUID, dict[str, Any]],
         box: SecretBox,
+        join_failures: dict[uuid.UUID, JoinFailure] | None = None,
     ) -> None:
         self.ctx = ctx
         self.session = session
@@ -386,6 +453,7 @@ class _Applier:
         self.view = view
         self.reports = reports
         self.box = box
+        self.join_failures = join_failures or {}
 
     async def _send_leave(self, node: ClusterNode) -> None:
         """Tell the node's agent to stop this cluster's Ray node (applied once, even if late)."""
@@ -422,6 +490,18 @@ class _Applier:
         rep = _node_report(self.reports.get(node.device_id), self.cluster.id) or {}
         node.state = NodeState.running
         node.running_at = node.running_at or self.view.now
+        if self.cluster.running_at is not None:
+            await self._start_meter(node)
+        node.ray_address = rep.get("ray_address")
+        port = rep.get("dashboard_port")
+        if port and node.ray_address:
+            host = node.ray_address.rsplit(":", 1)[0]
+            node.dashboard_url = f"http://{host}:{port}"
+
+    async def _start_meter(self, node: ClusterNode) -> None:
+        """Bill the node from now on. The paid duration runs from the cluster's
+        ``running_at`` to its ``ends_at``, so a node that runs before the cluster does (a
+        head waiting for its workers) starts billing with it (``_set_status``)."""
         provider_id = (
             await self.session.execute(
                 select(Device.provider_id).where(Device.id == node.device_id)
@@ -436,12 +516,8 @@ class _Applier:
             provider_user_id=provider_id,
             price_per_hour_micro=node.price_per_hour_micro,
             started_at=self.view.now,
+            billable_until=self.cluster.ends_at,
         )
-        node.ray_address = rep.get("ray_address")
-        port = rep.get("dashboard_port")
-        if port and node.ray_address:
-            host = node.ray_address.rsplit(":", 1)[0]
-            node.dashboard_url = f"http://{host}:{port}"
 
     async def _mark_node_lost(self, step: Step) -> None:
         node = self.nodes.get(step.node_id)  # type: ignore[arg-type]
@@ -452,13 +528,19 @@ class _Applier:
         node.state_reason = step.reason
         node.lost_at = self.view.now
         node.released_at = self.view.now
-        record_event(
-            self.session,
-            self.cluster,
-            step.reason or "node_lost",
-            detail=f"node {node.id} on device {node.device_id}",
-            data={"node_id": str(node.id), "device_id": str(node.device_id)},
-        )
+        detail = f"node {node.id} on device {node.device_id}"
+        data = {"node_id": str(node.id), "device_id": str(node.device_id)}
+        # A failed start says why in the agent's reason and Ray's own lines: the event keeps
+        # both (its message the first line, its data the whole bounded tail).
+        failure = self.join_failures.get(node.id)
+        if failure is not None:
+            first = failure.message.splitlines()[0] if failure.message else ""
+            detail = f"{detail}: {failure.reason}" + (f": {first}" if first else "")
+            data |= {"failure": failure.reason, "ray_log": failure.message}
+        elif step.detail:
+            detail = f"{detail}: {step.detail}"
+        reason = step.reason or "node_lost"
+        record_event(self.session, self.cluster, reason, detail=detail, data=data)
         # The agent may come back: tell it to stop this cluster's Ray node then.
         await self._send_leave(node)
         if node.role is NodeRole.head:
@@ -528,7 +610,8 @@ class _Applier:
                 self.session, self.cluster, "no_replacement", detail="replacement cap reached"
             )
             return
-        picked = await self._pick_device(lost.gpus)
+        # The hold was computed with the lost node's price: a replacement costs no more.
+        picked = await self._pick_device(lost.gpus, max_hourly_micro=lost.price_per_hour_micro)
         if isinstance(picked, str):
             record_event(self.session, self.cluster, "no_replacement", detail=picked)
             return
@@ -543,10 +626,14 @@ class _Applier:
             data={"node_id": str(node.id), "device_id": str(device.id), "replaces": str(lost.id)},
         )
 
-    async def _pick_device(self, gpus: int) -> tuple[Device, int] | str:
+    async def _pick_device(
+        self, gpus: int, *, max_hourly_micro: int | None = None
+    ) -> tuple[Device, int] | str:
         """A free device for one more node like the cluster's, locked; or why there is none.
 
-        Devices of this cluster and those lost from it recently (flapping) are left out.
+        Devices of this cluster and those lost from it recently (flapping) are left out;
+        with ``max_hourly_micro``, so are devices whose node would cost more per hour (a
+        replacement stays within the price its slot's hold was computed with).
         """
         flap_since = self.view.now - timedelta(seconds=self.ctx.settings.flap_exclusion_s)
         excluded = {
@@ -561,6 +648,14 @@ class _Applier:
             ).scalars()
         }
         req = ClusterRequest.model_validate(self.cluster.request)
+        if max_hourly_micro is not None:
+            per_unit = max_hourly_micro // max(gpus, 1)
+            cap = req.max_price_per_gpu_hour_micro
+            req = req.model_copy(
+                update={
+                    "max_price_per_gpu_hour_micro": per_unit if cap is None else min(cap, per_unit)
+                }
+            )
         if req.gpu_model is None:
             preq = to_placement_request(
                 req.model_copy(update={"nodes": 1}), excluded=frozenset(excluded)
@@ -575,6 +670,8 @@ class _Applier:
         if isinstance(result, pl.Shortfall):
             return result.message
         placed = result.devices[0]
+        if max_hourly_micro is not None and placed.hourly_price_micro > max_hourly_micro:
+            return "no free device within the price the cluster's hold was computed with"
         device = await self.session.get(Device, uuid.UUID(placed.device_id), with_for_update=True)
         if device is None or device.status is not DeviceStatus.online:
             return "the chosen device changed state; retrying on the next pass"
@@ -670,6 +767,9 @@ class _Applier:
 
     async def _scale_up(self, gpus: int, reason: str) -> None:
         c = self.cluster
+        # Money moves into the hold, which the tick debits: the settlement lock comes first,
+        # before any device or account row (the order every apply keeps).
+        await metering.settlement_lock(self.session)
         picked = await self._pick_device(gpus)
         if isinstance(picked, str):
             record_event(self.session, c, "scale_up_refused", detail=picked)
@@ -719,6 +819,9 @@ class _Applier:
         if target is ClusterStatus.running and self.cluster.running_at is None:
             self.cluster.running_at = now
             self.cluster.ends_at = now + timedelta(seconds=self.cluster.duration_s)
+            for node in self.nodes.values():
+                if node.state is NodeState.running and node.released_at is None:
+                    await self._start_meter(node)
         if target in (ClusterStatus.terminated, ClusterStatus.failed):
             self.cluster.terminated_at = now
 

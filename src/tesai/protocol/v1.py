@@ -10,7 +10,8 @@ Every path lives under ``/api/v1/agent``:
 - ``GET /bandwidth?bytes=N``: N bytes of payload, for the agent's bandwidth probe (optional).
 
 Authenticated calls send ``Authorization: Bearer <device_token>``. Sizes are bounded so that an
-oversized message fails validation (422) before anything is stored. Field names are binding;
+oversized message fails validation (422) before anything is stored; free-form JSON fields are
+``BoundedJson`` (depth, size and NUL limits, ``tesai.protocol.freeform``). Field names are binding;
 later changes only add fields.
 """
 
@@ -21,6 +22,8 @@ from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from tesai.protocol.freeform import BoundedJson, json_limits
 
 AGENT_API_PREFIX: Final = "/api/v1/agent"
 JOIN_PATH: Final = f"{AGENT_API_PREFIX}/join"
@@ -41,10 +44,17 @@ MAX_COMMANDS: Final = 64
 MAX_ADDRESSES: Final = 32
 MAX_PENDING_DEMAND: Final = 256
 MAX_SAMPLE: Final = 64
+MAX_PENDING_DEMAND_BYTES: Final = 64 * 1024
+MAX_NODE_MESSAGE: Final = 2048
 MAX_BANDWIDTH_BYTES: Final = 64 * 1024 * 1024
 
 Str = Annotated[str, StringConstraints(max_length=MAX_STR)]
 """A wire string: at most 512 characters."""
+
+PendingDemand = Annotated[
+    list[dict[str, Any]], json_limits(max_depth=8, max_bytes=MAX_PENDING_DEMAND_BYTES)
+]
+"""Ray's resource shapes it cannot place (``[{"GPU": 1.0}, …]``): shallow by nature."""
 
 DeviceStatus = Literal["ready", "draining", "error"]
 CommandKind = Literal["join_cluster", "leave_cluster", "verify", "drain", "undrain"]
@@ -196,15 +206,18 @@ class NodeState(WireModel):
     ray_address: Str | None = None
     dashboard_port: int | None = Field(default=None, ge=0, le=65535)
     alive_nodes: int | None = Field(default=None, ge=0)
-    pending_demand: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_PENDING_DEMAND)
+    pending_demand: PendingDemand | None = Field(default=None, max_length=MAX_PENDING_DEMAND)
     idle_node_ids: list[Str] | None = Field(default=None, max_length=MAX_PENDING_DEMAND)
+    message: Annotated[str, StringConstraints(max_length=MAX_NODE_MESSAGE)] | None = None
+    """What happened in the words of what ran the node (a failed start: Ray's error lines and
+    the tail of its logs, the cluster token redacted); ``reason`` stays the short code."""
 
 
 class CommandResult(WireModel):
     id: UUID
     ok: bool
     detail: Str | None = None
-    data: dict[str, Any] | None = None
+    data: BoundedJson | None = None
 
 
 class Heartbeat(WireModel):
@@ -221,7 +234,7 @@ class Heartbeat(WireModel):
 class Command(WireModel):
     id: UUID
     kind: CommandKind
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: BoundedJson = Field(default_factory=dict)
 
 
 class HeartbeatResponse(WireModel):
