@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from sqlalchemy import select, update
 
 from tesai.db import run_after_commit
@@ -18,6 +19,7 @@ from tesai.devices.service import create_command
 from tesai.kit.time import utcnow
 from tesai.runtime import Runtime
 from tests.devices.conftest import Pool, beat, hardware
+from tests.fixtures.clock import Clock
 
 
 async def _liveness(runtime: Runtime) -> dict[str, float]:
@@ -38,6 +40,46 @@ async def test_heartbeat_records_liveness_and_telemetry(
     assert orjson.loads(raw)["seq"] == 7
     detail = await client.get(f"/api/v1/provider/devices/{joined.device_id}", headers=pool.provider)
     assert detail.json()["latest_telemetry"]["cpu_percent"] == 12.5
+
+
+async def test_a_beat_after_a_silence_starts_a_new_run_of_observed_time(
+    pool: Pool, client: httpx.AsyncClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metering bills a node from its device's run start at the earliest: beats continue a
+    run, a silence (or a cache lost with the control plane's restart) starts a new one."""
+    clock = Clock(monkeypatch)
+    joined = await pool.joined()
+    device_id = str(joined.device_id)
+
+    async def run_start() -> float | None:
+        [start] = await runtime.cache.zscores(keys.HEARD_SINCE, [device_id])
+        return start
+
+    async def send(seq: int) -> dict[str, Any]:
+        r = await client.post("/api/v1/agent/heartbeat", json=beat(seq), headers=joined.headers)
+        assert r.status_code == 200, r.text
+        raw = await runtime.cache.get(keys.telemetry(device_id))
+        assert raw is not None
+        latest: dict[str, Any] = orjson.loads(raw)
+        return latest
+
+    first = await run_start()
+    assert first is not None
+    for seq in (2, 3):
+        clock.advance(5)
+        assert (await send(seq))["since"] == first
+    assert await run_start() == first
+
+    clock.advance(60)  # a minute nobody heard the device
+    latest = await send(4)
+    assert latest["since"] == latest["at"] == await run_start()
+    clock.advance(5)
+    assert (await send(5))["since"] == latest["at"]
+
+    await runtime.cache.delete(keys.accumulator(device_id))  # the cache lost on a restart
+    clock.advance(1)
+    latest = await send(6)
+    assert latest["since"] == latest["at"] == await run_start()
 
 
 async def test_malformed_and_oversized_heartbeats_store_nothing(

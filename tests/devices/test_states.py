@@ -6,12 +6,17 @@ import pytest
 
 from tesai.devices.liveness import (
     accumulate,
+    billing_floors,
     decide_sweep,
     minute_of,
     reliability_score,
     rollup_averages,
+    run_start,
     seconds_up,
+    silent_after_grace,
+    unhealthy,
     uptime_fraction,
+    watch_resumed,
 )
 from tesai.devices.models import DeviceStatus as S
 from tesai.devices.states import ALLOWED, REASONS, InvalidTransition, check_transition
@@ -132,3 +137,32 @@ def test_seconds_up_and_reliability() -> None:
     assert reliability_score(1.0, 1) == pytest.approx(0.8333, abs=1e-4)
     assert reliability_score(0.5, 0) == 0.5
     assert reliability_score(0.9, 3) < reliability_score(0.9, 1) < reliability_score(0.9, 0)
+
+
+def test_a_run_of_beats_continues_within_the_window_and_restarts_after_a_silence() -> None:
+    assert run_start(None, None, 100.0, 7.5) == 100.0  # nothing heard before (a restart)
+    assert run_start(95.0, 40.0, 100.0, 7.5) == 40.0
+    assert run_start(92.5, 40.0, 100.0, 7.5) == 40.0
+    assert run_start(92.4, 40.0, 100.0, 7.5) == 100.0
+
+
+def test_a_device_never_heard_is_not_healthy() -> None:
+    heard = {"fresh": 99.0, "stale": 90.0, "unknown": None}
+    assert unhealthy(heard, now=100.0, window_s=7.5) == ["stale", "unknown"]
+
+
+def test_billing_starts_at_the_whole_second_after_a_run_start() -> None:
+    assert billing_floors({"a": 100.2, "b": 100.9, "c": 101.0}) == {101: ["a", "b", "c"]}
+    assert billing_floors({"a": 99.0, "b": 99.01}) == {99: ["a"], 100: ["b"]}
+
+
+def test_a_sweeper_back_after_more_than_a_grace_was_not_watching() -> None:
+    assert not watch_resumed(None, 100.0, 15.0)
+    assert not watch_resumed(90.0, 100.0, 15.0)
+    assert watch_resumed(80.0, 100.0, 15.0)
+
+
+def test_silence_counts_from_when_watching_began_again() -> None:
+    candidates = [("old", 10.0), ("rewatched", 10.0)]
+    assert silent_after_grace(candidates, {"rewatched": 95.0}, 85.0) == [("old", 10.0)]
+    assert silent_after_grace(candidates, {"rewatched": 80.0}, 85.0) == candidates

@@ -169,13 +169,40 @@ async def test_redis_flush_neither_loses_nor_kills_devices(
     pool: Pool, client: httpx.AsyncClient, runtime: Runtime, ctx: TaskContext
 ) -> None:
     devices = await online_devices(pool, client, 2)
+    await silence(runtime, devices, 100)
+    await flush(ctx)  # last heard 100 s ago, as the database knows it
     await runtime.cache.delete(keys.LIVENESS, keys.RECONCILE_LOCK)
-    assert (await sweep(ctx)).offline == []
+    now = time.time()
+    assert (await sweep(ctx, now=now)).offline == []
     watched = dict(await runtime.cache.zrangebyscore(keys.LIVENESS, 0, float("inf")))
     assert set(watched) == {str(d.device_id) for d in devices}
-    # Reseeded with a fresh grace: a device that really died goes offline after it.
-    await silence(runtime, devices[:1], 16)
-    assert (await sweep(ctx)).offline == [str(devices[0].device_id)]
+    # Put back as last heard, never as "heard just now" (that would bill the time until
+    # their next beat), yet with a fresh grace counted from the flush ...
+    assert all(now - at > 99 for at in watched.values())
+    assert (await sweep(ctx, now=now + 8)).offline == []
+    # ... after which a device that really died goes offline; one that beats stays.
+    await runtime.cache.zadd(keys.LIVENESS, {str(devices[1].device_id): now + 15})
+    assert (await sweep(ctx, now=now + 16)).offline == [str(devices[0].device_id)]
+
+
+async def test_sweeper_back_from_an_outage_gives_devices_a_grace_before_offline(
+    pool: Pool, client: httpx.AsyncClient, runtime: Runtime, ctx: TaskContext
+) -> None:
+    """The control plane was down for two minutes while Redis kept the liveness set: every
+    device looks silent, but nobody watched. They get a grace to beat again first."""
+    devices = await online_devices(pool, client, 2)
+    now = time.time()
+    assert (await sweep(ctx, now=now)).offline == []
+    back = now + 120
+    assert (await sweep(ctx, now=back)).offline == []
+    assert (await sweep(ctx, now=back + 10)).offline == []
+    assert await statuses(pool, devices) == ["online", "online"]
+    await runtime.cache.zadd(keys.LIVENESS, {str(devices[1].device_id): back + 12})
+    assert (await sweep(ctx, now=back + 16)).offline == [str(devices[0].device_id)]
+    assert await statuses(pool, devices) == ["offline", "online"]
+    async with runtime.sessionmaker() as s:
+        kinds = list((await s.execute(select(FleetEvent.kind))).scalars())
+    assert "watch_resumed" in kinds
 
 
 async def test_leave_marks_offline_at_once(

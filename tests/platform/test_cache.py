@@ -96,6 +96,14 @@ async def test_sorted_sets(cache: Cache) -> None:
     assert await cache.zcard("nothing") == 0
 
 
+async def test_sorted_set_scores_and_adding_only_new_members(cache: Cache) -> None:
+    await cache.zadd("seen", {"d1": 10.0, "d2": 20.0})
+    await cache.zadd("seen", {"d1": 99.0, "d3": 30.0}, only_new=True)
+    assert await cache.zscores("seen", ["d1", "missing", "d3", "d2"]) == [10.0, None, 30.0, 20.0]
+    assert await cache.zscores("nothing", ["d1"]) == [None]
+    assert await cache.zscores("seen", []) == []
+
+
 async def test_token_bucket_burst_deny_refill(cache: Cache) -> None:
     rate, burst = 10.0, 5
     results = [await cache.take_token("bucket", rate, burst) for _ in range(burst)]

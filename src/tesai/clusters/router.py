@@ -31,9 +31,15 @@ from tesai.auth.deps import (
 from tesai.auth.errors import MissingRole
 from tesai.auth.principal import Principal, session_principal
 from tesai.auth.tokens import runtime_signing_key
+from tesai.billing.idempotency import (
+    Answer,
+    IdempotencyKeyHeader,
+    idempotent_call,
+    run_once,
+)
 from tesai.clusters import dashboard, ray_api, service
 from tesai.clusters import offers as offers_service
-from tesai.clusters.batching import create_batcher
+from tesai.clusters.batching import Once, create_batcher
 from tesai.clusters.errors import ClusterNotReady
 from tesai.clusters.models import Cluster, ClusterStatus, Job, JobStatus, Quote
 from tesai.clusters.pool import pool_cache
@@ -119,14 +125,33 @@ async def create_quote(
 
 @router.post("/clusters", status_code=status.HTTP_201_CREATED)
 async def create_cluster(
-    body: CreateCluster, user: CustomerUser, runtime: RuntimeDep
+    body: CreateCluster,
+    user: CustomerUser,
+    runtime: RuntimeDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> ClusterOut:
     """Book the devices (all or none), hold the price of the whole duration, provision.
 
     Committed with the other creations this process has in flight (group commit, see
-    ``tesai.clusters.batching``) before the answer is sent."""
-    cluster = await create_batcher(runtime).create(user.id, body)
-    return _cluster_out(runtime, cluster)
+    ``tesai.clusters.batching``) before the answer is sent. With an ``Idempotency-Key`` a
+    retry gets the first answer (the same cluster) and the key with another body 409
+    ``idempotency_key_reused``; without one, every call books a cluster."""
+    batcher = create_batcher(runtime)
+    call = idempotent_call(
+        user_id=user.id,
+        route="POST /clusters",
+        key=idempotency_key,
+        params=body.model_dump(mode="json"),
+        required=False,
+    )
+    if call is None:
+        return _cluster_out(runtime, await batcher.create(user.id, body))
+    result = await batcher.create_once(
+        user.id, body, Once(call, lambda cluster: _cluster_out(runtime, cluster))
+    )
+    if isinstance(result, Answer):
+        return ClusterOut.model_validate(result.body)
+    return _cluster_out(runtime, result)
 
 
 @router.get("/clusters")
@@ -158,11 +183,30 @@ async def extend_cluster(
     user: CustomerUser,
     session: SessionDep,
     runtime: RuntimeDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> ClusterOut:
-    """Add time; its price is added to the hold (402 when the balance is short)."""
-    cluster = await service.get_cluster(session, user.id, cluster_id, lock=True)
-    await service.extend_cluster(session, runtime.settings, cluster, body.duration_s)
-    return _cluster_out(runtime, cluster)
+    """Add time; its price is added to the hold (402 when the balance is short).
+
+    With an ``Idempotency-Key`` the time is added once per key (a retry gets the first
+    answer, the key with another body or cluster 409 ``idempotency_key_reused``); without
+    one, every call adds time."""
+
+    async def run() -> ClusterOut:
+        cluster = await service.get_cluster(session, user.id, cluster_id, lock=True)
+        await service.extend_cluster(session, runtime.settings, cluster, body.duration_s)
+        return _cluster_out(runtime, cluster)
+
+    if idempotency_key is None:
+        return await run()
+    _, answer = await run_once(
+        session,
+        user_id=user.id,
+        route="POST /clusters/{cluster_id}/extend",
+        key=idempotency_key,
+        params={"cluster_id": str(cluster_id), **body.model_dump(mode="json")},
+        run=run,
+    )
+    return ClusterOut.model_validate(answer)
 
 
 @router.post("/clusters/{cluster_id}/terminate")

@@ -22,9 +22,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tesai.billing import guardrails
+from tesai.billing import guardrails, metering
 from tesai.billing import service as billing
-from tesai.billing.money import customer_charge
+from tesai.billing.money import customer_charge, spend_limit
 from tesai.clusters.errors import (
     ClusterNotActive,
     ClusterNotFound,
@@ -734,6 +734,8 @@ async def extend_cluster(
         ceil_div(cluster.hourly_price_micro * duration_s, 3600), settings.platform_fee_bps
     )
     await guardrails.check_new_hold(session, settings, cluster.customer_id, amount)
+    # The hold's money moves and its meters' paid end moves: the tick's lock comes first.
+    await metering.settlement_lock(session)
     await billing.extend_hold(
         session,
         user_id=cluster.customer_id,
@@ -745,6 +747,13 @@ async def extend_cluster(
     cluster.hold_micro += amount
     if cluster.ends_at is not None:
         cluster.ends_at += timedelta(seconds=duration_s)
+    await metering.limit_cluster_billing(
+        session,
+        cluster_id=cluster.id,
+        ends_at=cluster.ends_at,
+        limit_micro=spend_limit(cluster.hold_micro, cluster.budget_micro),
+        fee_bps=settings.platform_fee_bps,
+    )
     record_event(session, cluster, "extended", detail=f"+{duration_s} s")
     cluster.version += 1
     await session.flush()

@@ -2,9 +2,14 @@
 
 - ``meter_all`` (every ``metering_interval_s``): ONE statement meters every running node up
   to now and settles each minute that closed (``tesai.billing.metering.meter_and_settle``).
-  A node is healthy when its device's last heartbeat is within 1.5 heartbeat intervals (the
-  liveness set that agent heartbeats keep); the interval of an unhealthy node is not billed.
-  If the tick itself stalled, the part of the gap nobody observed is not billed either.
+  Only observed time is billed. A node is healthy when its device's last heartbeat is within
+  1.5 heartbeat intervals (the liveness set that agent heartbeats keep); a device the set
+  does not know has not been heard (right after the control plane's own restart, the
+  in-process cache of `tesai up` is empty), and the interval of an unhealthy node is not
+  billed. A node is billed from its device's first heartbeat after a gap at the earliest
+  (the start of its run of beats, ``tesai.devices.liveness``), so the time the control plane
+  or the device was away is never billed, whatever restarts. If the tick itself stalled, at
+  most ``stall_cap`` of the gap is billed.
 - ``settle_all`` (every ``settle_interval_s``): the sweep settles what the tick could not (a
   node's last minute, written when the reconciler stops its meter; a hold that could not
   pay) and stops the clusters whose hold cannot pay: they are out of money, not left
@@ -14,7 +19,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -26,6 +33,7 @@ from tesai.clusters.models import Cluster, ClusterStatus
 from tesai.clusters.service import record_event
 from tesai.clusters.states import BILLED
 from tesai.devices import keys as device_keys
+from tesai.devices.liveness import billing_floors, healthy_window_s, unhealthy
 from tesai.kit.time import utcnow
 from tesai.settings import Settings
 from tesai.tasks import TaskContext
@@ -44,21 +52,70 @@ def stall_cap(settings: Settings) -> timedelta:
     return timedelta(seconds=3 * interval + 1)
 
 
-async def stale_devices(ctx: TaskContext, now_s: float) -> list[uuid.UUID]:
-    """Devices whose last heartbeat is older than 1.5 intervals (still watched)."""
-    cutoff = now_s - 1.5 * ctx.settings.heartbeat_interval_s
-    silent = await ctx.cache.zrangebyscore(device_keys.LIVENESS, -INF, cutoff)
-    return [uuid.UUID(d) for d, _ in silent]
+async def unhealthy_devices(ctx: TaskContext, now_s: float) -> list[uuid.UUID]:
+    """The devices of billed nodes not heard within 1.5 heartbeat intervals before
+    ``now_s``, those the liveness set does not know included (see the module docstring)."""
+    async with ctx.sessionmaker() as session:
+        devices = list(
+            (
+                await session.scalars(
+                    select(NodeMeter.device_id).where(NodeMeter.active).distinct()
+                )
+            ).all()
+        )
+    heard = await ctx.cache.zscores(device_keys.LIVENESS, [str(d) for d in devices])
+    return unhealthy(
+        dict(zip(devices, heard, strict=True)),
+        now=now_s,
+        window_s=healthy_window_s(ctx.settings.heartbeat_interval_s),
+    )
+
+
+async def recent_run_starts(ctx: TaskContext, now_s: float) -> dict[uuid.UUID, float]:
+    """Devices whose run of heartbeats began less than ``stall_cap`` before ``now_s``
+    (an earlier start is behind every watermark the tick leaves)."""
+    since = now_s - stall_cap(ctx.settings).total_seconds()
+    rows = await ctx.cache.zrangebyscore(device_keys.HEARD_SINCE, since, INF)
+    return {uuid.UUID(d): start for d, start in rows}
+
+
+async def skip_unobserved(
+    session: AsyncSession,
+    run_starts: Mapping[uuid.UUID, float],
+    node_ids: Sequence[uuid.UUID] | None = None,
+) -> None:
+    """Move the meters of the nodes on these devices (of ``node_ids`` only, when given) up
+    to the start of their device's run of heartbeats, unbilled: before its first heartbeat
+    after a gap, nobody observed the device. Meters already past it stay put; one
+    statement per distinct second. The caller holds the settlement lock."""
+    if not run_starts:
+        return
+    query = select(NodeMeter.node_id, NodeMeter.device_id).where(
+        NodeMeter.active, NodeMeter.device_id.in_(list(run_starts))
+    )
+    if node_ids is not None:
+        query = query.where(NodeMeter.node_id.in_(list(node_ids)))
+    nodes_of: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+    for node_id, device_id in (await session.execute(query)).tuples():
+        nodes_of[device_id].append(node_id)
+    floors = billing_floors({d: run_starts[d] for d in nodes_of})
+    for second, devices in sorted(floors.items()):
+        nodes = [n for d in devices for n in nodes_of[d]]
+        await metering.meter_nodes(
+            session, now=datetime.fromtimestamp(second, UTC), node_ids=nodes, unhealthy=nodes
+        )
 
 
 async def meter_all(ctx: TaskContext, now: datetime | None = None) -> dict[str, Any]:
     """The metering tick (see the module docstring), up to ``now`` (default: the clock);
     safe to run twice or concurrently."""
     now = metering.whole_second(now or utcnow())
-    stale = await stale_devices(ctx, now.timestamp())
+    stale = await unhealthy_devices(ctx, now.timestamp())
+    run_starts = await recent_run_starts(ctx, now.timestamp())
     async with ctx.sessionmaker() as session, session.begin():
         await metering.settlement_lock(session)  # before any meter (see stop_node_meter)
         await metering.meter_tick(session, now=now - stall_cap(ctx.settings), bill=False)
+        await skip_unobserved(session, run_starts)
         result = await metering.meter_and_settle(
             session,
             now=now,

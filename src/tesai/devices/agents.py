@@ -32,7 +32,13 @@ from tesai.devices.errors import (
     JoinTokenInvalid,
     JoinTokenUsed,
 )
-from tesai.devices.liveness import accumulate, minute_of, telemetry_sample
+from tesai.devices.liveness import (
+    accumulate,
+    healthy_window_s,
+    minute_of,
+    run_start,
+    telemetry_sample,
+)
 from tesai.devices.models import (
     Device,
     DeviceCommand,
@@ -212,11 +218,29 @@ async def heartbeat(
     """Record one heartbeat in the cache and return the device's pending commands."""
     now = time.time()
     device_id = str(auth.device_id)
+    acc_raw, flag, offline = await cache.mget(
+        [
+            keys.accumulator(device_id),
+            keys.commands_pending(device_id),
+            keys.offline_flag(device_id),
+        ]
+    )
+    previous = orjson.loads(acc_raw) if acc_raw else None
+    # The run of beats rides in the accumulator too (last beat "l", run start "r"): a beat
+    # after a silence, or the first one since the cache was lost, starts a new run, and
+    # metering bills nothing before it (see ``tesai.devices.liveness``).
+    started = run_start(
+        previous.get("l") if previous else None,
+        previous.get("r") if previous else None,
+        now,
+        healthy_window_s(settings.heartbeat_interval_s),
+    )
     try:
         sample = telemetry_sample(beat.telemetry)
         latest = orjson.dumps(
             {
                 "at": now,
+                "since": started,
                 "seq": beat.seq,
                 "status": beat.status,
                 "reason": beat.reason,
@@ -227,14 +251,8 @@ async def heartbeat(
     except (OverflowError, orjson.JSONEncodeError) as exc:
         # Integers beyond 64 bits pass the wire model's bounds but cannot be stored.
         raise InvalidInput("A number in the heartbeat is out of range") from exc
-    acc_raw, flag, offline = await cache.mget(
-        [
-            keys.accumulator(device_id),
-            keys.commands_pending(device_id),
-            keys.offline_flag(device_id),
-        ]
-    )
-    acc, closed = accumulate(orjson.loads(acc_raw) if acc_raw else None, minute_of(now), sample)
+    acc, closed = accumulate(previous, minute_of(now), sample)
+    acc["l"], acc["r"] = now, started
     net = beat.telemetry.net
     if net is not None and net.tier is not None:
         # The tier rides in the minute accumulator (no extra cache or SQL work per beat); the
@@ -252,6 +270,8 @@ async def heartbeat(
         ops.append(_close_minute(cache, device_id, closed))
     if offline is not None:
         ops.append(cache.zadd(keys.RESUMED, {device_id: now}))
+    if started == now:
+        ops.append(cache.zadd(keys.HEARD_SINCE, {device_id: now}))
     await asyncio.gather(*ops)
     HEARTBEATS.inc()
 

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 LIVENESS = "liveness"
-"""Sorted set: device id → time of its last heartbeat (watched devices only)."""
+"""Sorted set: device id → time of its last heartbeat (watched devices only). Only ever a
+time the device was really heard: reseeded from ``devices.last_seen_at`` when lost."""
+HEARD_SINCE = "devices:heard_since"
+"""Sorted set: device id → when its current run of heartbeats began (written by the beat
+that starts a run); its nodes are billed from then at the earliest."""
+REWATCHED = "devices:rewatched"
+"""Sorted set: device id → when the control plane began watching it again without having
+heard it (its own restart, a lost cache): the device's silence counts from then."""
+SWEPT = "devices:swept"
+"""Time of the last sweep; one much older tells the sweeper that nobody was watching."""
 RESUMED = "devices:resumed"
 """Sorted set: offline devices that heartbeat again, for the sweeper to bring back."""
 CLOSED_MINUTES = "devices:closed"

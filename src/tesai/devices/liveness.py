@@ -1,14 +1,17 @@
-"""Pure liveness arithmetic: the sweeper's decision, per-minute accumulators, reliability.
+"""Pure liveness arithmetic: the sweeper's decision, observed time, per-minute accumulators,
+reliability.
 
-No I/O here; ``tesai.devices.sweeper`` and ``tesai.devices.heartbeats`` feed these functions
-data read from the cache and the database.
+No I/O here; ``tesai.devices.sweeper``, ``tesai.devices.agents`` (heartbeats) and
+``tesai.clusters.usage`` (metering) feed these functions data read from the cache and the
+database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tesai.protocol.v1 import Telemetry
 
@@ -77,6 +80,75 @@ def decide_sweep(
     return SweepDecision(
         list(silent), False, None, f"{len(silent)} of {tracked} devices missed heartbeats"
     )
+
+
+# --- observed time ---------------------------------------------------------------------------
+#
+# Only what the control plane observed is billed, and a control plane that was not watching
+# (stopped, restarting, its cache lost) observed nothing: that time is neither billed nor
+# counted as anyone's silence. A device's *run* is a sequence of heartbeats none of them more
+# than the healthy window after the one before; a node is billed from the later of its
+# watermark and the start of its device's run, and only while the device is healthy.
+
+HEALTHY_INTERVALS = 1.5
+"""A device is healthy (its nodes billed) while its last heartbeat is at most this many
+heartbeat intervals old; a longer gap between two heartbeats ends its run."""
+
+K = TypeVar("K")
+
+
+def healthy_window_s(heartbeat_interval_s: float) -> float:
+    """How old a device's last heartbeat may be for the device to count as healthy."""
+    return HEALTHY_INTERVALS * heartbeat_interval_s
+
+
+def run_start(last_beat: float | None, started: float | None, now: float, window_s: float) -> float:
+    """When the run of the heartbeat arriving at ``now`` began.
+
+    ``last_beat`` and ``started`` describe the device's previous heartbeat and its run, as
+    far as this control plane knows (None: it knows of none, e.g. after its own restart).
+    A beat within ``window_s`` of the previous one continues that run; any other starts a
+    new run at ``now``: the silence before it was not observed.
+    """
+    if last_beat is None or started is None or now - last_beat > window_s:
+        return now
+    return started
+
+
+def unhealthy(last_heard: Mapping[K, float | None], *, now: float, window_s: float) -> list[K]:
+    """The devices not heard within ``window_s`` before ``now``.
+
+    A device with no last heartbeat at all (absent from the liveness set, as every device is
+    right after the control plane's own restart or a cache flush) is not healthy either:
+    nobody has observed it.
+    """
+    return [d for d, at in last_heard.items() if at is None or at < now - window_s]
+
+
+def billing_floors(run_starts: Mapping[K, float]) -> dict[int, list[K]]:
+    """Devices grouped by the whole second their nodes' billing may start from, which is
+    their run's start rounded up (a part of a second before the first beat was not
+    observed)."""
+    floors: dict[int, list[K]] = {}
+    for device, start in run_starts.items():
+        floors.setdefault(math.ceil(start), []).append(device)
+    return floors
+
+
+def watch_resumed(last_sweep: float | None, now: float, grace_s: float) -> bool:
+    """Whether the sweeper finds it was away: its previous sweep is more than ``grace_s``
+    old. Nobody watched the heartbeats meanwhile (the control plane was down or
+    restarting), so no device's silence may be judged from that time."""
+    return last_sweep is not None and now - last_sweep > grace_s
+
+
+def silent_after_grace(
+    candidates: Iterable[tuple[str, float]], rewatched: Mapping[str, float], cutoff: float
+) -> list[tuple[str, float]]:
+    """``candidates`` (last heartbeat before ``cutoff``) less the devices the control plane
+    began watching again after ``cutoff`` (its restart, a lost cache): their grace to beat
+    again counts from that moment, not from their last heartbeat."""
+    return [(d, at) for d, at in candidates if rewatched.get(d, -math.inf) < cutoff]
 
 
 # --- per-minute accumulators ---------------------------------------------------------------

@@ -300,8 +300,8 @@ async def remove_device(session: AsyncSession, cache: Cache, device: Device) -> 
     await session.flush()
 
     async def forget() -> None:
-        await cache.zrem(keys.LIVENESS, device_id)
-        await cache.zrem(keys.RESUMED, device_id)
+        for watched in (keys.LIVENESS, keys.RESUMED, keys.HEARD_SINCE, keys.REWATCHED):
+            await cache.zrem(watched, device_id)
         await cache.delete(
             keys.telemetry(device_id),
             keys.accumulator(device_id),

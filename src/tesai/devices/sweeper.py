@@ -6,9 +6,16 @@ the device rows with ``FOR UPDATE SKIP LOCKED`` and re-check the status under th
 ``version``), so two sweepers running at once never apply a change twice.
 
 Every ``RECONCILE_EVERY_S`` one sweeper also reconciles the cache with the database: watched
-devices missing from the liveness set (a Redis flush or restart) are put back with a fresh
-grace instead of being lost or all declared dead, and offline devices that heartbeat again
-without their flag are brought back.
+devices missing from the liveness set (a Redis flush, or the in-process cache of a restarted
+`tesai up`) are put back with the time they were really last heard (``last_seen_at``) and a
+fresh grace counted from now, instead of being lost or all declared dead, and offline
+devices that heartbeat again without their flag are brought back.
+
+A control plane that was not watching observed nothing. A sweep that finds the previous one
+more than a grace ago (the control plane was down or restarting; Redis kept the liveness
+set) gives every watched device the same fresh grace. Either way the devices get a grace to
+beat again before they are marked offline, and that grace is not billed: metering bills a
+node only from its device's first heartbeat after the gap (``tesai.clusters.usage``).
 """
 
 from __future__ import annotations
@@ -26,7 +33,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.db import run_after_commit
 from tesai.devices import keys
-from tesai.devices.liveness import SweepDecision, decide_sweep
+from tesai.devices.liveness import (
+    SweepDecision,
+    decide_sweep,
+    silent_after_grace,
+    watch_resumed,
+)
 from tesai.devices.models import Device, DeviceStatus, FleetEvent
 from tesai.devices.schemas import FleetEventOut, SweeperState
 from tesai.devices.service import issue_challenge, record_transition
@@ -59,8 +71,17 @@ async def sweep(ctx: TaskContext, now: float | None = None) -> SweepReport:
     now = time.time() if now is None else now
     settings, cache = ctx.settings, ctx.cache
     grace = grace_s(ctx)
-    silent = await cache.zrangebyscore(keys.LIVENESS, -INF, now - grace)
-    storm_raw = await cache.get(keys.STORM)
+    storm_raw, swept_raw = await cache.mget([keys.STORM, keys.SWEPT])
+    swept = float(swept_raw) if swept_raw else None
+    if watch_resumed(swept, now, grace):
+        await rewatch(ctx, now)
+    if swept is None or now > swept:
+        await cache.set(keys.SWEPT, repr(now))
+    cutoff = now - grace
+    silent = await cache.zrangebyscore(keys.LIVENESS, -INF, cutoff)
+    if silent:
+        rewatched = dict(await cache.zrangebyscore(keys.REWATCHED, cutoff, INF))
+        silent = silent_after_grace(silent, rewatched, cutoff)
     storm: dict[str, Any] | None = orjson.loads(storm_raw) if storm_raw else None
     tracked = await cache.zcard(keys.LIVENESS) if silent else 0
     decision = decide_sweep(
@@ -80,6 +101,22 @@ async def sweep(ctx: TaskContext, now: float | None = None) -> SweepReport:
     if await cache.set(keys.RECONCILE_LOCK, "1", ttl_s=RECONCILE_EVERY_S, only_new=True):
         await reconcile(ctx, now)
     return report
+
+
+async def rewatch(ctx: TaskContext, now: float) -> None:
+    """Nobody watched the heartbeats for a while: every watched device gets a grace to beat
+    again, counted from ``now``."""
+    watched = await ctx.cache.zrangebyscore(keys.LIVENESS, -INF, INF)
+    if not watched:
+        return
+    log.warning("devices_watch_resumed", count=len(watched))
+    await ctx.cache.zadd(keys.REWATCHED, {d: now for d, _ in watched})
+    await _fleet_event(
+        ctx,
+        "watch_resumed",
+        f"the sweeper was away: {len(watched)} devices get a grace to heartbeat again",
+        {"devices": len(watched)},
+    )
 
 
 async def _fleet_event(ctx: TaskContext, kind: str, message: str, data: dict[str, Any]) -> None:
@@ -184,6 +221,7 @@ async def mark_offline(
         log.info("devices_offline", count=len(marked), grace_s=grace)
     if done:
         await ctx.cache.zrem(keys.LIVENESS, *done)
+        await ctx.cache.zrem(keys.REWATCHED, *done)
     return marked
 
 
@@ -235,16 +273,16 @@ async def resume(ctx: TaskContext) -> list[str]:
 async def reconcile(ctx: TaskContext, now: float) -> None:
     """Repair the cache from the database after a Redis flush or restart (see module doc)."""
     async with ctx.sessionmaker() as session:
-        watched = [
-            str(i)
-            for i in (
+        watched = {
+            str(i): (last_seen or created).timestamp()
+            for i, last_seen, created in (
                 await session.execute(
-                    select(Device.id).where(
+                    select(Device.id, Device.last_seen_at, Device.created_at).where(
                         Device.status.in_(LIVE_STATES), Device.agent_version.is_not(None)
                     )
                 )
-            ).scalars()
-        ]
+            ).tuples()
+        }
         offline = [
             str(i)
             for i in (
@@ -256,8 +294,13 @@ async def reconcile(ctx: TaskContext, now: float) -> None:
     scores = dict(await ctx.cache.zrangebyscore(keys.LIVENESS, -INF, INF))
     missing = [d for d in watched if d not in scores]
     if missing:
+        # Never "heard just now": that would bill the time until the next real beat. A beat
+        # that lands meanwhile wins (only_new); the grace to beat again counts from now.
         log.warning("devices_liveness_reseeded", count=len(missing))
-        await ctx.cache.zadd(keys.LIVENESS, {d: now for d in missing})
+        await ctx.cache.zadd(keys.REWATCHED, {d: now for d in missing})
+        await ctx.cache.zadd(
+            keys.LIVENESS, {d: min(watched[d], now) for d in missing}, only_new=True
+        )
     back = [d for d in offline if scores.get(d, -INF) >= now - grace_s(ctx)]
     if back:
         await ctx.cache.zadd(keys.RESUMED, {d: now for d in back})

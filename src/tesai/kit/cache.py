@@ -65,7 +65,12 @@ class Cache(ABC):
     async def mget(self, keys: list[str]) -> list[bytes | None]: ...
 
     @abstractmethod
-    async def zadd(self, key: str, members: dict[str, float]) -> None: ...
+    async def zadd(self, key: str, members: dict[str, float], *, only_new: bool = False) -> None:
+        """Set members' scores; with ``only_new`` only of members not in the set yet."""
+
+    @abstractmethod
+    async def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
+        """The scores of ``members``, in order (None for a member not in the set)."""
 
     @abstractmethod
     async def zrangebyscore(self, key: str, low: float, high: float) -> list[tuple[str, float]]: ...
@@ -136,6 +141,10 @@ def _check_buckets(buckets: Sequence[Bucket]) -> None:
             raise ValueError("a token bucket needs rate_per_s > 0 and burst >= 1")
 
 
+_ZSCORES_CHUNK = 10_000
+"""Members per ZMSCORE: one command for a running pool's devices would be megabytes."""
+
+
 class RedisCache(Cache):
     def __init__(self, url: str, prefix: str = "tesai:") -> None:
         # A blocking pool: with the plain pool, the 65th concurrent command would fail with
@@ -187,9 +196,17 @@ class RedisCache(Cache):
             return []
         return cast(list[bytes | None], await self._redis.mget([self._k(k) for k in keys]))
 
-    async def zadd(self, key: str, members: dict[str, float]) -> None:
+    async def zadd(self, key: str, members: dict[str, float], *, only_new: bool = False) -> None:
         if members:
-            await self._redis.zadd(self._k(key), members)
+            await self._redis.zadd(self._k(key), members, nx=only_new)
+
+    async def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
+        out: list[float | None] = []
+        for i in range(0, len(members), _ZSCORES_CHUNK):
+            chunk = list(members[i : i + _ZSCORES_CHUNK])
+            scores = await self._redis.zmscore(self._k(key), chunk)
+            out += [None if s is None else float(s) for s in scores]
+        return out
 
     async def zrangebyscore(self, key: str, low: float, high: float) -> list[tuple[str, float]]:
         rows = cast(
@@ -308,8 +325,15 @@ class MemoryCache(Cache):
     async def mget(self, keys: list[str]) -> list[bytes | None]:
         return [self._live(k) for k in keys]
 
-    async def zadd(self, key: str, members: dict[str, float]) -> None:
-        self._zsets.setdefault(key, {}).update(members)
+    async def zadd(self, key: str, members: dict[str, float], *, only_new: bool = False) -> None:
+        zset = self._zsets.setdefault(key, {})
+        for m, score in members.items():
+            if not (only_new and m in zset):
+                zset[m] = score
+
+    async def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
+        zset = self._zsets.get(key, {})
+        return [zset.get(m) for m in members]
 
     async def zrangebyscore(self, key: str, low: float, high: float) -> list[tuple[str, float]]:
         zset = self._zsets.get(key, {})
