@@ -12,7 +12,9 @@ import re
 import secrets
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,18 @@ import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tesai import migrations
+from tesai.accounts import service as accounts
+from tesai.billing import holds, metering, service
+from tesai.billing.models import HoldTotals
 from tesai.db import asyncpg_url
 from tesai.dbextras import EXTRA_DDL
 from tesai.models import metadata
+from tesai.runtime import open_runtime
+from tesai.settings import Settings
 from tests.conftest import TEST_DATABASE_URL
 
 CREATED = re.compile(
@@ -130,3 +138,109 @@ def test_migrate_command_upgrades_the_configured_database(
     )
     assert done.returncode == 0, done.stderr
     assert f"database at revision {migrations.head_revision()}" in done.stdout
+
+
+# --- upgrading a database that holds data ------------------------------------------------
+#
+# The rows are made by today's services (a customer's credit and hold, a metered and settled
+# node), then the database is taken down to the initial revision and up to head again, as a
+# deployment that ran the first release and upgrades would be. What the first release had
+# must survive; what later revisions add is filled from it.
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+PRICE = 3_600_000
+INITIAL = "0001"
+
+
+async def _make_data(url: str, tmp_home: str) -> dict[str, object]:
+    settings = Settings(environment="test", database_url=url, redis_url=None, home=tmp_home)
+    runtime = await open_runtime(settings, run_periodic=False)
+    try:
+        async with runtime.sessionmaker() as s, s.begin():
+            customer = await accounts.create_user(
+                s, email=f"c-{secrets.token_hex(4)}@example.com", roles=("customer",)
+            )
+            provider = await accounts.create_user(
+                s, email=f"p-{secrets.token_hex(4)}@example.com", roles=("provider",)
+            )
+            cluster, node = uuid.uuid4(), uuid.uuid4()
+            await service.admin_grant_credit(
+                s,
+                admin_user_id=None,
+                user_id=customer.id,
+                amount_micro=10_000_000,
+                reason="t",
+                idempotency_key=f"g{cluster}",
+            )
+            await holds.place_cluster_hold(
+                s,
+                customer_user_id=customer.id,
+                cluster_id=cluster,
+                amount_micro=5_000_000,
+                idempotency_key=f"h{cluster}",
+            )
+            await metering.start_meter(
+                s,
+                node_id=node,
+                cluster_id=cluster,
+                device_id=uuid.uuid4(),
+                customer_user_id=customer.id,
+                provider_user_id=provider.id,
+                price_per_hour_micro=PRICE,
+                started_at=T0,
+            )
+        for minute in range(1, 4):
+            async with runtime.sessionmaker() as s, s.begin():
+                await metering.meter_and_settle(
+                    s,
+                    now=T0 + timedelta(minutes=minute, seconds=5),
+                    fee_bps=1000,
+                    idempotency_key=f"tick-{minute}",
+                )
+        async with runtime.sessionmaker() as s:
+            totals = [
+                (t.hold_account_id, t.provider_micro, t.fee_micro)
+                for t in (await s.scalars(select(HoldTotals))).all()
+            ]
+        return {"customer": customer.id, "totals": totals}
+    finally:
+        await runtime.close()
+
+
+async def _fetch(url: str, sql: str) -> list[tuple[object, ...]]:
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+async def test_upgrade_from_the_initial_revision_keeps_data_and_backfills(
+    empty_database: str, tmp_path: Path
+) -> None:
+    url = empty_database
+    await asyncio.to_thread(migrations.upgrade, url)
+    made = await _make_data(url, str(tmp_path))
+    assert made["totals"], "the settlement kept no running totals"
+    ledger = "SELECT id, balance FROM ledger_accounts ORDER BY id"
+    buckets = (
+        "SELECT node_id, minute, seconds, amount_micro, settled FROM usage_buckets ORDER BY minute"
+    )
+    before = (await _fetch(url, ledger), await _fetch(url, buckets))
+    assert len(before[1]) == 3
+
+    await asyncio.to_thread(migrations.downgrade, url, INITIAL)
+    assert await migrations.current_revision(url) == INITIAL
+    await asyncio.to_thread(migrations.upgrade, url)
+
+    assert await migrations.current_revision(url) == migrations.head_revision()
+    assert await _drift(url) == []
+    assert (await _fetch(url, ledger), await _fetch(url, buckets)) == before
+    totals = await _fetch(
+        url,
+        "SELECT hold_account_id, provider_micro, fee_micro FROM billing_hold_totals "
+        "ORDER BY hold_account_id",
+    )
+    assert totals == sorted(made["totals"])  # type: ignore[type-var]
+    defaults = await _fetch(url, "SELECT count(*) FROM usage_buckets WHERE unpaid_micro <> 0")
+    assert defaults == [(0,)]
