@@ -120,8 +120,10 @@ class TesaiClient:
     def close(self) -> None:
         self._http.close()
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The caller's headers (e.g. ``Idempotency-Key``) with this client's Authorization."""
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return {**(extra or {}), **auth}
 
     def _refresh_stored(self) -> bool:
         creds = self._credentials
@@ -150,9 +152,10 @@ class TesaiClient:
         """Send a request; return the decoded JSON (None for 204). Raises ``ApiError``."""
         if self._credentials is not None and self._credentials.expires_at < time.time() + 10:
             self._refresh_stored()
-        response = self._http.request(method, path, headers=self._headers(), **kwargs)
+        extra = kwargs.pop("headers", None)
+        response = self._http.request(method, path, headers=self._headers(extra), **kwargs)
         if response.status_code == 401 and self._refresh_stored():
-            response = self._http.request(method, path, headers=self._headers(), **kwargs)
+            response = self._http.request(method, path, headers=self._headers(extra), **kwargs)
         _raise_for_problem(response)
         if response.status_code == 204 or not response.content:
             return None
@@ -165,7 +168,8 @@ class TesaiClient:
     @contextlib.contextmanager
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
         """A streamed response (logs, follow mode); raises ``ApiError`` on an error status."""
-        with self._http.stream(method, path, headers=self._headers(), **kwargs) as response:
+        extra = kwargs.pop("headers", None)
+        with self._http.stream(method, path, headers=self._headers(extra), **kwargs) as response:
             if not response.is_success:
                 response.read()
                 _raise_for_problem(response)

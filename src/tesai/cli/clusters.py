@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from typing import Annotated, Any
 
 import typer
@@ -25,6 +26,17 @@ cluster_app = typer.Typer(
 job_app = typer.Typer(help="Run Ray jobs on your clusters.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--idempotency-key", help="Reuse to retry a request safely (default: a new one)."),
+]
+
+
+def _key(given: str | None) -> dict[str, str]:
+    """The ``Idempotency-Key`` header of a command that moves money: a retry of the request
+    (the client's own after a refreshed login, or the command run again with the same
+    ``--idempotency-key``) books once."""
+    return {"Idempotency-Key": given or str(uuid.uuid4())}
 
 
 def usd(micro: int | None) -> str:
@@ -180,6 +192,7 @@ def cluster_create(
     min_gpus: Annotated[int | None, typer.Option(help="Autoscale: at least.")] = None,
     max_gpus: Annotated[int | None, typer.Option(help="Autoscale: at most.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until it is running.")] = True,
+    idempotency_key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rent a cluster (books the devices and holds the price of the whole duration)."""
@@ -193,7 +206,7 @@ def cluster_create(
     if budget is not None:
         body["budget_micro"] = int(budget * 1_000_000)
     with _client() as c:
-        cluster = _call(c.post, "/api/v1/clusters", json=body)
+        cluster = _call(c.post, "/api/v1/clusters", json=body, headers=_key(idempotency_key))
         if wait:
             cluster = _wait_running(c, cluster["id"], quiet=as_json)
     if as_json:
@@ -275,11 +288,16 @@ def cluster_show(cluster_id: str, as_json: JsonOpt = False) -> None:
 
 
 @cluster_app.command("extend")
-def cluster_extend(cluster_id: str, hours: Hours = 1.0, as_json: JsonOpt = False) -> None:
+def cluster_extend(
+    cluster_id: str, hours: Hours = 1.0, idempotency_key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Add time (its price is added to the hold)."""
     with _client() as c:
         d = _call(
-            c.post, f"/api/v1/clusters/{cluster_id}/extend", json={"duration_s": int(hours * 3600)}
+            c.post,
+            f"/api/v1/clusters/{cluster_id}/extend",
+            json={"duration_s": int(hours * 3600)},
+            headers=_key(idempotency_key),
         )
     typer.echo(
         dumps(d)
