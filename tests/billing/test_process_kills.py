@@ -16,7 +16,9 @@ import pytest
 
 from tests.billing.kills import KillRun
 
-pytestmark = pytest.mark.slow
+# Its own waits bound it (agents, clusters, the wind-down): set-up on a loaded machine takes
+# minutes, more than the suite's default limit.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.mark.parametrize("shape", ["production", "embedded"])
