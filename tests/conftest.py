@@ -84,6 +84,8 @@ def settings(database_url: str, run_id: str, tmp_path_factory: pytest.TempPathFa
         broker_url=None,
         rate_limit_enabled=False,
         log_json=False,
+        # Every test node runs on this machine (loopback): development's allowance, said here.
+        ray_proxy_allow_internal_heads=True,
     )
 
 

@@ -2,7 +2,7 @@
 
 Middleware, outermost first (all pure ASGI; see ``tesai.middleware``): request context
 (request id, access log, metrics) → security headers → CORS (only with an allowlist) →
-rate limits (when enabled) → body size limit → routes.
+rate limits (when enabled) → body size limit → input limits (NUL, JSON depth) → routes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tesai.errors import install_error_handlers
 from tesai.middleware import (
     BodySizeLimitMiddleware,
     DashboardOriginMiddleware,
+    InputLimitsMiddleware,
     RateLimitMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -29,6 +30,8 @@ from tesai.observability.business import with_business_metrics
 from tesai.observability.logging import configure_logging
 from tesai.observability.metrics import multiprocess_dir, update_pool_gauges
 from tesai.observability.middleware import RequestContextMiddleware
+from tesai.openapi import install_openapi
+from tesai.protocol.v1 import AGENT_API_PREFIX
 from tesai.runtime import Runtime, open_runtime
 from tesai.settings import Settings, get_settings
 
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.settings = settings
     install_error_handlers(app)
     mount_routes(app)
+    install_openapi(app)
     mount_console(app, settings)  # last: its catch-all serves the web console
     install_middleware(app, settings)
     return app
@@ -76,7 +80,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Add the HTTP middleware stack; the last added runs first."""
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InputLimitsMiddleware, nul_allowed=(AGENT_API_PREFIX,))
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.ray_upload_max_bytes,
+    )
     if settings.rate_limit_enabled:
         app.add_middleware(RateLimitMiddleware, settings=settings)
     if settings.cors_origins:

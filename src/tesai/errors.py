@@ -13,6 +13,10 @@ Every error leaves the API as RFC 9457 ``application/problem+json`` with a stabl
     ├── PayloadTooLarge (413 payload_too_large)
     ├── RateLimited (429 rate_limited)         carries Retry-After
     └── ServiceUnavailable (503 unavailable)
+        └── Overloaded (503 overloaded)        carries Retry-After: busy, not broken
+
+Load is never a 500: a request that finds the database pool exhausted (SQLAlchemy's pool
+timeout) is answered ``Overloaded``, like any other bounded queue that is full.
 
 Domain modules subclass these with their own ``code`` (e.g. ``join_token_used``).
 """
@@ -26,6 +30,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -109,6 +114,19 @@ class ServiceUnavailable(AppError):
     code = "unavailable"
 
 
+class Overloaded(ServiceUnavailable):
+    """A bounded resource (database pool, password hashing) is busy: retry shortly."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 2) -> None:
+        super().__init__(
+            message or f"The service is busy; retry in {retry_after_s} s",
+            headers={"Retry-After": str(retry_after_s)},
+            retry_after=retry_after_s,
+        )
+
+
 def problem(
     status: int, code: str, detail: str, *, instance: str | None = None, **extra: Any
 ) -> dict[str, Any]:
@@ -181,6 +199,11 @@ def install_error_handlers(app: FastAPI) -> None:
             problem(status, code, detail, instance=request.url.path), dict(exc.headers or {})
         )
 
+    async def on_pool_timeout(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database_pool_exhausted", path=request.url.path)
+        error = Overloaded("The database is busy; retry shortly")
+        return problem_response(error.to_problem(request.url.path), error.headers)
+
     async def on_unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path)
         return problem_response(
@@ -190,4 +213,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, on_app_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(PoolTimeout, on_pool_timeout)
     app.add_exception_handler(Exception, on_unhandled)

@@ -1,9 +1,11 @@
-"""Network protection middleware: rate limits, request body limit, security headers.
+"""Network protection middleware: rate limits, request body limit, input limits, security
+headers.
 
 All pure ASGI (no ``BaseHTTPMiddleware``): these run on every request and the API has a
 throughput budget. Order in ``create_app`` (outermost first): request context (id, log,
-metrics) → security headers → CORS → rate limits → body limit → routes; so a 429 or 413 is
-still logged, counted, carries the request id and the CORS headers a browser needs to read it.
+metrics) → security headers → CORS → rate limits → body limit → input limits → routes; so a
+429, 413 or 422 is still logged, counted, carries the request id and the CORS headers a
+browser needs to read it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tesai.errors import NotFound, PayloadTooLarge, RateLimited, problem_response
+from tesai.errors import InvalidInput, NotFound, PayloadTooLarge, RateLimited, problem_response
 from tesai.kit.cache import Bucket
+from tesai.protocol.freeform import (
+    MAX_BODY_DEPTH,
+    NUL_MESSAGE,
+    raw_json_problem,
+    urlencoded_problem,
+)
 from tesai.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -35,9 +43,9 @@ class RateLimitMiddleware:
     The principal key is a SHA-256 of the ``Authorization`` or ``X-API-Key`` header value,
     taken without validating it: validation is the auth dependency's job, and hashing keeps
     this check cheap. An unauthenticated request only spends its IP's tokens. Behind a
-    reverse proxy, run uvicorn with ``--proxy-headers --forwarded-allow-ips`` so the client
-    IP is the real one. When the cache is unreachable requests pass (fail open) and a warning is
-    logged; ``/readyz`` reports the cache as down.
+    reverse proxy, ``Settings.forwarded_allow_ips`` names it so that the client IP is the real
+    one. When the cache is unreachable requests pass (fail open) and a warning is logged;
+    ``/readyz`` reports the cache as down.
     """
 
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
@@ -88,30 +96,51 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"Request body is larger than {limit} bytes")
 
 
+RAY_PROXY_PATH = re.compile(r"^/api/v1/clusters/[0-9a-fA-F-]{36}/ray(/|$)")
+"""The Ray proxy (``tesai.clusters.proxy_router``)."""
+RAY_PACKAGE_UPLOAD = re.compile(r"^/api/v1/clusters/[0-9a-fA-F-]{36}/ray/api/packages/")
+"""Where Ray's tooling uploads ``--working-dir`` and ``py_modules`` packages (``PUT``)."""
+
+
 class BodySizeLimitMiddleware:
-    """Rejects request bodies over ``max_bytes`` with 413 problem+json.
+    """Rejects request bodies over the limit with 413 problem+json: ``max_bytes``, or
+    ``upload_max_bytes`` for a package upload through the Ray proxy (which streams it to the
+    head, never holding it whole).
 
     A declared Content-Length over the limit is refused before the app runs. A body without
     one (chunked) is counted as it is read and refused once it passes the limit.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, upload_max_bytes: int | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_max_bytes = upload_max_bytes
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = PayloadTooLarge(f"Request body is larger than {self.max_bytes} bytes")
+    def _limit(self, scope: Scope) -> int:
+        if (
+            self.upload_max_bytes is not None
+            and scope["method"] == "PUT"
+            and RAY_PACKAGE_UPLOAD.match(scope["path"])
+        ):
+            return self.upload_max_bytes
+        return self.max_bytes
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        error = PayloadTooLarge(f"Request body is larger than {limit} bytes")
         await problem_response(error.to_problem(scope["path"]))(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 # The HTTP server enforces the declared length, so nothing more to count.
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._reject(scope, receive, send)
+                if not value.isdigit() or int(value) > limit:
+                    await self._reject(scope, receive, send, limit)
                 else:
                     await self.app(scope, receive, send)
                 return
@@ -124,8 +153,8 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -139,7 +168,109 @@ class BodySizeLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await self._reject(scope, receive, send)
+            await self._reject(scope, receive, send, limit)
+
+
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _body_kind(scope: Scope) -> str | None:
+    """``json`` or ``form`` for the bodies our handlers parse; None for others (uploads,
+    octet streams), which are passed through unread. FastAPI parses a body without a
+    Content-Type as JSON, so that counts as JSON."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            if media == b"application/json" or media.endswith(b"+json"):
+                return "json"
+            if media == b"application/x-www-form-urlencoded":
+                return "form"
+            return None
+    return "json"
+
+
+class InputLimitsMiddleware:
+    """Refuses with 422 problem+json, before any parser or handler runs, input that nothing
+    behind it could parse or store safely:
+
+    - a NUL character in the path, the query string (``%00``) or a JSON or form body
+      (``\\u0000``, ``%00``): PostgreSQL cannot store NUL in ``text`` or ``jsonb``, and the
+      failure came back as a 500 from wherever the value was first written;
+    - a JSON body nested deeper than ``max_depth``: the JSON parsers (FastAPI's, strawberry's)
+      recurse once per level and raised ``RecursionError`` (a 500) near 1,000 levels.
+
+    One rule for every route, so a new field or query parameter cannot forget it. A JSON or
+    form body is read in full first (the body limit outside bounds it) and handed on
+    unchanged; other bodies stream through unread. Free-form fields also carry their own,
+    tighter limits (``tesai.protocol.freeform.BoundedJson``).
+
+    Bodies under ``nul_allowed`` (the agent API) may hold NUL: hardware probes and Ray
+    output carry it, a refused heartbeat would take a device offline, and the devices
+    domain removes it before storing (``devices.agents.without_nul``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_depth: int = MAX_BODY_DEPTH,
+        nul_allowed: tuple[str, ...] = (),
+    ) -> None:
+        self.app = app
+        self.max_depth = max_depth
+        self.nul_allowed = nul_allowed
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, problem: str) -> None:
+        error = InvalidInput(problem)
+        await problem_response(error.to_problem(scope["path"]))(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"]:
+            await self._reject(scope, receive, send, f"path: {NUL_MESSAGE}")
+            return
+        problem = urlencoded_problem(scope["query_string"])
+        if problem is not None:
+            await self._reject(scope, receive, send, f"query: {problem}")
+            return
+        # The Ray proxy parses no body: it streams each to the head unread (a package
+        # upload is a zip, full of NUL bytes, and may be far larger than a JSON body).
+        bodyless = scope["method"] in _BODYLESS_METHODS or RAY_PROXY_PATH.match(scope["path"])
+        kind = None if bodyless else _body_kind(scope)
+        if kind is None:
+            await self.app(scope, receive, send)
+            return
+
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if kind == "json":
+            allow_nul = bool(self.nul_allowed) and scope["path"].startswith(self.nul_allowed)
+            problem = raw_json_problem(body, max_depth=self.max_depth, allow_nul=allow_nul)
+        else:
+            problem = urlencoded_problem(body)
+        if problem is not None:
+            await self._reject(scope, receive, send, f"body: {problem}")
+            return
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 DEFAULT_CSP = (
@@ -218,9 +349,6 @@ class SecurityHeadersMiddleware:
 
 def _host(scope: Scope) -> bytes:
     return bytes(dict(scope["headers"]).get(b"host", b"")).lower()
-
-
-RAY_PROXY_PATH = re.compile(r"^/api/v1/clusters/[0-9a-fA-F-]{36}/ray(/|$)")
 
 
 class DashboardOriginMiddleware:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     """Uvicorn worker processes for `tesai server`."""
     public_url: str = "http://127.0.0.1:8000"
     """The URL users and agents reach the control plane at (used in join commands, SIWS)."""
+    forwarded_allow_ips: str | None = None
+    """Addresses of the reverse proxies in front of the API whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed (comma-separated IPs or networks, ``*`` for any;
+    uvicorn's ``forwarded_allow_ips``). Unset: none is, and a client's address is its
+    connection's, which rate limits and the address recorded for an agent's Ray head use."""
     dashboard_url: str | None = None
     """Origin where browsers open clusters' Ray dashboards (e.g. ``https://dash.example.com``,
     pointing at this server). It must differ from ``public_url``'s origin: a dashboard's
@@ -119,8 +124,9 @@ class Settings(BaseSettings):
     """Password sign-ins per second one email may be tried at, from anywhere (3 a minute)."""
     login_burst_per_account: int = 10
     password_hash_concurrency: int = 0
-    """argon2 computations (sign-in, sign-up) one API process runs at once, on threads of
-    the lowest CPU priority; 0: half the CPU cores, at least one."""
+    """argon2 computations (sign-in, sign-up) one host runs at once, all its API processes
+    together (lock files under `home`), on threads of low CPU priority; 0: half the CPU
+    cores, at least one."""
     password_hash_queue: int = 32
     """Password checks that may wait for a free slot in one API process; more → 503 with
     Retry-After (a storm of sign-ins is refused, not queued for minutes)."""
@@ -157,17 +163,42 @@ class Settings(BaseSettings):
     device_flush_interval_s: float = 60.0
     """How often per-minute uptime and telemetry rollups are flushed to PostgreSQL."""
     verification_interval_s: float = 6 * 3600
-    """Online devices are re-verified (proof of compute) this often."""
+    """Online devices are re-verified (proof of compute) on average this often, at random
+    times between half and one and a half intervals after their last accepted proof."""
     verification_timeout_s: float = 600.0
     """A verification challenge without a result after this long fails (`verification_timeout`)."""
     proof_matrix_n_cpu: int = 256
-    """Matrix size of the CPU proof of compute."""
-    proof_matrix_n_gpu: int = 4096
-    """Matrix size of the GPU proof of compute."""
+    """Matrix size of the CPU proof of compute (a power of two, 64 to 65536)."""
+    proof_matrix_n_gpu: int = 32768
+    """Largest matrix size of a GPU proof; smaller when half the declared GPU memory cannot hold
+    its working set (about 20 bytes per entry)."""
     proof_iterations: int = 3
-    """Matrix products per proof (timed together)."""
-    proof_full_digest_max_n: int = 1024
-    """The server recomputes the whole proof digest (O(n³)) only up to this matrix size."""
+    """Rounds (matrix products) of a CPU proof; a GPU proof gets as many as its target time
+    needs (`proof_gpu_target_s`)."""
+    proof_max_rounds: int = 64
+    """At most this many rounds per declared GPU."""
+    proof_gpu_target_s: float = 2.0
+    """Work of a GPU proof: what the declared model does in this long at `proof_gpu_efficiency`
+    of its reference rate (`tesai.devices.gpu_reference`)."""
+    proof_gpu_efficiency: float = 0.5
+    """Share of its reference rate (TF32, else FP32) a GPU of the declared model reaches on the
+    whole proof (products, committing, copies): the calibration's assumption."""
+    proof_deadline_slack: float = 1.25
+    """Deadline = slack × the expected time + `proof_latency_allowance_s`. Larger passes slower
+    honest devices and lets closer lower-class GPUs through."""
+    proof_latency_allowance_s: float = 0.5
+    """Added to every deadline: the network (seed out, root back) and the agent's start-up."""
+    proof_cpu_min_deadline_s: float = 5.0
+    """A CPU device's deadline is at least this (busy shared hosts are slow, not lying)."""
+    proof_sample_blocks: int = 24
+    """Blocks the agent must open per proof (at least one per round)."""
+    proof_checked_entries: int = 64
+    """Entries the server recomputes per proof (O(n) each), spread over the opened blocks, at
+    least two per block: a commitment to guesses passes with probability about 2^-64."""
+    proof_review_failures: int = 3
+    """This many failed proofs within `proof_review_window_s` disable a device until an admin
+    reviews it (`proof_failures_review`)."""
+    proof_review_window_s: float = 7 * 24 * 3600
     price_min_micro: int = 10_000
     """Lowest price a provider may set per priced unit-hour (GPU-hour, or device-hour on CPU)."""
     price_max_micro: int = 100_000_000
@@ -245,13 +276,32 @@ class Settings(BaseSettings):
     max_replacements_per_hour: int = 5
     """Cap on node replacements per cluster per hour (no recovery storms)."""
     flap_exclusion_s: int = 900
-    """A device lost from a cluster is not picked as a replacement for this long."""
+    """A device lost from a cluster is not picked as a replacement for this long (except by
+    the lost node's own slot once the device is back: its cluster gets it first)."""
+    replacement_retry_s: float = 5.0
+    """When no device was free for a lost node, its replacement is tried again after this
+    long, twice that after the next failed try, and so on up to ``replacement_retry_max_s``
+    (at once when the node's own device comes back)."""
+    replacement_retry_max_s: float = 60.0
+    """The longest wait between two replacement tries of a lost node."""
     autoscale_up_after_s: float = 30.0
     """Ray's unplaceable demand must persist this long before an autoscaled cluster grows."""
     autoscale_idle_timeout_s: float = 300.0
     """A worker idle this long is removed from an autoscaled cluster (never below min)."""
     ray_proxy_timeout_s: float = 60.0
     """Timeout of a request proxied to a cluster's Ray dashboard."""
+    ray_upload_max_bytes: int = 100 * 1024 * 1024
+    """Largest package (``ray job submit --working-dir``, ``py_modules``) uploaded through
+    the Ray proxy (``PUT …/ray/api/packages/…``), streamed to the head, never held whole in
+    memory. 100 MiB: the head's own dashboard accepts no larger request body."""
+    ray_proxy_allow_internal_heads: bool = False
+    """Development only: let the Ray proxy connect to heads on loopback, private and
+    link-local addresses and the control plane's own networks (never the cloud metadata
+    address). `tesai up` and the tests, where every node runs on this machine, set it; in
+    production a head there is refused (``tesai.clusters.head_address``)."""
+    ray_proxy_denied_networks: list[str] = Field(default_factory=list)
+    """More networks (CIDR) the Ray proxy never connects to, beside the control plane's own
+    interfaces' networks: e.g. its public addresses behind NAT."""
     sla_promised_uptime: float = Field(default=0.99, ge=0.0, le=1.0)
     """Uptime a provider promises unless an admin sets its own (operations SLA report)."""
 

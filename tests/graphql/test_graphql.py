@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
+import orjson
+import pytest
+from sqlalchemy import event
 
 from graphql import GraphQLError
 from tesai.auth.errors import MissingRole
@@ -198,3 +202,69 @@ def test_unexpected_resolver_errors_are_masked() -> None:
     refused = classify(GraphQLError("x", original_error=MissingRole("Needs admin", role="admin")))
     assert refused.message == "Needs admin"
     assert refused.extensions == {"code": "missing_role", "status": 403, "role": "admin"}
+
+
+OFFERS_AND_POOL = """{
+  offers(minGpus: 0) { offers { deviceId pricePerGpuHourMicro } groups { gpuModel } }
+  pool { gpusOnline byModelRegion { gpuModel } }
+}"""
+
+
+async def test_two_database_fields_in_one_query_both_answer(client: httpx.AsyncClient) -> None:
+    """Both resolvers ran at once on the request's one session: 'Internal server error'
+    ten times in ten."""
+    for _ in range(10):
+        response = await gql(client, OFFERS_AND_POOL)
+        body = response.json()
+        assert "errors" not in body, body
+        assert body["data"]["offers"]["offers"] == []
+        assert body["data"]["pool"]["gpusOnline"] == 0
+
+
+async def test_many_aliased_database_fields_share_one_connection(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """Fifteen fields of one query must not take fifteen pooled connections."""
+    pool = runtime.engine.sync_engine.pool
+    while pool.checkedout():  # type: ignore[attr-defined] # the metrics refresher's start-up query
+        await asyncio.sleep(0.01)
+    held = {"now": 0, "peak": 0}
+
+    def checkout(*_: Any) -> None:
+        held["now"] += 1
+        held["peak"] = max(held["peak"], held["now"])
+
+    def checkin(*_: Any) -> None:
+        held["now"] -= 1
+
+    query = "{ " + " ".join(f"o{i}: offers {{ offers {{ deviceId }} }}" for i in range(15)) + " }"
+    event.listen(pool, "checkout", checkout)
+    event.listen(pool, "checkin", checkin)
+    try:
+        body = (await gql(client, query)).json()
+    finally:
+        event.remove(pool, "checkout", checkout)
+        event.remove(pool, "checkin", checkin)
+    assert "errors" not in body, body
+    assert len(body["data"]) == 15
+    assert held["peak"] == 1
+
+
+@pytest.mark.parametrize("price", ['"1000000"', "true", "1000000.0"])
+async def test_money_arguments_take_only_integers(client: httpx.AsyncClient, price: str) -> None:
+    query = f"{{ offers(maxPricePerGpuHourMicro: {price}) {{ offers {{ deviceId }} }} }}"
+    body = (await gql(client, query)).json()
+    assert body["data"] is None
+    assert codes(body) == ["invalid_query"]
+    variables = {"p": orjson.loads(price)}
+    response = await client.post(
+        "/graphql",
+        json={
+            "query": "query($p: MicroUSDC) "
+            "{ offers(maxPricePerGpuHourMicro: $p) { groups { gpuModel } } }",
+            "variables": variables,
+        },
+    )
+    assert codes(response.json()) == ["invalid_query"], response.text
+    ok = await gql(client, "{ offers(maxPricePerGpuHourMicro: 1000000) { groups { gpuModel } } }")
+    assert "errors" not in ok.json()

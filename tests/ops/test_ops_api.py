@@ -213,7 +213,13 @@ async def test_move_places_a_replacement_and_the_old_node_leaves_once_it_runs(
     assert await audit_rows(runtime, "ops.node_move") == []
 
     spare = await add_device(gpu_model=None, gpus=0)
+    # A NUL in the reason is refused at the edge (422), and nothing moves.
     r = await client.post(url, json={"reason": "host\x00 maintenance"}, headers=admin_headers)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert {n.state for n in await node_rows(runtime, cid)} == {NodeState.running}
+    assert await audit_rows(runtime, "ops.node_move") == []
+    r = await client.post(url, json={"reason": "host maintenance"}, headers=admin_headers)
     assert r.status_code == 200, r.text
     move = r.json()
     assert move["replacement_device_id"] == str(spare.id)

@@ -38,7 +38,8 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key
 
 
 def request_ip(request: Request) -> str | None:
-    """The peer address (proxies in front are expected to be configured in uvicorn)."""
+    """The peer address: the connection's, or a trusted reverse proxy's ``X-Forwarded-For``
+    (``Settings.forwarded_allow_ips``, applied by uvicorn)."""
     return request.client.host if request.client else None
 
 

@@ -7,6 +7,8 @@ from tesai.errors import (
     Conflict,
     Forbidden,
     NotFound,
+    Overloaded,
+    RateLimited,
     ServiceUnavailable,
     TokenInvalid,
     Unauthorized,
@@ -15,6 +17,18 @@ from tesai.errors import (
 
 class InvalidCredentials(Unauthorized):
     code = "invalid_credentials"
+
+
+class LoginThrottled(RateLimited):
+    """Too many password tries from this address or at this account (``auth.throttle``)."""
+
+    code = "login_throttled"
+
+
+class PasswordCheckBusy(Overloaded):
+    """This process's password hashing is saturated (``auth.passwords.HashGate``)."""
+
+    code = "password_check_busy"
 
 
 class RefreshTokenInvalid(TokenInvalid):

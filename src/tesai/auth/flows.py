@@ -2,8 +2,9 @@
 the audit trail, in one call per endpoint.
 
 Each takes the request's session (its unit of work) and the ``Runtime`` (signing key,
-cache, settings). A failed sign-in raises after recording ``auth.login_failed`` in its own
-transaction, because the request's transaction rolls back.
+cache, settings). A failed sign-in raises after committing its ``auth.login_failed``
+record, because the request's transaction rolls back. Password flows never hash inside a
+transaction (``password_login``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tesai.accounts import service as accounts
 from tesai.accounts.models import User
 from tesai.audit.service import record, record_detached
 from tesai.auth import apikeys, oidc, service, wallet
@@ -24,13 +26,17 @@ from tesai.auth.errors import (
     WalletSignInFailed,
 )
 from tesai.auth.models import ApiKey, UserWallet
+from tesai.auth.passwords import HashGate, HostSlots, default_concurrency
 from tesai.auth.principal import Principal
 from tesai.auth.service import TokenPair
+from tesai.auth.throttle import spend_login_attempt
 from tesai.auth.tokens import runtime_signing_key
 from tesai.errors import AppError, Unauthorized
 from tesai.runtime import Runtime
 
 T = TypeVar("T")
+
+_HASH_GATE = "auth.hash_gate"
 
 
 async def _or_record_failure(
@@ -74,11 +80,41 @@ async def _start(
     return pair
 
 
+def hash_gate(runtime: Runtime) -> HashGate:
+    """This process's bound on password hashing (one per runtime, made on first use; the
+    host-wide slots live under ``TESAI_HOME``, which a host's API processes share)."""
+    gate = runtime.state.get(_HASH_GATE)
+    if gate is None:
+        settings = runtime.settings
+        concurrency = settings.password_hash_concurrency or default_concurrency()
+        gate = HashGate(
+            concurrency,
+            settings.password_hash_queue,
+            HostSlots(settings.home / "locks", concurrency),
+        )
+        runtime.state[_HASH_GATE] = gate
+    assert isinstance(gate, HashGate)
+    return gate
+
+
 async def signup(
-    session: AsyncSession, *, email: str, password: str, roles: list[str], ip: str | None
+    session: AsyncSession,
+    runtime: Runtime,
+    *,
+    email: str,
+    password: str,
+    roles: list[str],
+    ip: str | None,
 ) -> User:
-    """Create a password account. Raises ``EmailTaken``."""
-    user = await service.signup(session, email=email, password=password, roles=roles)
+    """Create a password account. Raises ``EmailTaken`` or ``PasswordCheckBusy``."""
+    if await accounts.get_user_by_email(session, email) is not None:
+        raise accounts.EmailTaken("An account with this email already exists")
+    # The hash runs between two short transactions, never inside one (see password_login).
+    await session.commit()
+    password_hash = await hash_gate(runtime).hash(password)
+    user = await accounts.create_user(
+        session, email=email, password_hash=password_hash, roles=roles
+    )
     await record(
         session,
         action="auth.signup",
@@ -94,19 +130,40 @@ async def signup(
 async def password_login(
     session: AsyncSession, runtime: Runtime, *, email: str, password: str, ip: str | None
 ) -> TokenPair:
-    """Raises ``InvalidCredentials``."""
+    """Check an email and password and start a session.
 
-    async def check() -> User:
-        return await service.authenticate_password(session, email=email, password=password)
+    Raises ``LoginThrottled`` (429: too many tries from this address or at this account),
+    ``PasswordCheckBusy`` (503: hashing saturated) or ``InvalidCredentials`` (the same
+    answer, after the same work, for an unknown email and a wrong password).
 
-    user = await _or_record_failure(
-        runtime,
-        check,
-        InvalidCredentials,
-        action="auth.login_failed",
-        ip=ip,
-        details={"method": "password", "email": email.strip().lower()},
-    )
+    The argon2 check (~0.2 s of CPU) runs with no database connection held: the user is
+    read in a transaction of its own, committed before hashing, and the outcome is written
+    afterwards; reading and hashing wait for a turn of the process's ``HashGate``. Holding
+    the pooled connection through the hash, plus a second one for the failure's audit row,
+    let 50 parallel wrong passwords take the whole pool from everybody. A failed try's
+    audit row is committed before the request answers 401 (its own transaction would roll
+    back otherwise).
+    """
+    await spend_login_attempt(runtime.cache, runtime.settings, ip=ip, email=email)
+    gate = hash_gate(runtime)
+    async with gate.turn():  # a storm reaches the database one turn at a time too
+        user = await accounts.get_user_by_email(session, email)
+        await session.commit()  # release the connection; expire_on_commit=False keeps `user`
+        ok = await gate.verify_in_turn(user.password_hash if user else None, password)
+    if user is None or not ok or not user.is_active:
+        await record(
+            session,
+            action="auth.login_failed",
+            actor_kind="anonymous",
+            ip=ip,
+            details={
+                "method": "password",
+                "email": accounts.normalize_email(email),
+                "reason": "Wrong email or password",
+            },
+        )
+        await session.commit()
+        raise InvalidCredentials("Wrong email or password")
     return await _start(session, runtime, user, ip, {"method": "password"})
 
 

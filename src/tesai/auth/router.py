@@ -47,10 +47,13 @@ def tokens_out(pair: TokenPair) -> TokenResponse:
 
 
 @router.post("/signup", status_code=status.HTTP_201_CREATED)
-async def signup(body: SignupRequest, session: SessionDep, request: Request) -> UserOut:
+async def signup(
+    body: SignupRequest, session: SessionDep, runtime: RuntimeDep, request: Request
+) -> UserOut:
     """Create an account with email and password (roles: customer and/or provider)."""
     user = await flows.signup(
         session,
+        runtime,
         email=body.email,
         password=body.password,
         roles=list(body.roles),

@@ -1,4 +1,4 @@
-"""Sign-up, password login, and sessions (access + rotating refresh tokens).
+"""Sessions: access tokens and rotating refresh tokens (password checks: ``flows``).
 
 A *session* starts at a login and is one refresh-token family. Each refresh uses up the
 presented token and issues a new one of the same family. Presenting a used token means
@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tesai.accounts import service as accounts
 from tesai.accounts.models import User
 from tesai.audit.service import record
-from tesai.auth.errors import InvalidCredentials, RefreshTokenInvalid, RefreshTokenReused
+from tesai.auth.errors import RefreshTokenInvalid, RefreshTokenReused
 from tesai.auth.models import RefreshToken
-from tesai.auth.passwords import hash_password, verify_password
 from tesai.auth.principal import hash_secret, revoked_family_key
 from tesai.auth.tokens import DERIVED_SESSION_MAX_S, SigningKey, issue_access_token
 from tesai.kit.cache import Cache
@@ -36,25 +33,6 @@ class TokenPair:
     refresh_token: str
     expires_in: int
     token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type
-
-
-async def signup(session: AsyncSession, *, email: str, password: str, roles: Iterable[str]) -> User:
-    """Create a password user. Raises ``EmailTaken``."""
-    if await accounts.get_user_by_email(session, email) is not None:
-        raise accounts.EmailTaken("An account with this email already exists")
-    return await accounts.create_user(
-        session, email=email, password_hash=await hash_password(password), roles=roles
-    )
-
-
-async def authenticate_password(session: AsyncSession, *, email: str, password: str) -> User:
-    """The active user with this email and password. Raises ``InvalidCredentials`` (the
-    same answer for unknown email and wrong password)."""
-    user = await accounts.get_user_by_email(session, email)
-    ok = await verify_password(user.password_hash if user else None, password)
-    if user is None or not ok or not user.is_active:
-        raise InvalidCredentials("Wrong email or password")
-    return user
 
 
 async def start_session(

@@ -7,11 +7,13 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from tesai.kit.money import Micro
+
 MAX_MICRO = 1_000_000_000_000_000
 
 
 class AmountIn(BaseModel):
-    amount_micro: int = Field(gt=0, le=MAX_MICRO, description="Micro-USDC (1 USDC = 1,000,000)")
+    amount_micro: Micro = Field(gt=0, le=MAX_MICRO, description="Micro-USDC (1 USDC = 1,000,000)")
 
 
 class BalanceOut(BaseModel):
@@ -49,7 +51,7 @@ class UsageLineOut(BaseModel):
 
 class GrantIn(BaseModel):
     user_id: uuid.UUID
-    amount_micro: int = Field(gt=0, le=MAX_MICRO)
+    amount_micro: Micro = Field(gt=0, le=MAX_MICRO)
     reason: str = Field(min_length=1, max_length=300)
 
 

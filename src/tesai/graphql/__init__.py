@@ -9,7 +9,7 @@ Layout — one module per domain, each exporting a ``Query`` type with that doma
     graphql/
       __init__.py   mount_graphql(app)
       schema.py     merges every domain's Query; depth, token and alias limits
-      context.py    GraphQLContext: request, unit-of-work session, principal (or None)
+      context.py    GraphQLContext: request, unit of work (db()), principal (or None)
       errors.py     AppError → GraphQL error with ``extensions.code``; others masked
       accounts.py   me
       pool.py       pool (public statistics)
@@ -21,7 +21,9 @@ Adding a domain's read models:
    built from the service's result by a ``<name>_type(...)`` function) and one
    ``@strawberry.type class Query`` whose fields are ``strawberry.field(resolver=...)``;
    resolvers take ``info: strawberry.Info[GraphQLContext, None]`` and call the domain's
-   *service* with ``info.context.session`` — no SQL here, no mutations (REST changes state).
+   *service* inside ``async with info.context.db() as session:`` (resolvers of one query
+   run concurrently; they take turns on the request's session) — no SQL here, no
+   mutations (REST changes state).
 2. Guard fields with ``info.context.require_user()`` or ``await
    info.context.require_role("provider")``: the same checks as REST, so a refusal is a
    GraphQL error whose ``extensions.code`` is the REST problem ``code`` (``unauthorized``,

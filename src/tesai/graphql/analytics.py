@@ -59,10 +59,11 @@ async def resolve_report(
     known = REPORTS.get(name)
     if known is not None and not known.public:
         await ctx.require_role("admin")
-    out = await service.report(
-        ctx.session, name, public=known is None or known.public, since=since, until=until,
-        grain=grain, gpu_model=model, region=region, limit=limit,
-    )  # fmt: skip
+    async with ctx.db() as session:
+        out = await service.report(
+            session, name, public=known is None or known.public, since=since, until=until,
+            grain=grain, gpu_model=model, region=region, limit=limit,
+        )  # fmt: skip
     assert isinstance(out, ReportOut)
     return AnalyticsReport(
         name=out.report,

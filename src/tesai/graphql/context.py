@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.fastapi import BaseContext
@@ -20,8 +24,21 @@ class GraphQLContext(BaseContext):
     def __init__(self, runtime: Runtime, session: AsyncSession, principal: Principal | None):
         super().__init__()
         self.runtime = runtime
-        self.session = session
         self.principal = principal
+        self._session = session
+        self._turn = asyncio.Lock()
+
+    @asynccontextmanager
+    async def db(self) -> AsyncIterator[AsyncSession]:
+        """The request's unit of work, to one resolver at a time.
+
+        graphql-core resolves the fields of a selection concurrently (``{ offers pool }``
+        awaits both resolvers together), and a SQLAlchemy session must never be used by two
+        tasks at once (it failed every such query). Taking turns on the one session keeps a
+        request to one pooled connection however many fields (or aliases) it asks for.
+        """
+        async with self._turn:
+            yield self._session
 
     def require_principal(self) -> Principal:
         """The caller; raises ``Unauthorized`` for anonymous callers."""

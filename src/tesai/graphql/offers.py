@@ -63,7 +63,8 @@ async def resolve_offers(
         )
     except ValueError as exc:
         raise InvalidInput(str(exc).splitlines()[0]) from exc
-    found = await search(info.context.session, query)
+    async with info.context.db() as session:
+        found = await search(session, query)
     return Offers(
         offers=[
             Offer(

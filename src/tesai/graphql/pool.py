@@ -65,7 +65,9 @@ def pool_type(stats: PoolStats) -> Pool:
 
 async def resolve_pool(info: strawberry.Info[GraphQLContext, None]) -> Pool:
     ctx = info.context
-    return pool_type(await pool_stats(ctx.session, ctx.runtime.cache, ctx.runtime.settings))
+    async with ctx.db() as session:
+        stats = await pool_stats(session, ctx.runtime.cache, ctx.runtime.settings)
+    return pool_type(stats)
 
 
 @strawberry.type

@@ -7,7 +7,8 @@ and a traceback the size of the value) or a NUL character, which PostgreSQL cann
 ``text`` or ``jsonb``. Two checks, both answering 422 instead:
 
 - ``BoundedJson`` / ``json_limits``: a pydantic annotation for every free-form field —
-  depth, serialised size, NUL, and values orjson (hence the database) can encode;
+  depth, serialised size, NUL, and values orjson (hence the database) can encode (the agent
+  protocol's fields let NUL through: the devices domain strips it, see ``protocol.v1``);
 - ``raw_json_problem`` and ``urlencoded_problem``: the same rules over a raw request body,
   before any parser runs (``tesai.middleware.InputLimitsMiddleware``).
 
@@ -33,7 +34,9 @@ MAX_BODY_DEPTH: Final = 64
 NUL_MESSAGE: Final = "NUL characters (\\u0000) are not accepted"
 
 
-def json_problem(value: Any, *, max_depth: int, max_bytes: int) -> str | None:
+def json_problem(
+    value: Any, *, max_depth: int, max_bytes: int, allow_nul: bool = False
+) -> str | None:
     """Why ``value`` (decoded JSON) may not be stored, or None when it may.
 
     Iterative, so a value nested deeper than the interpreter's recursion limit is refused
@@ -43,14 +46,14 @@ def json_problem(value: Any, *, max_depth: int, max_bytes: int) -> str | None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
+            if not allow_nul and "\x00" in item:
                 return NUL_MESSAGE
         elif isinstance(item, dict | list):
             if depth >= max_depth:
                 return f"nested deeper than {max_depth} levels"
             children = item.items() if isinstance(item, dict) else enumerate(item)
             for key, child in children:
-                if isinstance(key, str) and "\x00" in key:
+                if not allow_nul and isinstance(key, str) and "\x00" in key:
                     return NUL_MESSAGE
                 stack.append((child, depth + 1))
     try:
@@ -63,14 +66,14 @@ def json_problem(value: Any, *, max_depth: int, max_bytes: int) -> str | None:
 
 
 def json_limits(
-    *, max_depth: int = MAX_JSON_DEPTH, max_bytes: int = MAX_JSON_BYTES
+    *, max_depth: int = MAX_JSON_DEPTH, max_bytes: int = MAX_JSON_BYTES, allow_nul: bool = False
 ) -> AfterValidator:
     """A validator for ``Annotated[<json type>, json_limits(...)]``: refuses (422) values
-    deeper than ``max_depth``, larger than ``max_bytes`` serialised, holding a NUL, or that
-    orjson cannot encode."""
+    deeper than ``max_depth``, larger than ``max_bytes`` serialised, that orjson cannot
+    encode, or (unless ``allow_nul``) holding a NUL."""
 
     def check(value: Any) -> Any:
-        problem = json_problem(value, max_depth=max_depth, max_bytes=max_bytes)
+        problem = json_problem(value, max_depth=max_depth, max_bytes=max_bytes, allow_nul=allow_nul)
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -111,15 +114,19 @@ def _nesting(brackets: bytes) -> int:
     return int(np.cumsum(steps).max(initial=0))
 
 
-def raw_json_problem(body: bytes, *, max_depth: int = MAX_BODY_DEPTH) -> str | None:
+def raw_json_problem(
+    body: bytes, *, max_depth: int = MAX_BODY_DEPTH, allow_nul: bool = False
+) -> str | None:
     """Why a raw JSON request body is refused before parsing, or None.
 
-    Refuses NUL (raw or as ``\\u0000``) and nesting deeper than ``max_depth``: Python's JSON
-    parser recurses once per level and fails past about 1,000 levels with a
-    ``RecursionError`` (a 500), and nothing we store needs more than ``MAX_BODY_DEPTH``.
-    Invalid JSON is left to the parser (its own 422).
+    Refuses NUL (raw, or as ``\\u0000`` unless ``allow_nul``) and nesting deeper than
+    ``max_depth``: Python's JSON parser recurses once per level and fails past about 1,000
+    levels with a ``RecursionError`` (a 500), and nothing we store needs more than
+    ``MAX_BODY_DEPTH``. Invalid JSON is left to the parser (its own 422).
     """
-    if b"\x00" in body or (b"u0000" in body and _NUL_ESCAPE.search(body)):
+    if b"\x00" in body:
+        return NUL_MESSAGE  # invalid in JSON text in any case
+    if not allow_nul and b"u0000" in body and _NUL_ESCAPE.search(body):
         return NUL_MESSAGE
     if body.count(b"[") + body.count(b"{") <= max_depth:
         return None
