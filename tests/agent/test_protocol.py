@@ -14,8 +14,9 @@ from tesai.protocol.v1 import (
     GpuTelemetry,
     Heartbeat,
     NodeState,
+    ProofCommitment,
+    ProofReveal,
     Telemetry,
-    VerificationResult,
 )
 
 
@@ -59,17 +60,24 @@ def test_oversized_or_malformed_heartbeats_are_rejected(bad: dict[str, object]) 
         Heartbeat.model_validate(bad)
 
 
-def test_verification_digest_must_be_a_sha256_hex() -> None:
+def test_proof_commitment_root_must_be_a_sha256_hex_and_openings_are_bounded() -> None:
     base = {
         "challenge_id": str(uuid.uuid4()),
-        "kind": "cpu",
-        "digest": "a" * 64,
-        "timings": {"gemm_s": 1, "gflops": 1},
-        "device_model": "cpu",
+        "root": "a" * 64,
+        "report": {"kind": "cpu", "device_model": "cpu", "timings": {"gemm_s": 1, "gflops": 1}},
     }
-    assert VerificationResult.model_validate(base).digest == "a" * 64
+    assert ProofCommitment.model_validate(base).root == "a" * 64
     with pytest.raises(ValidationError):
-        VerificationResult.model_validate({**base, "digest": "not-hex"})
+        ProofCommitment.model_validate({**base, "root": "not-hex"})
+    opening = {"round": 0, "block": 0, "data": "AA==", "path": ["b" * 64]}
+    with pytest.raises(ValidationError):
+        ProofReveal.model_validate(
+            {"challenge_id": base["challenge_id"], "openings": [opening] * 65}
+        )
+    with pytest.raises(ValidationError):
+        ProofReveal.model_validate(
+            {"challenge_id": base["challenge_id"], "openings": [opening | {"data": "A" * 20000}]}
+        )
 
 
 def test_models_are_constructible_in_code() -> None:

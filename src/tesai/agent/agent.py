@@ -9,7 +9,9 @@
   moved aside so a new join token can be used.
 
 An unreachable control plane is never fatal: calls are retried with exponential backoff and full
-jitter (cap 30 s), and a restarted server finds the agent still heartbeating.
+jitter (cap 30 s), or after the server's ``Retry-After`` when it says how long (an overloaded
+server, or one that cannot reach its cache, answers 503 with one), and a restarted server
+finds the agent still heartbeating.
 """
 
 from __future__ import annotations
@@ -28,22 +30,26 @@ from uuid import UUID
 import httpx
 
 from tesai.agent import AGENT_VERSION
-from tesai.agent.backoff import BACKOFF_CAP_S, backoff_delay
-from tesai.agent.commands import CommandHandlers, load_ray_node, verification_result_data
+from tesai.agent.backoff import BACKOFF_CAP_S, backoff_delay, retry_after_s, retry_delay
+from tesai.agent.commands import CommandHandlers, load_ray_node
+from tesai.agent.http import agent_client
 from tesai.agent.metrics import AgentMetrics, MetricsServer, find_dcgm_exporter
 from tesai.agent.netprobe import BANDWIDTH_BYTES, probe_network
 from tesai.agent.probe import probe_hardware
-from tesai.agent.proof import run_proof
+from tesai.agent.proof import HonestProver, ProofWork, Prover, work_summary
 from tesai.agent.state import AgentState, Credential
 from tesai.agent.telemetry import Sampler
+from tesai.protocol.proof import PROOF_VERSION
 from tesai.protocol.v1 import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
     HEARTBEAT_PATH,
     JOIN_PATH,
     LEAVE_PATH,
     MAX_COMMANDS,
+    PROOF_COMMIT_PATH,
+    PROOF_REVEAL_PATH,
+    PROOF_START_PATH,
     ROTATE_PATH,
-    VERIFICATION_PATH,
     Command,
     CommandResult,
     CredentialRotation,
@@ -56,8 +62,14 @@ from tesai.protocol.v1 import (
     LeaveRequest,
     NetworkProbe,
     NodeState,
+    ProofChallenge,
+    ProofCommitment,
+    ProofOpeningRequest,
+    ProofReveal,
+    ProofStart,
     VerificationOutcome,
     VerifyArgs,
+    WireModel,
 )
 
 log = logging.getLogger("tesai.agent")
@@ -70,6 +82,14 @@ EXIT_CREDENTIAL_REVOKED = 4
 ROTATE_BEFORE = timedelta(hours=1)
 LEAVE_TIMEOUT_S = 3.0
 VERIFY_POST_ATTEMPTS = 6
+
+
+class _ProofNotDelivered(Exception):
+    """A step of the proof exchange the server refused, or never got."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 class AgentExit(Exception):
@@ -98,6 +118,8 @@ class AgentConfig:
     request_timeout_s: float = 10.0
     backoff_cap_s: float = BACKOFF_CAP_S
     use_gpu_proof: bool = True
+    local_address: str | None = None
+    """Source address of connections to the control plane (None: the system's choice)."""
 
 
 def _problem(response: httpx.Response) -> str:
@@ -117,6 +139,13 @@ def _is_retryable(response: httpx.Response) -> bool:
     return response.status_code >= 500 or response.status_code in (408, 429)
 
 
+def _retry_after(response: httpx.Response | None) -> float | None:
+    """The server's ``Retry-After`` on a refusal it wants retried (503, 429)."""
+    if response is None or response.status_code not in (429, 503):
+        return None
+    return retry_after_s(response.headers)
+
+
 class Agent:
     """One agent process's life: join, heartbeat, commands, shutdown."""
 
@@ -124,6 +153,7 @@ class Agent:
         self.config = config
         self.state = AgentState(config.state_dir)
         self.handlers = CommandHandlers(self._verify, load_ray_node())
+        self.prover: Prover = HonestProver(use_gpu=config.use_gpu_proof)
         self.hardware: HardwareSpec | None = None
         self.credential: Credential | None = None
         self.net: NetworkProbe | None = None
@@ -139,6 +169,7 @@ class Agent:
         self._nodes_changed = asyncio.Event()
         self._verify_lock = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
+        self._retired_clients: list[httpx.AsyncClient] = []
         self._sampler: Sampler | None = None
         self.metrics = AgentMetrics()
         self._metrics_server: MetricsServer | None = None
@@ -150,6 +181,30 @@ class Agent:
     def client(self) -> httpx.AsyncClient:
         assert self._client is not None
         return self._client
+
+    def open_client(self) -> None:
+        """(Re)open the HTTP client for the current interval: its idle connections must
+        expire before the server's, which the server sizes by the interval
+        (``tesai.agent.http``)."""
+        if self._client is not None:
+            self._retired_clients.append(self._client)  # other tasks may still use it
+        self._client = agent_client(
+            self.config.server_url,
+            interval_s=self.interval_s,
+            timeout_s=self.config.request_timeout_s,
+            local_address=self.config.local_address,
+        )
+
+    def _set_interval(self, interval_s: float) -> None:
+        if interval_s != self.interval_s:
+            self.interval_s = interval_s
+            self.open_client()
+
+    async def close_clients(self) -> None:
+        for client in [*self._retired_clients, self._client]:
+            if client is not None:
+                await client.aclose()
+        self._retired_clients.clear()
 
     def _auth(self) -> dict[str, str]:
         assert self.credential is not None
@@ -183,11 +238,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.request_stop)
-        self._client = httpx.AsyncClient(
-            base_url=self.config.server_url.rstrip("/"),
-            timeout=httpx.Timeout(self.config.request_timeout_s, connect=5.0),
-            headers={"User-Agent": f"tesai-agent/{AGENT_VERSION}"},
-        )
+        self.open_client()
         background: list[asyncio.Task[None]] = []
         try:
             self.hardware = await asyncio.to_thread(probe_hardware, self.config.state_dir)
@@ -233,7 +284,7 @@ class Agent:
                 task.cancel()
             for task in self._running.values():
                 task.cancel()
-            await self._client.aclose()
+            await self.close_clients()
             if self._sampler is not None:
                 self._sampler.close()
             if self._metrics_server is not None:
@@ -305,12 +356,13 @@ class Agent:
                     token_expires_at=joined.token_expires_at,
                 )
                 self.state.save_credential(self.credential)
-                self.interval_s = joined.heartbeat_interval_s
+                self._set_interval(joined.heartbeat_interval_s)
                 log.info("joined as device %s", joined.device_id)
                 return True
             if response is not None and response.status_code >= 300 and not _is_retryable(response):
                 raise AgentExit(EXIT_JOIN_REJECTED, f"join refused: {_problem(response)}")
-            await self._sleep(backoff_delay(attempt, cap=self.config.backoff_cap_s))
+            delay = retry_delay(attempt, _retry_after(response), cap=self.config.backoff_cap_s)
+            await self._sleep(delay)
             attempt += 1
         return False
 
@@ -372,7 +424,8 @@ class Agent:
                 if not _is_retryable(response):
                     # A message the server cannot take must not wedge the loop.
                     self._forget_sent(beat)
-                await self._sleep(backoff_delay(failures, cap=self.config.backoff_cap_s))
+                delay = retry_delay(failures, _retry_after(response), cap=self.config.backoff_cap_s)
+                await self._sleep(delay)
                 failures += 1
                 continue
             if failures:
@@ -387,7 +440,7 @@ class Agent:
                 continue
             self.seq += 1
             self._forget_sent(beat)
-            self.interval_s = reply.interval_s
+            self._set_interval(reply.interval_s)
             self._accept_commands(reply.commands)
             if reply.rotate_credential or self._expires_soon():
                 await self.rotate_credential()
@@ -476,45 +529,87 @@ class Agent:
             self._running.pop(command.id, None)
 
     async def _verify(self, args: VerifyArgs) -> CommandResult:
-        """Run the proof of compute and submit it."""
-        cores = self.hardware.cpu_cores if self.hardware else None
-        async with self._verify_lock:
-            proof = await asyncio.to_thread(run_proof, args, cores, self.config.use_gpu_proof)
-        log.info(
-            "proof of compute: %s %.1f GFLOPS in %.2f s",
-            proof.kind,
-            proof.timings.gflops,
-            proof.timings.gemm_s,
+        """Prove compute for one challenge (``tesai.protocol.proof``): fetch the seed, compute
+        and send the commitment, open the blocks the server names. ``ok`` means the server
+        gave a verdict (``detail``: the reason code, or the device status)."""
+        if args.proof_version != PROOF_VERSION:
+            return CommandResult(
+                id=args.challenge_id,
+                ok=False,
+                detail=f"proof_version_unsupported: {args.proof_version} (this agent: "
+                f"{PROOF_VERSION})",
+            )
+        if any(node.state in ("starting", "running") for node in self.nodes):
+            # Never on a customer's GPU: even the memory test could starve their work.
+            return CommandResult(
+                id=args.challenge_id,
+                ok=False,
+                detail="device_rented: no proof of compute while cluster nodes run here",
+            )
+        work: ProofWork | None = None
+        try:
+            async with self._verify_lock:
+                await asyncio.to_thread(self.prover.prepare, args)
+                challenge = ProofChallenge.model_validate(
+                    await self._proof_call(
+                        PROOF_START_PATH, ProofStart(challenge_id=args.challenge_id)
+                    )
+                )
+                # The server's clock runs from its answer above to the commitment's arrival.
+                work = await asyncio.to_thread(self.prover.compute, challenge)
+                commitment = ProofCommitment(
+                    challenge_id=args.challenge_id, root=work.root, report=work.report
+                )
+                opening = ProofOpeningRequest.model_validate(
+                    await self._proof_call(PROOF_COMMIT_PATH, commitment)
+                )
+            log.info(
+                "proof of compute: %s %.1f GFLOP/s in %.2f s (own measurement)",
+                work.report.kind,
+                work.report.timings.gflops,
+                work.report.timings.gemm_s,
+            )
+            outcome = opening.outcome
+            if outcome is None:
+                openings = await asyncio.to_thread(self.prover.open, work, opening.blocks)
+                outcome = VerificationOutcome.model_validate(
+                    await self._proof_call(
+                        PROOF_REVEAL_PATH,
+                        ProofReveal(challenge_id=args.challenge_id, openings=openings),
+                    )
+                )
+        except _ProofNotDelivered as exc:
+            data = work_summary(work) if work is not None else None
+            return CommandResult(id=args.challenge_id, ok=False, detail=exc.detail, data=data)
+        return CommandResult(
+            id=args.challenge_id,
+            ok=True,
+            detail=outcome.reason or outcome.status,
+            data=work_summary(work) | outcome.model_dump(),
         )
-        body = proof.model_dump(mode="json")
+
+    async def _proof_call(self, path: str, body: WireModel) -> Any:
+        """POST one step of the proof, retrying what can be retried; the JSON answer.
+
+        Raises ``_ProofNotDelivered`` when the server refuses it or stays unreachable.
+        """
+        content = body.model_dump_json()
+        headers = self._auth() | {"Content-Type": "application/json"}
         for attempt in range(VERIFY_POST_ATTEMPTS):
             try:
-                response = await self.client.post(
-                    VERIFICATION_PATH, json=body, headers=self._auth()
-                )
+                response = await self.client.post(path, content=content, headers=headers)
             except httpx.HTTPError as exc:
-                log.warning("submitting the proof failed: %s", exc)
+                log.warning("proof of compute: %s failed: %s", path, exc)
                 response = None
             if response is not None and response.status_code < 300:
-                outcome = VerificationOutcome.model_validate(response.json())
-                data: dict[str, Any] = verification_result_data(proof) | outcome.model_dump()
-                return CommandResult(
-                    id=args.challenge_id,
-                    ok=True,
-                    detail=outcome.reason or outcome.status,
-                    data=data,
-                )
+                return response.json()
             if response is not None and not _is_retryable(response):
-                return CommandResult(
-                    id=args.challenge_id,
-                    ok=False,
-                    detail=f"verification refused: {_problem(response)}",
-                    data=verification_result_data(proof),
-                )
-            await self._sleep(backoff_delay(attempt, cap=self.config.backoff_cap_s))
+                raise _ProofNotDelivered(f"verification refused: {_problem(response)}")
+            delay = retry_delay(attempt, _retry_after(response), cap=self.config.backoff_cap_s)
+            await self._sleep(delay)
             if self._stop.is_set():
                 break
-        return CommandResult(id=args.challenge_id, ok=False, detail="verification_not_delivered")
+        raise _ProofNotDelivered("verification_not_delivered")
 
     # --- cluster nodes ---
 

@@ -6,13 +6,13 @@ dependencies; ``tesai.cli.agent`` mounts the same app under the ``tesai`` comman
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
 import typer
 
-from tesai.agent.state import default_state_dir
+# The agent's own modules (and asyncio) are imported inside the commands: `tesai --help`
+# and every other `tesai` command build this app too (start-up cost, see tesai.cli).
 
 app = typer.Typer(
     name="agent",
@@ -62,7 +62,10 @@ def agent(
     """Run the agent (``tesai agent --server URL --token T``); ``doctor`` checks the host."""
     if ctx.invoked_subcommand is not None:
         return
+    import asyncio
+
     from tesai.agent.agent import AgentConfig, run_agent
+    from tesai.agent.state import default_state_dir
 
     if not server:
         typer.echo("error: --server URL is required", err=True)
@@ -91,6 +94,7 @@ def doctor(
 ) -> None:
     """Check driver/NVML, Ray, ports, connectivity, clock skew and the state dir."""
     from tesai.agent.doctor import run_checks
+    from tesai.agent.state import default_state_dir
 
     checks = run_checks(server, state_dir or default_state_dir())
     colours = {"OK": typer.colors.GREEN, "WARN": typer.colors.YELLOW, "FAIL": typer.colors.RED}

@@ -27,7 +27,6 @@ from tesai.protocol.v1 import (
     CommandResult,
     DeviceStatus,
     NodeState,
-    VerificationResult,
     VerifyArgs,
 )
 
@@ -128,13 +127,3 @@ class CommandHandlers:
 def _failed(command: Command, reason: str, detail: str = "") -> CommandResult:
     text = f"{reason}: {detail}" if detail else reason
     return CommandResult(id=command.id, ok=False, detail=text[:MAX_STR])
-
-
-def verification_result_data(result: VerificationResult) -> dict[str, Any]:
-    """The summary of a proof kept in the command result (not the full sample)."""
-    return {
-        "kind": result.kind,
-        "digest": result.digest,
-        "gflops": result.timings.gflops,
-        "device_model": result.device_model,
-    }

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Final
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
-from tesai.auth.deps import RuntimeDep
+from tesai.auth.deps import RuntimeDep, request_ip
 from tesai.db import SessionDep
-from tesai.devices import agents
+from tesai.devices import agents, challenges
 from tesai.devices.deps import CurrentDevice, RenewingDevice, forget_after_commit
+from tesai.devices.errors import ProofVersionUnsupported
 from tesai.protocol.v1 import (
     CredentialRotation,
     Heartbeat,
@@ -18,8 +20,12 @@ from tesai.protocol.v1 import (
     JoinRequest,
     JoinResponse,
     LeaveRequest,
+    ProofChallenge,
+    ProofCommitment,
+    ProofOpeningRequest,
+    ProofReveal,
+    ProofStart,
     VerificationOutcome,
-    VerificationResult,
 )
 
 router = APIRouter(prefix="/agent", tags=["agent"])
@@ -38,15 +44,16 @@ async def join(body: JoinRequest, session: SessionDep, runtime: RuntimeDep) -> J
 
 @router.post("/heartbeat")
 async def heartbeat(
-    body: Heartbeat, device: CurrentDevice, runtime: RuntimeDep
+    body: Heartbeat, device: CurrentDevice, runtime: RuntimeDep, request: Request
 ) -> HeartbeatResponse:
     """Liveness and telemetry; pending commands ride on the response until acknowledged.
 
     The hot path: it writes only to the cache and opens a database session only when the
-    device has commands pending or the beat acknowledges some.
+    device has commands pending or the beat acknowledges some. The address the beat came
+    from is recorded with it (where the control plane reaches this device's Ray head).
     """
     return await agents.heartbeat(
-        runtime.sessionmaker, runtime.cache, runtime.settings, device, body
+        runtime.sessionmaker, runtime.cache, runtime.settings, device, body, request_ip(request)
     )
 
 
@@ -64,12 +71,39 @@ async def rotate_credential(
     return rotation
 
 
-@router.post("/verification")
-async def verification(
-    body: VerificationResult, device: CurrentDevice, session: SessionDep, runtime: RuntimeDep
+@router.post("/verification", include_in_schema=False)
+async def verification_v1(device: CurrentDevice) -> None:
+    """Proof of compute version 1 (one message with samples the agent chose): retired."""
+    raise ProofVersionUnsupported(
+        "This agent speaks proof-of-compute version 1, which is no longer accepted: upgrade it"
+    )
+
+
+@router.post("/verification/start")
+async def verification_start(
+    body: ProofStart, device: CurrentDevice, session: SessionDep
+) -> ProofChallenge:
+    """The seed of one of this device's challenges; the deadline counts from this answer."""
+    return await challenges.start(session, device, body.challenge_id)
+
+
+@router.post("/verification/commit")
+async def verification_commit(
+    body: ProofCommitment, device: CurrentDevice, session: SessionDep, runtime: RuntimeDep
+) -> ProofOpeningRequest:
+    """The Merkle root of the computed products; answers with the blocks to open."""
+    received_at = time.time()
+    return await challenges.commit(
+        session, runtime.cache, runtime.settings, device, body, received_at
+    )
+
+
+@router.post("/verification/reveal")
+async def verification_reveal(
+    body: ProofReveal, device: CurrentDevice, session: SessionDep, runtime: RuntimeDep
 ) -> VerificationOutcome:
-    """A proof-of-compute result for one of this device's challenges."""
-    return await agents.submit_verification(session, runtime.cache, runtime.settings, device, body)
+    """The requested blocks with their Merkle paths; answers with the verdict."""
+    return await challenges.reveal(session, runtime.settings, device, body)
 
 
 @router.post("/leave", status_code=status.HTTP_204_NO_CONTENT)

@@ -9,7 +9,7 @@ minutes to PostgreSQL.
 
 from __future__ import annotations
 
-import asyncio
+import math
 import secrets
 import time
 import uuid
@@ -26,17 +26,22 @@ from tesai.db import after_commit
 from tesai.devices import keys
 from tesai.devices.deps import DeviceAuth
 from tesai.devices.errors import (
-    ChallengeClosed,
-    ChallengeNotFound,
+    IntakeBusy,
     JoinTokenExpired,
     JoinTokenInvalid,
     JoinTokenUsed,
 )
 from tesai.devices.liveness import (
+    AGENT_RETRY_CAP_S,
+    Unobserved,
     accumulate,
+    covered_since,
+    gap_class,
     healthy_window_s,
     minute_of,
+    part_id,
     run_start,
+    split_by_minute,
     telemetry_sample,
 )
 from tesai.devices.models import (
@@ -45,13 +50,11 @@ from tesai.devices.models import (
     DeviceCredential,
     DeviceStatus,
     JoinToken,
-    VerificationChallenge,
 )
 from tesai.devices.service import get_device, issue_challenge, record_transition, revoke_credentials
-from tesai.devices.states import LIVE_STATES, can_transition
-from tesai.devices.verification import judge
+from tesai.devices.states import LIVE_STATES
 from tesai.errors import InvalidInput
-from tesai.kit.cache import Cache
+from tesai.kit.cache import Cache, Writes, last_outage
 from tesai.kit.time import utcnow
 from tesai.observability.business import HEARTBEATS
 from tesai.protocol.v1 import (
@@ -64,9 +67,6 @@ from tesai.protocol.v1 import (
     HeartbeatResponse,
     JoinRequest,
     JoinResponse,
-    VerificationOutcome,
-    VerificationResult,
-    VerifyArgs,
 )
 from tesai.settings import Settings
 
@@ -208,32 +208,74 @@ async def join(
     )
 
 
+HEARTBEATS_IN_FLIGHT_MAX = 256
+"""Heartbeats one API process handles at once; more are answered 503 with ``Retry-After``
+at once (the agent waits that long): an overloaded process slows its agents down instead
+of queueing beats until they time out."""
+MINUTE_PARTS_TTL_S = 6 * 3600.0
+"""How long the parts of a minute stay in the cache after it closed: a part added later
+(a device back within the minute, uptime credited across an outage) joins the ones already
+flushed."""
+
+_in_flight = 0
+
+
 async def heartbeat(
     sessionmaker: async_sessionmaker[AsyncSession],
     cache: Cache,
     settings: Settings,
     auth: DeviceAuth,
     beat: Heartbeat,
+    peer: str | None = None,
 ) -> HeartbeatResponse:
-    """Record one heartbeat in the cache and return the device's pending commands."""
+    """Record one heartbeat in the cache and return the device's pending commands.
+
+    ``peer`` is the address the beat came from as the API saw it: the only host the control
+    plane connects to for this device's Ray head (``tesai.clusters.head_address``).
+
+    Raises ``IntakeBusy`` (503) when this process already handles
+    ``HEARTBEATS_IN_FLIGHT_MAX`` beats, ``CacheUnavailable`` (503) when Redis cannot be
+    reached; either way nothing of the beat is stored.
+    """
+    global _in_flight
+    if _in_flight >= HEARTBEATS_IN_FLIGHT_MAX:
+        raise IntakeBusy(retry_after_s=max(1, math.ceil(settings.heartbeat_interval_s / 2)))
+    _in_flight += 1
+    try:
+        return await _record_heartbeat(sessionmaker, cache, settings, auth, beat, peer)
+    finally:
+        _in_flight -= 1
+
+
+async def _record_heartbeat(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    cache: Cache,
+    settings: Settings,
+    auth: DeviceAuth,
+    beat: Heartbeat,
+    peer: str | None,
+) -> HeartbeatResponse:
     now = time.time()
     device_id = str(auth.device_id)
-    acc_raw, flag, offline = await cache.mget(
+    interval = settings.heartbeat_interval_s
+    grace = interval * settings.heartbeat_grace_intervals
+    acc_raw, flag, offline, judging_raw = await cache.mget(
         [
             keys.accumulator(device_id),
             keys.commands_pending(device_id),
             keys.offline_flag(device_id),
+            keys.UNOBSERVED,
         ]
     )
     previous = orjson.loads(acc_raw) if acc_raw else None
+    if previous is not None and "u" not in previous:  # written before uptime was covered time
+        previous["u"] = float(previous["n"]) * interval
+    last = previous.get("l") if previous else None
     # The run of beats rides in the accumulator too (last beat "l", run start "r"): a beat
     # after a silence, or the first one since the cache was lost, starts a new run, and
     # metering bills nothing before it (see ``tesai.devices.liveness``).
     started = run_start(
-        previous.get("l") if previous else None,
-        previous.get("r") if previous else None,
-        now,
-        healthy_window_s(settings.heartbeat_interval_s),
+        last, previous.get("r") if previous else None, now, healthy_window_s(interval)
     )
     try:
         sample = telemetry_sample(beat.telemetry)
@@ -244,6 +286,7 @@ async def heartbeat(
                 "seq": beat.seq,
                 "status": beat.status,
                 "reason": beat.reason,
+                "peer": peer,
                 "telemetry": beat.telemetry.model_dump(mode="json", exclude_none=True),
                 "nodes": [n.model_dump(mode="json", exclude_none=True) for n in beat.nodes],
             }
@@ -251,44 +294,80 @@ async def heartbeat(
     except (OverflowError, orjson.JSONEncodeError) as exc:
         # Integers beyond 64 bits pass the wire model's bounds but cannot be stored.
         raise InvalidInput("A number in the heartbeat is out of range") from exc
+    judging = orjson.loads(judging_raw) if judging_raw else {}
+    # Uptime: the time since the previous beat, when the device was healthy across it or
+    # the gap was the control plane's own outage (see ``liveness.covered_since``): one the
+    # sweeper recorded, or Redis being unreachable from this process, which a beat right
+    # after it may see before the sweeper does.
+    windows = [Unobserved.from_json(judging.get("window"))]
+    outage = last_outage()
+    if outage is not None:
+        windows.append(Unobserved(outage[0], outage[1], "the cache was unreachable"))
+    since = min(
+        covered_since(
+            None if offline is not None else last,
+            now,
+            interval_s=interval,
+            stretch=float(judging.get("stretch", 1.0)),
+            window=window,
+            grace_s=grace,
+            allowance_s=AGENT_RETRY_CAP_S,
+            max_window_s=settings.storm_grace_s,
+        )
+        for window in windows
+    )
     acc, closed = accumulate(previous, minute_of(now), sample)
     acc["l"], acc["r"] = now, started
+    acc.setdefault("f", now)
     net = beat.telemetry.net
     if net is not None and net.tier is not None:
         # The tier rides in the minute accumulator (no extra cache or SQL work per beat); the
         # flush task writes it to the device row when it changed. Join cannot measure it.
         acc["t"] = net.tier
-    writes: dict[str, bytes | str] = {
-        keys.accumulator(device_id): orjson.dumps(acc),
-        keys.telemetry(device_id): latest,
-    }
-    ops: list[Any] = [
-        cache.mset(writes, ttl_s=settings.telemetry_ttl_s),
-        cache.zadd(keys.LIVENESS, {device_id: now}),
-    ]
+    writes = Writes()
+    for minute, seconds in split_by_minute(since, now).items():
+        if minute == acc["m"]:
+            acc["u"] = acc.get("u", 0.0) + seconds
+        elif closed is not None and minute == closed["m"]:
+            closed["u"] = closed.get("u", 0.0) + seconds
+        else:  # uptime credited to an earlier minute, across a gap
+            add_minute_part(writes, device_id, minute, f"g{since!r}", {"u": seconds, "l": now})
     if closed is not None:
-        ops.append(_close_minute(cache, device_id, closed))
+        # In the same transaction as the new accumulator: a rollover that fails writes
+        # neither, and the next beat closes the minute again.
+        add_minute_part(writes, device_id, int(closed["m"]), part_id(closed), closed)
+    writes.set(keys.accumulator(device_id), orjson.dumps(acc), ttl_s=settings.telemetry_ttl_s)
+    writes.set(keys.telemetry(device_id), latest, ttl_s=settings.telemetry_ttl_s)
+    writes.zadd(keys.LIVENESS, {device_id: now})
+    # What the sweeper reads the intake's health from: beats accepted, by how long since
+    # their device's previous one (none known, or back from offline: on time).
+    gap = now - last if last is not None and offline is None else interval
+    writes.incr(keys.intake(gap_class(gap, healthy_s=healthy_window_s(interval), grace_s=grace)))
     if offline is not None:
-        ops.append(cache.zadd(keys.RESUMED, {device_id: now}))
+        writes.zadd(keys.RESUMED, {device_id: now})
     if started == now:
-        ops.append(cache.zadd(keys.HEARD_SINCE, {device_id: now}))
-    await asyncio.gather(*ops)
+        writes.zadd(keys.HEARD_SINCE, {device_id: now})
+    await cache.apply(writes)
     HEARTBEATS.inc()
 
     commands: list[Command] = []
     if flag is not None or beat.acked_commands or beat.command_results:
         commands = await _exchange_commands(sessionmaker, cache, auth.device_id, beat, flag)
     return HeartbeatResponse(
-        interval_s=settings.heartbeat_interval_s,
+        interval_s=interval,
         commands=commands,
         rotate_credential=auth.expires_at - now < settings.device_token_rotate_before_s,
     )
 
 
-async def _close_minute(cache: Cache, device_id: str, acc: dict[str, Any]) -> None:
-    minute = int(acc["m"])
-    await cache.set(keys.closed_minute(device_id, minute), orjson.dumps(acc), ttl_s=6 * 3600)
-    await cache.zadd(keys.CLOSED_MINUTES, {f"{device_id}:{minute}": float(minute)})
+def add_minute_part(
+    writes: Writes, device_id: str, minute: int, part: str, data: dict[str, Any]
+) -> None:
+    """Add one part to a device's minute and queue the minute for the flush task."""
+    writes.hset(
+        keys.minute_parts(device_id, minute), part, orjson.dumps(data), ttl_s=MINUTE_PARTS_TTL_S
+    )
+    writes.zadd(keys.CLOSED_MINUTES, {f"{device_id}:{minute}": float(minute)})
 
 
 async def _exchange_commands(
@@ -379,87 +458,3 @@ async def leave(session: AsyncSession, cache: Cache, auth: DeviceAuth, reason: s
         await cache.set(keys.offline_flag(device_id), "1", ttl_s=30 * 24 * 3600)
 
     after_commit(session, gone)
-
-
-async def submit_verification(
-    session: AsyncSession,
-    cache: Cache,
-    settings: Settings,
-    auth: DeviceAuth,
-    result: VerificationResult,
-) -> VerificationOutcome:
-    """Judge a proof-of-compute result; the device goes online, or rejected with a reason.
-
-    Raises ``ChallengeNotFound`` (also for another device's challenge) and ``ChallengeClosed``.
-    """
-    challenge = await session.get(VerificationChallenge, result.challenge_id)
-    if challenge is None or challenge.device_id != auth.device_id:
-        raise ChallengeNotFound("No such challenge for this device")
-    if challenge.completed_at is not None:
-        raise ChallengeClosed(f"This challenge is already {challenge.outcome}")
-    device = await get_device(session, auth.device_id)
-    args = VerifyArgs(
-        challenge_id=challenge.id,
-        seed=challenge.seed,
-        matrix_n=int(challenge.params["matrix_n"]),
-        iterations=int(challenge.params["iterations"]),
-        declared_vram_bytes=device.vram_bytes_per_gpu,
-    )
-    latest = await cache.get(keys.telemetry(str(device.id)))
-    gpu_memory: list[int] | None = None
-    if latest is not None:
-        gpus = orjson.loads(latest).get("telemetry", {}).get("gpus", [])
-        gpu_memory = [g["memory_total_bytes"] for g in gpus if g.get("memory_total_bytes")] or None
-    # The check is CPU work (up to an O(n³) digest): off the event loop, and before any lock.
-    verdict = await asyncio.to_thread(
-        judge,
-        args,
-        result,
-        declared_gpu_model=device.gpu_model,
-        declared_cpu_cores=device.cpu_cores or None,
-        declared_vram_bytes=device.vram_bytes_per_gpu,
-        telemetry_gpu_memory=gpu_memory,
-        full_digest_max_n=settings.proof_full_digest_max_n,
-    )
-    challenge = (
-        await session.execute(
-            select(VerificationChallenge)
-            .where(VerificationChallenge.id == challenge.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one()
-    if challenge.completed_at is not None:
-        raise ChallengeClosed(f"This challenge is already {challenge.outcome}")
-    device = await get_device(session, auth.device_id, lock=True)
-    now = utcnow()
-    challenge.completed_at = now
-    challenge.score = verdict.score
-    if now > challenge.expires_at:
-        challenge.outcome = "expired"
-        challenge.reason = "verification_timeout"
-    elif verdict.passed:
-        challenge.outcome = "passed"
-        device.verified_score = verdict.score
-        device.verified_at = now
-        if device.status is DeviceStatus.verifying:
-            record_transition(
-                session,
-                device,
-                DeviceStatus.online,
-                "verification_passed",
-                f"Score {verdict.score:,.1f} GFLOP/s.",
-            )
-    else:
-        assert verdict.reason is not None
-        challenge.outcome = "failed"
-        challenge.reason = verdict.reason
-        if can_transition(device.status, DeviceStatus.rejected):
-            record_transition(
-                session, device, DeviceStatus.rejected, verdict.reason, verdict.detail
-            )
-    await session.flush()
-    return VerificationOutcome(
-        status=device.status.value,
-        reason=challenge.reason if challenge.outcome != "passed" else None,
-    )

@@ -37,6 +37,42 @@ def is_storm(silent: int, tracked: int, *, fraction: float, min_devices: int) ->
     return silent > fraction * tracked
 
 
+@dataclass(frozen=True)
+class RecentOffline:
+    """Devices marked offline since ``since``, out of the ``base`` devices watched then.
+
+    A control-plane outage makes devices fall silent a slice at a time (their last beats
+    are spread over an interval); each slice alone is small, and once marked it leaves
+    the watched set. Judged against the fleet as it was when the markings began, the
+    slices add up to the storm they are.
+    """
+
+    since: float
+    base: int
+    marked: int
+
+
+def storm_base(
+    recent: RecentOffline | None, *, now: float, tracked: int, window_s: float
+) -> tuple[int, int]:
+    """(devices watched when the current run of markings began, devices marked since):
+    what a sweep's silent devices are added to and compared with."""
+    if recent is None or now - recent.since > window_s:
+        return tracked, 0
+    return max(recent.base, tracked), recent.marked
+
+
+def after_marking(
+    recent: RecentOffline | None, *, now: float, tracked: int, marked: int, window_s: float
+) -> RecentOffline | None:
+    """The run of markings after ``marked`` more devices went offline at ``now``."""
+    if marked <= 0:
+        return recent if recent is not None and now - recent.since <= window_s else None
+    if recent is None or now - recent.since > window_s:
+        return RecentOffline(now, tracked, marked)
+    return RecentOffline(recent.since, recent.base, recent.marked + marked)
+
+
 def decide_sweep(
     *,
     now: float,
@@ -46,29 +82,33 @@ def decide_sweep(
     storm_fraction: float,
     storm_min_devices: int,
     storm_grace_s: float,
+    marked_before: int = 0,
 ) -> SweepDecision:
     """Decide which silent devices go offline in this sweep.
 
-    ``silent`` are the watched devices whose last heartbeat is older than the grace;
-    ``tracked`` is how many devices are watched in all. When the silent ones are more than
-    ``storm_fraction`` of ``tracked`` (and at least ``storm_min_devices``), nobody is marked:
-    that is what a Redis flush, a network blip on our side or our own outage looks like. The
-    hold ends when the condition clears or after ``storm_grace_s``, when the silence is
-    treated as real.
+    ``silent`` are the watched devices whose silence is past the grace; ``tracked`` is how
+    many devices were watched when the current run of offline markings began (see
+    ``storm_base``), and ``marked_before`` how many that run has marked already. When
+    those and the silent ones together are more than ``storm_fraction`` of ``tracked``
+    (and at least ``storm_min_devices``), nobody is marked: that is what a Redis flush, a
+    network blip on our side or our own outage looks like. The hold ends when the
+    condition clears or after ``storm_grace_s``, when the silence is treated as real.
     """
     if not silent:
         return SweepDecision([], False, None, "all devices heartbeating")
-    if is_storm(len(silent), tracked, fraction=storm_fraction, min_devices=storm_min_devices):
+    going = len(silent) + marked_before
+    if is_storm(going, tracked, fraction=storm_fraction, min_devices=storm_min_devices):
         since = storm_since if storm_since is not None else now
         held_s = now - since
-        share = 100.0 * len(silent) / tracked
+        share = 100.0 * going / tracked
+        before = f" ({marked_before} already marked)" if marked_before else ""
         if held_s < storm_grace_s:
             return SweepDecision(
                 [],
                 True,
                 since,
-                f"storm protection: {len(silent)} of {tracked} devices ({share:.0f} %) silent "
-                f"at once; holding for {held_s:.0f} s of at most {storm_grace_s:.0f} s",
+                f"storm protection: {going} of {tracked} devices ({share:.0f} %) silent "
+                f"at once{before}; holding for {held_s:.0f} s of at most {storm_grace_s:.0f} s",
             )
         return SweepDecision(
             list(silent),
@@ -90,11 +130,23 @@ def decide_sweep(
 # than the healthy window after the one before; a node is billed from the later of its
 # watermark and the start of its device's run, and only while the device is healthy.
 
+AGENT_RETRY_CAP_S = 30.0
+"""The longest an agent waits between two tries of a failed call (``tesai.agent.backoff``'s
+cap): after its own outage the control plane gives devices this long to be back, on top of
+the grace."""
+
 HEALTHY_INTERVALS = 1.5
 """A device is healthy (its nodes billed) while its last heartbeat is at most this many
 heartbeat intervals old; a longer gap between two heartbeats ends its run."""
 
 K = TypeVar("K")
+
+
+def server_keep_alive_s(heartbeat_interval_s: float) -> int:
+    """How long the API keeps an idle HTTP connection open: comfortably longer than the
+    heartbeat interval, and longer than the agent keeps it (``tesai.agent.http``), so an
+    agent never sends its beat on a connection the server is closing."""
+    return max(5, math.ceil(2 * heartbeat_interval_s + 5))
 
 
 def healthy_window_s(heartbeat_interval_s: float) -> float:
@@ -135,13 +187,6 @@ def billing_floors(run_starts: Mapping[K, float]) -> dict[int, list[K]]:
     return floors
 
 
-def watch_resumed(last_sweep: float | None, now: float, grace_s: float) -> bool:
-    """Whether the sweeper finds it was away: its previous sweep is more than ``grace_s``
-    old. Nobody watched the heartbeats meanwhile (the control plane was down or
-    restarting), so no device's silence may be judged from that time."""
-    return last_sweep is not None and now - last_sweep > grace_s
-
-
 def silent_after_grace(
     candidates: Iterable[tuple[str, float]], rewatched: Mapping[str, float], cutoff: float
 ) -> list[tuple[str, float]]:
@@ -149,6 +194,164 @@ def silent_after_grace(
     began watching again after ``cutoff`` (its restart, a lost cache): their grace to beat
     again counts from that moment, not from their last heartbeat."""
     return [(d, at) for d, at in candidates if rewatched.get(d, -math.inf) < cutoff]
+
+
+# --- what the control plane could not observe ------------------------------------------------
+#
+# Silence is judged only over time the control plane observed. It observes nothing while its
+# intake (the heartbeat endpoint and the cache behind it) is down, or while its sweeper
+# cannot watch: an *unobserved window*. A device heard shortly before such a window is not
+# judged for it: its silence counts again only from the window's end plus the longest an
+# agent's retry backoff lasts (``RETRY_CAP_S``), so agents still backing off when the
+# control plane returns are back in time. Its uptime is not cut by the window either.
+
+
+@dataclass(frozen=True)
+class Unobserved:
+    """A time the control plane could not observe heartbeats."""
+
+    start: float
+    end: float | None
+    """None while it lasts."""
+    why: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "why": self.why}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Unobserved | None:
+        if not data:
+            return None
+        end = data.get("end")
+        return cls(float(data["start"]), None if end is None else float(end), str(data["why"]))
+
+
+def merge_unobserved(
+    previous: Unobserved | None, new: Unobserved, *, now: float, keep_s: float
+) -> Unobserved:
+    """``new`` joined to ``previous`` when it begins before the devices ``previous`` let off
+    were due back (its end plus ``keep_s``): they are still backing off, and the new window
+    must cover them too. Otherwise ``new`` alone."""
+    if previous is None:
+        return new
+    previous_end = now if previous.end is None else previous.end
+    if new.start > previous_end + keep_s:
+        return new
+    end = None if new.end is None else max(new.end, previous_end)
+    return Unobserved(min(previous.start, new.start), end, new.why)
+
+
+def silence_start(
+    last: float,
+    window: Unobserved | None,
+    *,
+    now: float,
+    grace_s: float,
+    allowance_s: float,
+    max_window_s: float,
+) -> float:
+    """When the silence of a device last heard at ``last`` starts to count.
+
+    A device already past its grace when the window began, or heard after it ended, is
+    judged from ``last``. One heard shortly before is not judged while the window lasts
+    (``inf``), nor until ``allowance_s`` after it ended. A window still open after
+    ``max_window_s`` no longer protects anybody: that long a silence is treated as real.
+    """
+    if window is None or last <= window.start - grace_s:
+        return last
+    if window.end is None:
+        return math.inf if now - window.start <= max_window_s else last
+    if last >= window.end:
+        return last
+    return max(last, window.end + allowance_s)
+
+
+LATE_STRETCH = (1.0, 2.0, 4.0, 4.0, 4.0)
+"""The grace stretch when enough beats arrived in each gap class (see ``gap_class``): beats
+late but within the grace double it, beats later than that quadruple it."""
+LATE_SHARE = 0.01
+"""A gap class counts once this share of the beats accepted (and ``min_late`` of them) fell
+in it: a lag of the intake makes many devices late, one flaky device does not."""
+
+
+def gap_class(gap_s: float, *, healthy_s: float, grace_s: float) -> int:
+    """How late a beat came after its device's previous one: 0 within the healthy window,
+    1 within the grace, 2 within two graces, 3 within four, 4 later."""
+    if gap_s <= healthy_s:
+        return 0
+    if gap_s <= grace_s:
+        return 1
+    if gap_s <= 2 * grace_s:
+        return 2
+    return 3 if gap_s <= 4 * grace_s else 4
+
+
+def intake_stretch(
+    first: Sequence[int], last: Sequence[int], *, min_late: int, max_stretch: float
+) -> float:
+    """How much to stretch the grace, from the intake's counts of accepted beats per gap
+    class at the start (``first``) and the end (``last``) of a recent span.
+
+    An overloaded control plane answers late, its agents time out and back off: many
+    devices' beats come around later than usual, and silence is judged with a longer
+    grace while they do. Devices that died send nothing and stretch nobody's grace; one
+    flaky device is too few. Counters that went backwards (a lost cache): 1.
+    """
+    deltas = [b - a for a, b in zip(first, last, strict=True)]
+    if any(d < 0 for d in deltas):
+        return 1.0
+    enough = max(min_late, LATE_SHARE * sum(deltas))
+    for late in range(len(deltas) - 1, 0, -1):
+        if deltas[late] >= enough:
+            return min(max_stretch, LATE_STRETCH[late])
+    return 1.0
+
+
+def covered_since(
+    previous: float | None,
+    now: float,
+    *,
+    interval_s: float,
+    stretch: float,
+    window: Unobserved | None,
+    grace_s: float,
+    allowance_s: float,
+    max_window_s: float,
+) -> float:
+    """Since when the heartbeat arriving at ``now`` shows its device up (uptime, not billing).
+
+    The time since the device's previous beat counts when that beat was within the healthy
+    window (stretched while the intake is slow), or when the gap is the control plane's own
+    unobserved window and the device came back in the time it was given. Otherwise the beat
+    vouches for one interval before it, as far back as the previous beat.
+    """
+    if previous is None or previous >= now:
+        return now - interval_s if previous is None else now
+    if now - previous <= healthy_window_s(interval_s) * stretch:
+        return previous
+    start = silence_start(
+        previous,
+        window,
+        now=now,
+        grace_s=grace_s,
+        allowance_s=allowance_s,
+        max_window_s=max_window_s,
+    )
+    if start > previous and now - start <= grace_s:
+        return previous
+    return max(previous, now - interval_s)
+
+
+def split_by_minute(start: float, end: float) -> dict[int, float]:
+    """Seconds of ``(start, end]`` in each epoch minute they touch."""
+    out: dict[int, float] = {}
+    t = start
+    while t < end:
+        minute = minute_of(t)
+        upto = min(end, (minute + 1) * 60.0)
+        out[minute] = out.get(minute, 0.0) + (upto - t)
+        t = upto
+    return out
 
 
 # --- per-minute accumulators ---------------------------------------------------------------
@@ -183,12 +386,13 @@ def accumulate(
     """Add one heartbeat to a device's running minute accumulator.
 
     Returns the new accumulator and, when the beat starts a new minute, the closed one.
-    An accumulator is ``{"m": minute, "n": beats, "s": {metric: sum}, "c": {metric: count}}``.
+    An accumulator is ``{"m": minute, "n": beats, "s": {metric: sum}, "c": {metric: count},
+    "u": seconds up}`` (the caller adds the seconds its beat covers to ``u``).
     """
     closed = None
     if acc is None or acc.get("m") != minute:
         closed = acc
-        acc = {"m": minute, "n": 0, "s": {}, "c": {}}
+        acc = {"m": minute, "n": 0, "s": {}, "c": {}, "u": 0.0}
     acc["n"] += 1
     for k, v in sample.items():
         acc["s"][k] = acc["s"].get(k, 0.0) + v
@@ -197,8 +401,34 @@ def accumulate(
 
 
 def seconds_up(beats: int, interval_s: float) -> int:
-    """Seconds of a minute a device was up, from how many heartbeats it sent in it."""
+    """Seconds of a minute a device was up, from how many heartbeats it sent in it (the
+    record of accumulators written before uptime was covered time, ``u``)."""
     return max(0, min(60, round(beats * interval_s)))
+
+
+def part_id(acc: Mapping[str, Any]) -> str:
+    """The name of an accumulator among the parts of its minute: closing the same one twice
+    (a heartbeat's rollover racing the sweeper) writes the same part."""
+    return f"a{acc.get('f', acc['m'] * 60)!r}"
+
+
+def merge_parts(parts: Iterable[Mapping[str, Any]], interval_s: float) -> dict[str, Any]:
+    """One minute of a device from its parts: accumulators closed in it (a device that went
+    offline and came back within the minute has two) and uptime credited to it by a later
+    beat. Seconds up add up, to at most 60."""
+    merged: dict[str, Any] = {"n": 0, "s": {}, "c": {}, "u": 0.0, "t": None, "tm": -math.inf}
+    for part in parts:
+        n = int(part.get("n", 0))
+        merged["n"] += n
+        merged["u"] += float(part["u"]) if "u" in part else n * interval_s
+        for k, v in part.get("s", {}).items():
+            merged["s"][k] = merged["s"].get(k, 0.0) + v
+        for k, v in part.get("c", {}).items():
+            merged["c"][k] = merged["c"].get(k, 0) + v
+        if part.get("t") is not None and float(part.get("l", 0.0)) >= merged["tm"]:
+            merged["t"], merged["tm"] = part["t"], float(part.get("l", 0.0))
+    merged["seconds_up"] = max(0, min(60, round(merged["u"])))
+    return merged
 
 
 def rollup_averages(acc: dict[str, Any]) -> dict[str, float | None]:
@@ -211,6 +441,39 @@ def rollup_averages(acc: dict[str, Any]) -> dict[str, float | None]:
 
 
 # --- reliability ---------------------------------------------------------------------------
+#
+# Uptime is measured over the time a device has existed, at most the last 30 days, and only
+# as far as its minutes are written: the minute in progress lives in the cache, and a closed
+# one reaches PostgreSQL at the next flush. Counting those as down made a device a few
+# minutes old look 5-20 % down while it never missed a beat.
+
+UPTIME_WINDOW_S = 30 * 86400.0
+"""Uptime and reliability look back this far (or over the device's life, if shorter)."""
+FLUSH_MARGIN_S = 5.0
+"""Time for a flush's own run, on top of its interval."""
+ANNOUNCED_STOPS = frozenset({"agent_left"})
+"""Reasons a rented device goes offline that are no failure: its agent stopped cleanly and
+said so (``tesai.devices.agents.leave``), as on Ctrl-C or a restart. Its cluster replaces
+the node at once, without waiting out a grace; the time it stays away still counts as down."""
+
+
+def uptime_settle_s(*, grace_s: float, flush_interval_s: float) -> float:
+    """How long after a minute ends its uptime is surely written: the minute closes at its
+    device's first beat after it (within the grace), or when the sweeper finds the device
+    silent past its grace; the next flush writes it."""
+    return grace_s + flush_interval_s + FLUSH_MARGIN_S
+
+
+def uptime_span(
+    now: float, *, created: float, window_s: float, settle_s: float
+) -> tuple[float, float] | None:
+    """(start, end) of the time a device's uptime is measured over: the last ``window_s``
+    of its life (since ``created``), up to the end of the newest minute surely written
+    ``settle_s`` after it ended. None while no such minute exists (a device a minute or two
+    old): there is nothing to measure yet, which is not 0 %."""
+    start = max(now - window_s, created)
+    end = minute_of(now - settle_s) * 60.0
+    return (start, end) if end > start else None
 
 
 def uptime_fraction(seconds_up_total: int, window_s: float) -> float:
@@ -220,8 +483,15 @@ def uptime_fraction(seconds_up_total: int, window_s: float) -> float:
     return max(0.0, min(1.0, seconds_up_total / window_s))
 
 
+def rented_failures(offline_while_rented: Mapping[str, int]) -> int:
+    """Failures while rented, from how often a device went from ``busy`` to ``offline`` for
+    each reason: a stop its agent announced (``ANNOUNCED_STOPS``) is not one."""
+    return sum(n for reason, n in offline_while_rented.items() if reason not in ANNOUNCED_STOPS)
+
+
 def reliability_score(uptime: float, failures_while_rented: int) -> float:
-    """Reliability in [0, 1]: 30-day uptime, discounted 20 % per failure while rented.
+    """Reliability in [0, 1]: uptime (``uptime_span``), discounted 20 % per failure while
+    rented (``rented_failures``).
 
     A failure while rented costs a customer a node (and a self-healing round), so it weighs
     far more than idle downtime: one failure takes a 100 %-up device to 0.83, three to 0.625.

@@ -79,14 +79,14 @@ async def device_detail(
     """A device with its latest telemetry, telemetry history (per minute) and 30-day uptime."""
     latest = await service.latest_heartbeat(runtime.cache, device.id)
     history = await service.telemetry_history(session, device.id, hours=hours)
-    uptime = await service.uptime_fraction_30d(session, device)
+    uptime = await service.uptime_fraction_30d(session, runtime.settings, device)
     challenge = await service.last_challenge(session, device.id)
     return DeviceDetail(
         device=DeviceOut.model_validate(device),
         last_heartbeat_at=datetime.fromtimestamp(latest["at"], UTC) if latest else None,
         latest_telemetry=latest.get("telemetry") if latest else None,
         telemetry_history=[TelemetryPoint.model_validate(r, from_attributes=True) for r in history],
-        uptime_30d_pct=round(100.0 * uptime, 3),
+        uptime_30d_pct=None if uptime is None else round(100.0 * uptime, 3),
         hourly_price_micro=device.price_per_gpu_hour_micro * max(device.gpu_count, 1),
         last_verification=ChallengeOut.model_validate(challenge) if challenge else None,
     )

@@ -6,16 +6,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tesai.devices.models import DeviceStatus
+from tesai.kit.money import Micro
 
 _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
 
 class DeviceCreate(BaseModel):
     name: str = Field(min_length=1, max_length=120, pattern=_PRINTABLE)
-    price_per_gpu_hour_micro: int | None = Field(default=None, ge=0)
+    price_per_gpu_hour_micro: Micro | None = Field(default=None, ge=0)
     """Micro-USDC per GPU-hour (per device-hour for a CPU-only device); default from settings."""
     region: str | None = Field(default=None, max_length=64, pattern=_PRINTABLE)
     country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
@@ -23,7 +24,7 @@ class DeviceCreate(BaseModel):
 
 
 class PriceUpdate(BaseModel):
-    price_per_gpu_hour_micro: int = Field(ge=0)
+    price_per_gpu_hour_micro: Micro = Field(ge=0)
 
 
 class DeviceOut(BaseModel):
@@ -88,6 +89,9 @@ class TelemetryPoint(BaseModel):
 
 
 class ChallengeOut(BaseModel):
+    """A proof-of-compute challenge as the provider sees it: the verdict, what the control
+    plane measured, and what the agent said about itself (shown, never trusted)."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
@@ -96,7 +100,30 @@ class ChallengeOut(BaseModel):
     outcome: str | None
     reason: str | None
     score: float | None
+    """GFLOP/s the control plane measured (work / time from challenge to commitment)."""
     trigger: str
+    deadline_s: float | None = None
+    """Seconds from challenge to commitment the declared hardware is allowed."""
+    measured_s: float | None = None
+    """Seconds the control plane measured from challenge to commitment."""
+    detail: str | None = None
+    """Why it failed, in numbers."""
+    reported: dict[str, Any] | None = None
+    """The agent's own account (engine, model, timings): self-reported, not trusted."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_params(cls, data: Any) -> Any:
+        params = getattr(data, "params", None)
+        if not isinstance(params, dict):
+            return data
+        fields = ("id", "created_at", "completed_at", "outcome", "reason", "score", "trigger")
+        return {f: getattr(data, f) for f in fields} | {
+            "deadline_s": params.get("deadline_s"),
+            "measured_s": params.get("measured_s"),
+            "detail": params.get("detail"),
+            "reported": params.get("reported"),
+        }
 
 
 class DeviceDetail(BaseModel):
@@ -105,7 +132,9 @@ class DeviceDetail(BaseModel):
     latest_telemetry: dict[str, Any] | None
     """The last heartbeat's telemetry as the agent sent it (None when none is cached)."""
     telemetry_history: list[TelemetryPoint]
-    uptime_30d_pct: float
+    uptime_30d_pct: float | None
+    """Percent of the last 30 days (or of the device's life, if shorter) it was up, over the
+    minutes recorded so far; None while none is (a device a minute or two old)."""
     hourly_price_micro: int
     """What a customer pays per hour for the whole device."""
     last_verification: ChallengeOut | None

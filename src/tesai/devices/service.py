@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from typing import Any
 
@@ -27,6 +27,7 @@ from tesai.devices.errors import (
     PriceOutOfBounds,
     StatusConflict,
 )
+from tesai.devices.liveness import UPTIME_WINDOW_S, uptime_fraction, uptime_settle_s, uptime_span
 from tesai.devices.models import (
     Device,
     DeviceCommand,
@@ -39,14 +40,17 @@ from tesai.devices.models import (
     VerificationChallenge,
 )
 from tesai.devices.states import InvalidTransition, check_transition
+from tesai.devices.verification import ProofPolicy, plan_challenge
 from tesai.kit.cache import Cache
 from tesai.kit.time import utcnow
 from tesai.observability.business import DEVICE_TRANSITIONS
+from tesai.protocol.proof import PROOF_VERSION
 from tesai.protocol.v1 import VerifyArgs
 from tesai.settings import Settings
 
 JOIN_TOKEN_PREFIX = "tesai_join_"  # noqa: S105 - a prefix, not a secret
-UPTIME_WINDOW = timedelta(days=30)
+ADMIN_ONLY_ENABLE = frozenset({"disabled_by_admin", "proof_failures_review"})
+"""Reasons for ``disabled`` that only an admin may lift."""
 
 
 def _sha(value: str) -> str:
@@ -215,8 +219,11 @@ async def enable_device(
     A device an admin disabled comes back only by an admin (403 for its provider)."""
     if device.status is not DeviceStatus.disabled:
         raise StatusConflict(f"Device is {device.status.value}, not disabled")
-    if device.status_reason == "disabled_by_admin" and not by_admin:
-        raise DisabledByAdmin("An admin disabled this device; only an admin can enable it again")
+    if device.status_reason in ADMIN_ONLY_ENABLE and not by_admin:
+        raise DisabledByAdmin(
+            "An admin disabled this device, or must review it after repeated failed proofs "
+            "of compute; only an admin can enable it again"
+        )
     reason = "enabled_by_admin" if by_admin else "enabled_by_provider"
     live = await is_live(cache, settings, device.id)
     if device.agent_version is None:
@@ -370,17 +377,19 @@ async def issue_challenge(
         .values(acked_at=utcnow(), result={"superseded": True})
     )
     gpu = device.gpu_count > 0
-    seed = secrets.randbits(63)
-    n = settings.proof_matrix_n_gpu if gpu else settings.proof_matrix_n_cpu
+    plan = plan_challenge(
+        ProofPolicy.from_settings(settings),
+        gpu_model=device.gpu_model,
+        gpu_count=device.gpu_count,
+        vram_bytes=device.vram_bytes_per_gpu,
+        cpu_cores=device.cpu_cores,
+    )
     challenge = VerificationChallenge(
         id=uuid.uuid4(),
         device_id=device.id,
-        seed=seed,
-        params={
-            "matrix_n": n,
-            "iterations": settings.proof_iterations,
-            "kind": "gpu" if gpu else "cpu",
-        },
+        # Secret until the agent asks for it (``tesai.devices.challenges.start``).
+        seed=secrets.randbits(63),
+        params=plan.to_params(),
         expires_at=utcnow() + timedelta(seconds=settings.verification_timeout_s),
         trigger=trigger,
         created_at=utcnow(),
@@ -388,9 +397,9 @@ async def issue_challenge(
     session.add(challenge)
     args = VerifyArgs(
         challenge_id=challenge.id,
-        seed=seed,
-        matrix_n=n,
-        iterations=settings.proof_iterations,
+        proof_version=PROOF_VERSION,
+        matrix_n=plan.n,
+        iterations=plan.rounds,
         declared_vram_bytes=device.vram_bytes_per_gpu if gpu else 0,
     )
     command = await create_command(
@@ -430,21 +439,49 @@ async def last_challenge(
 # --- history ---------------------------------------------------------------------------------
 
 
-async def uptime_fraction_30d(session: AsyncSession, device: Device) -> float:
-    """Share of the last 30 days (or of the device's life, if shorter) it was heartbeating."""
-    now = utcnow()
-    since = max(now - UPTIME_WINDOW, device.created_at)
-    window = (now - since).total_seconds()
-    if window <= 0:
-        return 0.0
+def uptime_settle(settings: Settings) -> float:
+    """How long after a minute ends its uptime is surely written (``liveness.uptime_settle_s``
+    for these settings)."""
+    return uptime_settle_s(
+        grace_s=settings.heartbeat_interval_s * settings.heartbeat_grace_intervals,
+        flush_interval_s=settings.device_flush_interval_s,
+    )
+
+
+def uptime_window(
+    settings: Settings, device: Device, now: datetime
+) -> tuple[datetime, datetime] | None:
+    """(start, end) of what the device's uptime is measured over: the last 30 days, or its
+    life if shorter, up to its newest minute surely written; None while there is none."""
+    span = uptime_span(
+        now.timestamp(),
+        created=device.created_at.timestamp(),
+        window_s=UPTIME_WINDOW_S,
+        settle_s=uptime_settle(settings),
+    )
+    if span is None:
+        return None
+    return datetime.fromtimestamp(span[0], UTC), datetime.fromtimestamp(span[1], UTC)
+
+
+async def uptime_fraction_30d(
+    session: AsyncSession, settings: Settings, device: Device
+) -> float | None:
+    """Share of the last 30 days (or of the device's life, if shorter) it was heartbeating,
+    over the minutes written so far (``uptime_window``); None while none is."""
+    window = uptime_window(settings, device, utcnow())
+    if window is None:
+        return None
+    start, end = window
     total = await session.scalar(
         select(func.coalesce(func.sum(DeviceUptimeMinute.seconds_up), 0)).where(
             DeviceUptimeMinute.device_id == device.id,
-            # The minute the device was created in starts before it.
-            DeviceUptimeMinute.minute >= since.replace(second=0, microsecond=0),
+            # The minute the window starts in starts before it.
+            DeviceUptimeMinute.minute >= start.replace(second=0, microsecond=0),
+            DeviceUptimeMinute.minute < end,
         )
     )
-    return max(0.0, min(1.0, float(total or 0) / window))
+    return uptime_fraction(int(total or 0), (end - start).total_seconds())
 
 
 async def telemetry_history(

@@ -43,6 +43,18 @@ REASONS: Final[dict[str, str]] = {
     "timing_implausible": "The benchmark timings are impossible for this hardware.",
     "vram_alloc_failed": "The declared GPU memory could not be allocated.",
     "verification_timeout": "No proof-of-compute result arrived in time.",
+    "proof_deadline_missed": (
+        "The proof-of-compute commitment arrived later than the declared hardware allows."
+    ),
+    "proof_commitment_mismatch": (
+        "An opened block of the proof did not match what the agent had committed to."
+    ),
+    "proof_replayed": "The proof of compute repeated an earlier proof.",
+    "vram_mismatch": "The declared GPU memory is more than the device has.",
+    "proof_failures_review": (
+        "Proofs of compute failed repeatedly; an admin must review the device before it "
+        "can be enabled."
+    ),
     "missed_heartbeats": "No heartbeats arrived within the grace period.",
     "heartbeat_resumed": "Heartbeats arrived again.",
     "agent_left": "The agent shut down cleanly.",

@@ -3,7 +3,7 @@
 - ``devices.sweep`` (every 1 s): offline after missed heartbeats, back on return, storm holds.
 - ``devices.flush`` (every 60 s): per-minute uptime and telemetry rollups to PostgreSQL.
 - ``devices.reliability`` (every hour): reliability scores from 30-day uptime and failures.
-- ``devices.verification`` (every 60 s): expire unanswered challenges, issue periodic ones.
+- ``devices.verification`` (every 60 s): expire unanswered challenges, re-verify at random.
 
 The sweep and flush intervals come from the process settings at import
 (``TESAI_SWEEP_INTERVAL_S``, ``TESAI_DEVICE_FLUSH_INTERVAL_S``): the schedule is registered
@@ -34,6 +34,6 @@ async def update_device_reliability(ctx: TaskContext) -> None:
     await rollups.update_reliability(ctx)
 
 
-@periodic("devices.verification", every_s=60.0)
+@periodic("devices.verification", every_s=rollups.VERIFICATION_ROUND_S)
 async def device_verification_rounds(ctx: TaskContext) -> None:
     await rollups.verification_rounds(ctx)

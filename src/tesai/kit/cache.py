@@ -6,18 +6,85 @@ both. Values are bytes or str; callers serialise.
 
 Liveness uses a sorted set per kind (member → last-seen timestamp) so a sweeper finds the
 silent ones with one range query instead of scanning keys.
+
+Redis that is down, restarting, still loading its snapshot, or whose connection pool is
+exhausted raises ``CacheUnavailable``: a 503 with ``Retry-After`` for HTTP clients, logged
+once every ``_LOG_EVERY_S`` per process instead of a traceback per request. A connection
+that went stale while Redis was away is checked before reuse (``health_check_interval``)
+and a command that meets a dropped connection is retried on a fresh one, so the first
+requests after Redis returns succeed.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import cast
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tesai.errors import ServiceUnavailable
+
+log = structlog.get_logger(__name__)
+
+CACHE_RETRY_AFTER_S = 2
+"""What a request that could not reach the cache is told to wait before trying again."""
+
+
+class CacheUnavailable(ServiceUnavailable):
+    """The cache (Redis) could not be reached, or every pooled connection is busy."""
+
+    code = "cache_unavailable"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message or f"The service is briefly unavailable; retry in {CACHE_RETRY_AFTER_S} s",
+            headers={"Retry-After": str(CACHE_RETRY_AFTER_S)},
+            retry_after=CACHE_RETRY_AFTER_S,
+        )
+
+
+@dataclass
+class Writes:
+    """Writes applied together, all or none, in one round trip (Redis ``MULTI``/``EXEC``).
+
+    All are idempotent but ``incr``: a batch retried after a dropped reply writes the
+    same state again.
+    """
+
+    ops: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def set(self, key: str, value: bytes | str, *, ttl_s: float | None = None) -> Writes:
+        self.ops.append(("set", key, value, ttl_s))
+        return self
+
+    def zadd(self, key: str, members: dict[str, float]) -> Writes:
+        if members:
+            self.ops.append(("zadd", key, members))
+        return self
+
+    def hset(self, key: str, name: str, value: bytes | str, *, ttl_s: float) -> Writes:
+        """Set field ``name`` of hash ``key``; the hash expires ``ttl_s`` after this write."""
+        self.ops.append(("hset", key, name, value, ttl_s))
+        return self
+
+    def incr(self, key: str, amount: int = 1) -> Writes:
+        self.ops.append(("incr", key, amount))
+        return self
+
+    def delete(self, *keys: str) -> Writes:
+        if keys:
+            self.ops.append(("delete", *keys))
+        return self
 
 
 @dataclass(frozen=True)
@@ -80,6 +147,14 @@ class Cache(ABC):
 
     @abstractmethod
     async def zcard(self, key: str) -> int: ...
+
+    @abstractmethod
+    async def apply(self, writes: Writes) -> None:
+        """Apply ``writes`` atomically (all or none)."""
+
+    @abstractmethod
+    async def hgetall_many(self, keys: Sequence[str]) -> list[dict[str, bytes]]:
+        """Every field of each hash, in order ({} for a missing key)."""
 
     async def take_token(self, key: str, rate_per_s: float, burst: int) -> BucketResult:
         """Token bucket: take one token from ``key`` refilled at ``rate_per_s`` up to ``burst``."""
@@ -144,12 +219,93 @@ def _check_buckets(buckets: Sequence[Bucket]) -> None:
 _ZSCORES_CHUNK = 10_000
 """Members per ZMSCORE: one command for a running pool's devices would be megabytes."""
 
+_LOG_EVERY_S = 10.0
+_unavailable_log = {"at": 0.0, "suppressed": 0}
+_OUTAGE_GAP_S = 60.0
+_outage: dict[str, float] = {}
+
+
+def last_outage() -> tuple[float, float] | None:
+    """When this process last found Redis unreachable: the wall-clock times of the first and
+    the last failure of that outage (failures less than a minute apart are one outage).
+    The heartbeat path credits uptime across it even before the sweeper has recorded it."""
+    if not _outage:
+        return None
+    return _outage["first"], _outage["last"]
+
+
+def _note_outage() -> None:
+    now = time.time()
+    if not _outage or now - _outage["last"] > _OUTAGE_GAP_S:
+        _outage["first"] = now
+    _outage["last"] = now
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _guarded(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Turn Redis being unreachable (after the client's own retries) into ``CacheUnavailable``."""
+
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            _note_outage()
+            # One line every _LOG_EVERY_S per process, not a traceback per request.
+            now = time.monotonic()
+            if now - _unavailable_log["at"] >= _LOG_EVERY_S:
+                log.warning(
+                    "cache_unavailable",
+                    error=f"{type(exc).__name__}: {exc}",
+                    suppressed=_unavailable_log["suppressed"],
+                )
+                _unavailable_log["at"], _unavailable_log["suppressed"] = now, 0
+            else:
+                _unavailable_log["suppressed"] += 1
+            raise CacheUnavailable() from exc
+
+    return call
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """How the control plane talks to Redis (one pool per process)."""
+
+    max_connections: int = 64
+    pool_timeout_s: float = 1.0
+    """Wait for a free pooled connection this long, then answer 503 (never queue for long)."""
+    socket_timeout_s: float = 2.0
+    connect_timeout_s: float = 1.0
+    health_check_interval_s: float = 5.0
+    """A connection idle this long is PINGed before reuse: one left over from before a
+    Redis restart is replaced instead of failing a request."""
+    retries: int = 2
+    """A command that meets a dropped connection or a timeout is retried this many times on
+    a fresh connection, with jittered exponential backoff (50 ms, capped at 500 ms)."""
+
 
 class RedisCache(Cache):
-    def __init__(self, url: str, prefix: str = "tesai:") -> None:
+    def __init__(
+        self, url: str, prefix: str = "tesai:", options: RedisOptions | None = None
+    ) -> None:
+        o = options or RedisOptions()
         # A blocking pool: with the plain pool, the 65th concurrent command would fail with
-        # "Too many connections" instead of waiting for a free connection.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5)
+        # "Too many connections" instead of waiting for a free connection; past the pool
+        # timeout it raises, and the caller gets CacheUnavailable (503 with Retry-After).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=o.max_connections,
+            timeout=o.pool_timeout_s,
+            socket_timeout=o.socket_timeout_s,
+            socket_connect_timeout=o.connect_timeout_s,
+            socket_keepalive=True,
+            health_check_interval=o.health_check_interval_s,
+            retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), o.retries),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
         self._redis = aioredis.Redis.from_pool(pool)
         self._prefix = prefix
         self._bucket = self._redis.register_script(_BUCKET_SCRIPT)
@@ -157,23 +313,28 @@ class RedisCache(Cache):
     def _k(self, key: str) -> str:
         return self._prefix + key
 
+    @_guarded
     async def get(self, key: str) -> bytes | None:
         return cast(bytes | None, await self._redis.get(self._k(key)))
 
+    @_guarded
     async def set(
         self, key: str, value: bytes | str, *, ttl_s: float | None = None, only_new: bool = False
     ) -> bool:
         px = int(ttl_s * 1000) if ttl_s is not None else None
         return bool(await self._redis.set(self._k(key), value, px=px, nx=only_new))
 
+    @_guarded
     async def pop(self, key: str) -> bytes | None:
         return cast(bytes | None, await self._redis.getdel(self._k(key)))
 
+    @_guarded
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
         return int(await self._redis.delete(*(self._k(k) for k in keys)))
 
+    @_guarded
     async def incr(self, key: str, amount: int = 1, *, ttl_s: float | None = None) -> int:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.incrby(self._k(key), amount)
@@ -182,6 +343,7 @@ class RedisCache(Cache):
             result = await pipe.execute()
         return int(result[0])
 
+    @_guarded
     async def mset(self, values: dict[str, bytes | str], *, ttl_s: float | None = None) -> None:
         if not values:
             return
@@ -191,15 +353,18 @@ class RedisCache(Cache):
                 pipe.set(self._k(k), v, px=px)
             await pipe.execute()
 
+    @_guarded
     async def mget(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
             return []
         return cast(list[bytes | None], await self._redis.mget([self._k(k) for k in keys]))
 
+    @_guarded
     async def zadd(self, key: str, members: dict[str, float], *, only_new: bool = False) -> None:
         if members:
             await self._redis.zadd(self._k(key), members, nx=only_new)
 
+    @_guarded
     async def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
         out: list[float | None] = []
         for i in range(0, len(members), _ZSCORES_CHUNK):
@@ -208,6 +373,7 @@ class RedisCache(Cache):
             out += [None if s is None else float(s) for s in scores]
         return out
 
+    @_guarded
     async def zrangebyscore(self, key: str, low: float, high: float) -> list[tuple[str, float]]:
         rows = cast(
             list[tuple[bytes, float]],
@@ -215,13 +381,47 @@ class RedisCache(Cache):
         )
         return [(m.decode(), float(s)) for m, s in rows]
 
+    @_guarded
     async def zrem(self, key: str, *members: str) -> None:
         if members:
             await self._redis.zrem(self._k(key), *members)
 
+    @_guarded
     async def zcard(self, key: str) -> int:
         return int(await self._redis.zcard(self._k(key)))
 
+    @_guarded
+    async def apply(self, writes: Writes) -> None:
+        if not writes.ops:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for op in writes.ops:
+                kind, key = op[0], self._k(op[1])
+                if kind == "set":
+                    px = int(op[3] * 1000) if op[3] is not None else None
+                    pipe.set(key, op[2], px=px)
+                elif kind == "zadd":
+                    pipe.zadd(key, op[2])
+                elif kind == "hset":
+                    pipe.hset(key, op[2], op[3])
+                    pipe.pexpire(key, int(op[4] * 1000))
+                elif kind == "incr":
+                    pipe.incrby(key, op[2])
+                elif kind == "delete":
+                    pipe.delete(*(self._k(k) for k in op[1:]))
+            await pipe.execute()
+
+    @_guarded
+    async def hgetall_many(self, keys: Sequence[str]) -> list[dict[str, bytes]]:
+        if not keys:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for k in keys:
+                pipe.hgetall(self._k(k))
+            rows = cast(list[dict[bytes, bytes]], await pipe.execute())
+        return [{f.decode(): v for f, v in row.items()} for row in rows]
+
+    @_guarded
     async def take_tokens(self, buckets: Sequence[Bucket]) -> BucketResult:
         _check_buckets(buckets)
         args: list[float] = []
@@ -230,6 +430,7 @@ class RedisCache(Cache):
         allowed, retry = await self._bucket(keys=[self._k(b.key) for b in buckets], args=args)
         return BucketResult(bool(int(allowed)), float(retry))
 
+    @_guarded
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
 
@@ -248,6 +449,8 @@ class MemoryCache(Cache):
         self._zsets: dict[str, dict[str, float]] = {}
         self._buckets: dict[str, tuple[float, float, float]] = {}
         """key → (tokens, last refill, time it is full again)."""
+        self._hashes: dict[str, tuple[dict[str, bytes], float]] = {}
+        """key → (fields, expiry on the monotonic clock)."""
         self._writes = 0
 
     @staticmethod
@@ -279,6 +482,8 @@ class MemoryCache(Cache):
             del self._data[k]
         for k in [k for k, (_, _, full) in self._buckets.items() if full <= now]:
             del self._buckets[k]
+        for k in [k for k, (_, exp) in self._hashes.items() if exp <= now]:
+            del self._hashes[k]
 
     async def get(self, key: str) -> bytes | None:
         return self._live(key)
@@ -304,6 +509,7 @@ class MemoryCache(Cache):
                 n += 1
             self._data.pop(k, None)
             self._zsets.pop(k, None)
+            self._hashes.pop(k, None)
         return n
 
     async def incr(self, key: str, amount: int = 1, *, ttl_s: float | None = None) -> int:
@@ -349,6 +555,34 @@ class MemoryCache(Cache):
     async def zcard(self, key: str) -> int:
         return len(self._zsets.get(key, {}))
 
+    async def apply(self, writes: Writes) -> None:
+        # One event-loop step: nothing else runs between these writes.
+        for op in writes.ops:
+            kind, key = op[0], op[1]
+            if kind == "set":
+                await self.set(key, op[2], ttl_s=op[3])
+            elif kind == "zadd":
+                await self.zadd(key, op[2])
+            elif kind == "hset":
+                fields = self._hash(key)
+                fields[op[2]] = self._b(op[3])
+                self._hashes[key] = (fields, time.monotonic() + op[4])
+                self._wrote()
+            elif kind == "incr":
+                await self.incr(key, op[2])
+            elif kind == "delete":
+                await self.delete(*op[1:])
+
+    def _hash(self, key: str) -> dict[str, bytes]:
+        item = self._hashes.get(key)
+        if item is None or item[1] <= time.monotonic():
+            self._hashes.pop(key, None)
+            return {}
+        return item[0]
+
+    async def hgetall_many(self, keys: Sequence[str]) -> list[dict[str, bytes]]:
+        return [dict(self._hash(k)) for k in keys]
+
     async def take_tokens(self, buckets: Sequence[Bucket]) -> BucketResult:
         _check_buckets(buckets)
         now = time.monotonic()
@@ -374,6 +608,7 @@ class MemoryCache(Cache):
         self._data.clear()
         self._zsets.clear()
         self._buckets.clear()
+        self._hashes.clear()
 
     def keys(self, pattern: str = "*") -> list[str]:
         """Live keys matching a glob pattern (diagnostics and tests)."""
