@@ -89,6 +89,31 @@ def _raise_for_problem(response: httpx.Response) -> None:
     raise ApiError(response.status_code, code, detail)
 
 
+class DeferredTransport(httpx.BaseTransport):
+    """httpx's own transport, made at the first request: the verifying TLS one (with the CA
+    bundle, whose loading costs tens of milliseconds at every CLI call) only for an https
+    URL, a plain one for http. Every https request is verified as with httpx's default."""
+
+    def __init__(self) -> None:
+        self._plain: httpx.HTTPTransport | None = None
+        self._tls: httpx.HTTPTransport | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "https":
+            if self._tls is None:
+                self._tls = httpx.HTTPTransport()
+            return self._tls.handle_request(request)
+        if self._plain is None:
+            # Never used for TLS: an https URL always takes the verifying transport above.
+            self._plain = httpx.HTTPTransport(verify=False)
+        return self._plain.handle_request(request)
+
+    def close(self) -> None:
+        for transport in (self._plain, self._tls):
+            if transport is not None:
+                transport.close()
+
+
 class TesaiClient:
     """``TesaiClient(server, token)``, or ``TesaiClient()`` for the stored login."""
 
@@ -109,7 +134,9 @@ class TesaiClient:
             token = token or self._credentials.access_token
         self.server = server.rstrip("/")
         self.token = token
-        self._http = httpx.Client(base_url=self.server, timeout=timeout_s, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.server, timeout=timeout_s, transport=transport or DeferredTransport()
+        )
 
     def __enter__(self) -> TesaiClient:
         return self

@@ -9,8 +9,10 @@ ends, and `tesai job status` reports SUCCEEDED.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import textwrap
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,25 @@ async def test_job_submit_uploads_the_working_dir_and_follows_its_logs(
     assert f"{job['id']}: SUCCEEDED" in status
     listed = json.loads(_cli(env, tmp_path, "job", "list", "--cluster", cluster_id, "--json"))
     assert [j["id"] for j in listed] == [job["id"]]
+
+    # The README's quoted command, as printed: the arguments reach Ray's shell as typed.
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    [line] = [
+        x for x in readme.splitlines() if x.startswith("tesai job submit") and "python -c" in x
+    ]
+    quoted = _cli(env, tmp_path, *shlex.split(line.replace("CLUSTER_ID", cluster_id))[1:])
+    assert quoted.strip().endswith(version("ray")), quoted
+    # A failing job: --follow exits 1 and says why.
+    failed = subprocess.run(
+        [TESAI, "job", "submit", "-c", cluster_id, "--follow", "--", "python", "-c", "exit(3)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    said = " ".join(failed.stderr.split())  # rich wraps long lines
+    assert "FAILED: Job entrypoint command failed with exit code 3" in said, said
 
     # Without an entrypoint the CLI refuses before calling anything.
     refused = subprocess.run(

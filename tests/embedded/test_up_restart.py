@@ -21,7 +21,7 @@ import pytest
 
 from tesai.protocol.v1 import JoinRequest
 from tests.devices.conftest import beat, hardware
-from tests.devices.proofs import agent_cpu_proof
+from tests.devices.proofs import prove_sync
 from tests.embedded.helpers import clean_env, free_port, interrupt, start, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -123,13 +123,9 @@ def test_a_restart_of_tesai_up_bills_nothing_of_the_outage(home: Path, tmp_path:
         agent = Agent(base, joined.json()["device_token"])
         device_id = joined.json()["device_id"]
         [verify] = [c for c in agent.beat_once().json()["commands"] if c["kind"] == "verify"]
-        result = agent_cpu_proof(verify["args"])
-        r = httpx.post(
-            f"{base}/api/v1/agent/verification",
-            json=result.model_dump(mode="json"),
-            headers=agent.headers,
-        )
-        assert r.json()["status"] == "online", r.text
+        with httpx.Client(base_url=base, timeout=60) as proving:
+            outcome = prove_sync(proving, agent.headers, verify["args"])
+        assert outcome["status"] == "online", outcome
 
         r = api.post(
             "/api/v1/clusters",

@@ -1,19 +1,23 @@
-"""Operations commands under `tesai admin`: drain, undrain, move-node, terminate, incidents, sla.
+"""Operations commands under `tesai admin`: drain, undrain, move-node, terminate, incidents,
+sla, and credit.
 
-They call the operations API (``/api/v1/internal/ops``) with the stored login of an admin
-(`tesai login`). Reports take ``--json``.
+They call the operations API (``/api/v1/internal/ops``) and the credit grant
+(``/api/v1/internal/credits``) with the stored login of an admin (`tesai login`). Reports
+take ``--json``.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from tesai.cli.common import JsonOpt, console, err
+from tesai.cli.common import JsonOpt, api, console, dumps, err
 from tesai.cli.common import call as _call
-from tesai.client import dumps
+from tesai.cli.money import KeyOpt, to_micro, usdc
 
 OPS = "/api/v1/internal/ops"
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in events and audit log).")]
@@ -150,6 +154,68 @@ def set_sla(
     console.print(f"Provider {data['provider_id']} promises {_pct(data['promised_uptime'])}")
 
 
+def _user_id(who: str) -> str:
+    """A user id as given, or the id of the user with exactly this email (exits 1 if none)."""
+    try:
+        return str(uuid.UUID(who))
+    except ValueError:
+        pass
+    email = who.strip().lower()
+    page = _call("GET", "/api/v1/internal/users", params={"email": email, "limit": 500})
+    for user in page["items"]:
+        if (user["email"] or "").lower() == email:
+            return str(user["id"])
+    err.print(f"[red]No user with the email {escape(who)}[/]")
+    raise typer.Exit(1)
+
+
+def credit(
+    user: Annotated[str, typer.Argument(help="The user's email or id.")],
+    amount: Annotated[float, typer.Option("--amount", help="USDC to credit.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why (kept in the ledger and the audit log).")
+    ],
+    idempotency_key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a user credit to spend on clusters (audited).
+
+    The command makes an idempotency key itself; if it cannot tell whether the grant went through (the connection broke), it prints the key: run it again with --idempotency-key KEY and the credit is given at most once.
+    """  # noqa: E501 - typer re-wraps paragraphs; a line each keeps --help tidy
+    # Imported here for start-up cost (see tesai.cli), not to dodge an import cycle.
+    import httpx
+
+    from tesai.client import ApiError
+
+    micro = to_micro(amount)
+    user_id = _user_id(user)
+    key = idempotency_key or str(uuid.uuid4())
+    body = {"user_id": user_id, "amount_micro": micro, "reason": reason}
+    shown = escape(key)
+    retry = f"Run it again with --idempotency-key {shown}: the credit is given at most once."
+    with api() as client:
+        try:
+            data = client.post(
+                "/api/v1/internal/credits", json=body, headers={"Idempotency-Key": key}
+            )
+        except httpx.TransportError as exc:  # e.g. a timeout after the request was sent
+            why = escape(f"{type(exc).__name__}: {exc}")
+            err.print(f"[red]No answer from the server[/] ({why})")
+            err.print(f"The credit may or may not have been given. {retry}", soft_wrap=True)
+            raise typer.Exit(1) from exc
+        except ApiError as exc:
+            if exc.status >= 500:
+                err.print(retry, soft_wrap=True)
+            raise
+    if as_json:
+        typer.echo(dumps({**data, "user_id": user_id, "idempotency_key": key}))
+        return
+    console.print(
+        f"Credited [bold]{usdc(data['amount_micro'])}[/] to {escape(user)} "
+        f"(ledger transaction {data['transaction_id']}, idempotency key {shown})"
+    )
+
+
 def register(admin_app: typer.Typer) -> None:
     """Add the operations commands to `tesai admin`."""
     admin_app.command("drain")(drain)
@@ -159,3 +225,4 @@ def register(admin_app: typer.Typer) -> None:
     admin_app.command("incidents")(incidents)
     admin_app.command("sla")(sla)
     admin_app.command("set-sla")(set_sla)
+    admin_app.command("credit")(credit)

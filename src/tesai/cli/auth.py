@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
-from rich.console import Console
 
-from tesai.client import ApiError, TesaiClient, credentials_path, dumps, load_credentials
-from tesai.settings import Settings, get_settings
+from tesai.cli.common import console, dumps, err
 
-console = Console()
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from tesai.settings import Settings
+
+# The HTTP client, the settings and the database are imported inside the commands (start-up
+# cost, see tesai.cli).
 
 admin_app = typer.Typer(
     help="Administer this installation: create-user works on the database directly; the "
@@ -62,8 +61,11 @@ def create_user(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create a user directly in the database (TESAI_DATABASE_URL, else the embedded one)."""
+    import asyncio
+
     from tesai.cli.server import _database
     from tesai.errors import AppError
+    from tesai.settings import get_settings
 
     roles = role or ["customer"]
     unknown = sorted(set(roles) - set(ROLE_CHOICES))
@@ -100,6 +102,10 @@ def login(
     ] = "",
 ) -> None:
     """Log in and keep the tokens in your config dir (mode 0600)."""
+    import httpx
+
+    from tesai.client import ApiError, TesaiClient, credentials_path
+
     try:
         with TesaiClient(server, None) as client:
             client.login(email, password)
@@ -114,6 +120,8 @@ def login(
 
 def logout() -> None:
     """End the session on the server and delete the stored credentials."""
+    from tesai.client import TesaiClient, load_credentials
+
     if load_credentials() is None:
         console.print("not logged in")
         return

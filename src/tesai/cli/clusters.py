@@ -1,24 +1,32 @@
 """Customer commands: `tesai offers`, `tesai quote`, `tesai cluster …`, `tesai job …`.
 
 All go through the HTTP API with the stored login (`tesai login`). Every listing takes
-``--json``.
+``--json``. The HTTP client is imported only once a command runs (start-up cost, see
+tesai.cli).
+
+The job commands that wait for a job (``--follow``, ``job stop``) exit with the job's outcome
+(``JOB_EXIT``): 0 it succeeded, 1 it failed (or the command itself could not do its work:
+the red line says which), 3 it was stopped; 2 is a usage error. With ``--follow`` stdout
+carries only the job's output and what the CLI says about the job goes to stderr, so
+``> out.log`` keeps the logs alone.
 """
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 import uuid
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from tesai.client import ApiError, NotLoggedIn, TesaiClient, dumps
+from tesai.cli.common import console, dumps, err
 
-console = Console()
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from tesai.client import TesaiClient
 
 cluster_app = typer.Typer(
     help="Rent, inspect, extend and terminate Ray clusters.", no_args_is_help=True
@@ -44,6 +52,9 @@ def usd(micro: int | None) -> str:
 
 
 def _client() -> TesaiClient:
+    # Imported here for start-up cost (see tesai.cli), not to dodge an import cycle.
+    from tesai.client import NotLoggedIn, TesaiClient
+
     try:
         return TesaiClient()
     except NotLoggedIn as exc:
@@ -52,10 +63,17 @@ def _client() -> TesaiClient:
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    import httpx
+
+    from tesai.client import ApiError
+
     try:
         return fn(*args, **kwargs)
     except ApiError as exc:
-        err.print(f"[red]{exc.status} {exc.code}[/]: {exc.detail}")
+        err.print(f"[red]{exc.status} {exc.code}[/]: {escape(exc.detail)}")
+        raise typer.Exit(1) from exc
+    except httpx.TransportError as exc:
+        err.print(f"[red]Cannot reach the server:[/] {type(exc).__name__}: {escape(str(exc))}")
         raise typer.Exit(1) from exc
 
 
@@ -229,7 +247,7 @@ def _wait_running(
             for e in detail["events"]:
                 key = f"{e['at']}{e['reason']}"
                 if key not in seen and not quiet:
-                    console.print(f"  {e['at'][11:19]} {e['reason']}: {e['message']}")
+                    console.print(f"  {e['at'][11:19]} {e['reason']}: {escape(e['message'])}")
                 seen.add(key)
             if detail["status"] in ("running", "failed", "terminated"):
                 return dict(detail)
@@ -275,7 +293,10 @@ def cluster_show(cluster_id: str, as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(dumps(d))
         return
-    console.print(f"[bold]{d['name']}[/] {d['id']}: {d['status']} ({d['status_reason']})")
+    # Names and event messages are other people's text (Ray's log lines among them): never
+    # markup.
+    name, reason = escape(d["name"]), escape(d["status_reason"] or "")
+    console.print(f"[bold]{name}[/] {d['id']}: {d['status']} ({reason})")
     console.print(f"  Ray address: {d['ray_address']}")
     nodes = Table("node", "device", "role", "state", "healthy s", title="Nodes")
     for n in d["nodes"]:
@@ -283,7 +304,7 @@ def cluster_show(cluster_id: str, as_json: JsonOpt = False) -> None:
     console.print(nodes)
     events = Table("at", "reason", "message", title="Events")
     for e in d["events"]:
-        events.add_row(e["at"], e["reason"], e["message"])
+        events.add_row(e["at"], e["reason"], escape(e["message"]))
     console.print(events)
 
 
@@ -314,6 +335,25 @@ def cluster_terminate(cluster_id: str, as_json: JsonOpt = False) -> None:
     typer.echo(dumps(d) if as_json else f"{d['id']} is {d['status']}")
 
 
+JOB_EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
+"""Exit status of a command that waited for a job, by the job's final status."""
+DID_NOT_END = 1
+"""Exit status when the job could not be followed to its end (its cluster ended first)."""
+_CLUSTER_OVER = frozenset({"terminating", "terminated", "failed"})
+
+
+def entrypoint_of(args: list[str]) -> str:
+    """The shell command Ray runs for ``-- ARGS``.
+
+    Each argument is quoted (``shlex.join``), so ``-- python -c "import ray; print(1)"``
+    reaches the job's shell as typed. A single argument with whitespace in it is a shell
+    command as given (``-- "python train.py > out.txt"``).
+    """
+    if len(args) == 1 and any(ch.isspace() for ch in args[0]):
+        return args[0]
+    return shlex.join(args)
+
+
 @job_app.command(
     "submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )
@@ -323,14 +363,22 @@ def job_submit(
     working_dir: Annotated[
         str | None, typer.Option(help="Upload this folder as the job's working dir.")
     ] = None,
-    follow: Annotated[bool, typer.Option(help="Stream logs until the job ends.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(help="Stream logs until the job ends; exit with its outcome (0, 1, 3)."),
+    ] = False,
     max_retries: Annotated[
         int, typer.Option(min=0, max=10, help="Resubmit this often if the head node is lost.")
     ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit `-- ENTRYPOINT…` to the cluster."""
-    entrypoint = " ".join(ctx.args)
+    """Submit `-- COMMAND ARGS…` to the cluster.
+
+    Each argument after -- is passed to the job as typed (quoted for its shell); one quoted argument with spaces is run as a shell command: -- "python train.py > out.txt".
+
+    With --follow the job's output streams to stdout and the command exits with the job's outcome: 0 succeeded, 1 failed, 3 stopped (2: wrong usage). With --json it prints the job as JSON (with --follow: once it ended, the logs going to stderr).
+    """  # noqa: E501 - typer re-wraps paragraphs; a line each keeps --help tidy
+    entrypoint = entrypoint_of(ctx.args)
     if not entrypoint:
         err.print("[red]Give the entrypoint after --, e.g. `-- python train.py`[/]")
         raise typer.Exit(2)
@@ -343,12 +391,18 @@ def job_submit(
             f"/api/v1/clusters/{cluster}/jobs",
             json={"entrypoint": entrypoint, "runtime_env": runtime_env, "max_retries": max_retries},
         )
-        if as_json and not follow:
-            typer.echo(dumps(job))
+        if not follow:
+            if as_json:
+                typer.echo(dumps(job))
+            else:
+                console.print(f"Job [bold]{job['id']}[/] submitted ({job['submission_id']}).")
+                console.print(f"  tesai job logs {job['id']} --cluster {cluster} --follow")
             return
-        console.print(f"Job [bold]{job['id']}[/] submitted ({job['submission_id']}).")
-        if follow:
-            _stream_logs(c, cluster, job["id"])
+        err.print(f"Job [bold]{job['id']}[/] submitted ({job['submission_id']}); following it.")
+        ended = _follow(c, cluster, job["id"], out=sys.stderr if as_json else sys.stdout)
+    if as_json:
+        typer.echo(dumps(ended))
+    raise typer.Exit(_report_end(ended))
 
 
 def _upload_working_dir(c: TesaiClient, cluster_id: str, working_dir: str) -> dict[str, Any]:
@@ -364,33 +418,111 @@ def _upload_working_dir(c: TesaiClient, cluster_id: str, working_dir: str) -> di
     return runtime_env
 
 
-def _stream_logs(c: TesaiClient, cluster_id: str, job_id: str) -> None:
+def _stream_logs(c: TesaiClient, cluster_id: str, job_id: str, *, skip: int, out: TextIO) -> int:
+    """Write the job's logs from character ``skip`` on to ``out`` while the server streams
+    them (until the job ends or its head stops answering); return the characters written."""
+    written = 0
     path = f"/api/v1/clusters/{cluster_id}/jobs/{job_id}/logs"
-    with c._http.stream(
-        "GET", path, params={"follow": "true"}, headers=c._headers(), timeout=None
-    ) as r:
-        if r.status_code >= 400:
-            r.read()
-            err.print(f"[red]{r.status_code}[/] {r.text}")
-            raise typer.Exit(1)
+    with c.stream("GET", path, params={"follow": "true"}, timeout=None) as r:
         for chunk in r.iter_text():
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            chunk, skip = chunk[skip:], 0
+            out.write(chunk)
+            out.flush()
+            written += len(chunk)
+    return written
+
+
+def _logs_until_break(
+    c: TesaiClient, cluster_id: str, job_id: str, *, skip: int, out: TextIO
+) -> int:
+    """``_stream_logs``, where a head that does not answer (409: not up yet, being re-formed
+    or gone with its cluster) gives no logs instead of an error."""
+    from tesai.client import ApiError
+
+    try:
+        return _stream_logs(c, cluster_id, job_id, skip=skip, out=out)
+    except ApiError as exc:
+        if exc.status == 409:
+            return 0
+        raise
+
+
+def _follow(c: TesaiClient, cluster_id: str, job_id: str, *, out: TextIO) -> dict[str, Any]:
+    """Stream the job's logs until it ends and return it as it ended.
+
+    The server's stream also ends when the head stops answering; then the job is looked at
+    again: a head being re-formed is waited for, a job resubmitted to a new head is followed
+    from the start of its new logs, and when the cluster itself ends the job is returned as
+    it was last seen (not ended).
+    """
+    path = f"/api/v1/clusters/{cluster_id}/jobs/{job_id}"
+    submission, printed = None, 0
+    try:
+        while True:
+            job: dict[str, Any] = _call(c.get, path)
+            if job["submission_id"] != submission:
+                if submission is not None:
+                    err.print(
+                        f"[yellow]Job {job_id} was resubmitted (attempt {job['attempts']}); "
+                        "its logs start again.[/]"
+                    )
+                submission, printed = job["submission_id"], 0
+            ended = job["status"] in JOB_EXIT
+            printed += _call(_logs_until_break, c, cluster_id, job_id, skip=printed, out=out)
+            if ended:
+                return job
+            job = _call(c.get, path)
+            if job["status"] in JOB_EXIT:
+                return job
+            if _call(c.get, f"/api/v1/clusters/{cluster_id}")["status"] in _CLUSTER_OVER:
+                return job
+            time.sleep(2.0)
+    except KeyboardInterrupt:
+        err.print(
+            f"\nStopped following; job {job_id} goes on "
+            f"(`tesai job stop {job_id} --cluster {cluster_id}` stops it)."
+        )
+        raise typer.Exit(130) from None
+
+
+def _report_end(job: dict[str, Any]) -> int:
+    """Say on stderr how the job ended; return the exit status that goes with it."""
+    # Ray's message quotes the job's last output: never read it as markup.
+    status, message = job["status"], escape(job.get("message") or "")
+    colour = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow"}.get(status)
+    if colour is None:
+        err.print(
+            f"[red]Job {job['id']} did not end: it is {status} and its cluster is over.[/]"
+            + (f" {message}" if message else "")
+        )
+        return DID_NOT_END
+    err.print(f"[{colour}]Job {job['id']} {status}[/]" + (f": {message}" if message else ""))
+    return JOB_EXIT[status]
 
 
 @job_app.command("list")
 def job_list(
     cluster: Annotated[str, typer.Option("--cluster", "-c")], as_json: JsonOpt = False
 ) -> None:
-    """Jobs submitted through TES AI on a cluster."""
+    """Every job on a cluster: submitted with TES AI (its id) or with Ray's own tooling
+    (`ray job submit`: its Ray submission id, which `ray job …` commands take)."""
     with _client() as c:
         rows = _call(c.get, f"/api/v1/clusters/{cluster}/jobs")
     if as_json:
         typer.echo(dumps(rows))
         return
-    table = Table("id", "status", "entrypoint", "created", title="Jobs")
+    table = Table("id", "via", "status", "entrypoint", "created", title="Jobs")
     for j in rows:
-        table.add_row(j["id"], j["status"], j["entrypoint"][:60], j["created_at"])
+        table.add_row(
+            j["id"] or j["submission_id"],
+            j["submitted_via"],
+            j["status"],
+            j["entrypoint"][:60],
+            j["created_at"],
+        )
     console.print(table)
 
 
@@ -398,6 +530,7 @@ def job_list(
 def job_status(
     job_id: str, cluster: Annotated[str, typer.Option("--cluster", "-c")], as_json: JsonOpt = False
 ) -> None:
+    """A job's status and Ray's message about it."""
     with _client() as c:
         j = _call(c.get, f"/api/v1/clusters/{cluster}/jobs/{job_id}")
     typer.echo(dumps(j) if as_json else f"{j['id']}: {j['status']} {j['message'] or ''}")
@@ -408,27 +541,65 @@ def job_logs(
     job_id: str,
     cluster: Annotated[str, typer.Option("--cluster", "-c")],
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Stream until the job ends.")
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Stream until the job ends; exit with its outcome (0, 1, 3)."
+        ),
     ] = False,
 ) -> None:
+    """A job's logs so far; with --follow, until it ends.
+
+    With --follow the command exits with the job's outcome: 0 succeeded, 1 failed, 3 stopped (2: wrong usage); the final status goes to stderr.
+    """  # noqa: E501 - typer re-wraps paragraphs; a line each keeps --help tidy
     with _client() as c:
         if follow:
-            _stream_logs(c, cluster, job_id)
+            ended = _follow(c, cluster, job_id, out=sys.stdout)
+        else:
+            sys.stdout.write(_call(_logs_so_far, c, cluster, job_id))
             return
-        r = c._http.get(f"/api/v1/clusters/{cluster}/jobs/{job_id}/logs", headers=c._headers())
-        if r.status_code >= 400:
-            err.print(f"[red]{r.status_code}[/] {r.text}")
-            raise typer.Exit(1)
-        sys.stdout.write(r.text)
+    raise typer.Exit(_report_end(ended))
+
+
+def _logs_so_far(c: TesaiClient, cluster_id: str, job_id: str) -> str:
+    with c.stream("GET", f"/api/v1/clusters/{cluster_id}/jobs/{job_id}/logs") as r:
+        return r.read().decode(errors="replace")
 
 
 @job_app.command("stop")
 def job_stop(
-    job_id: str, cluster: Annotated[str, typer.Option("--cluster", "-c")], as_json: JsonOpt = False
+    job_id: str,
+    cluster: Annotated[str, typer.Option("--cluster", "-c")],
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for the job to end (0: do not wait).")
+    ] = 30.0,
+    as_json: JsonOpt = False,
 ) -> None:
+    """Stop a job and say how it ended.
+
+    Exits 0 once the job has ended (stopped now, or it had ended before; with --wait 0 as soon as the stop is requested), 1 when it is still running after --wait seconds.
+    """  # noqa: E501 - typer re-wraps paragraphs; a line each keeps --help tidy
+    path = f"/api/v1/clusters/{cluster}/jobs/{job_id}"
     with _client() as c:
-        j = _call(c.post, f"/api/v1/clusters/{cluster}/jobs/{job_id}/stop")
-    typer.echo(dumps(j) if as_json else f"{j['id']}: {j['status']}")
+        before = _call(c.get, path)
+        j = _call(c.post, f"{path}/stop")
+        deadline = time.monotonic() + wait
+        while j["status"] not in JOB_EXIT and time.monotonic() < deadline:
+            time.sleep(0.5)
+            j = _call(c.get, path)
+    if as_json:
+        typer.echo(dumps(j))
+    elif before["status"] in JOB_EXIT:
+        console.print(f"Job {j['id']} had already ended: {j['status']}.")
+    elif j["status"] == "STOPPED":
+        console.print(f"Job {j['id']} stopped (STOPPED).")
+    elif j["status"] in JOB_EXIT:
+        console.print(f"Job {j['id']} ended before it could be stopped: {j['status']}.")
+    else:
+        err.print(
+            f"[yellow]Stop requested; job {j['id']} is still {j['status']}.[/] "
+            f"`tesai job status {j['id']} --cluster {cluster}` shows when it ends."
+        )
+    raise typer.Exit(0 if j["status"] in JOB_EXIT or wait == 0 else 1)
 
 
 def register(app: typer.Typer) -> None:

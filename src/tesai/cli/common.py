@@ -1,28 +1,59 @@
 """What the CLI's command groups share: the consoles, ``--json`` and one API call that
-turns "not logged in" and API problems into a red line and exit status 1."""
+turns "not logged in", an unreachable server and API problems into a red line and exit
+status 1.
+
+The HTTP client (httpx, pydantic) is imported only when a command calls the API, never
+while the command tree is built: see ``tesai.cli`` on start-up cost.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from tesai.client import ApiError, NotLoggedIn, TesaiClient
+if TYPE_CHECKING:
+    from tesai.client import TesaiClient
 
 console = Console()
 err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def call(method: str, path: str, **kwargs: Any) -> Any:
-    """``method path`` with the saved login; exits 1 with the problem on failure."""
+def dumps(data: Any) -> str:
+    """JSON for `--json` output."""
+    return json.dumps(data, indent=2, default=str)
+
+
+@contextmanager
+def api() -> Iterator[TesaiClient]:
+    """The stored login's client for a block of API calls; exits 1 with a red line when
+    there is no login, the server cannot be reached or it answers with a problem."""
+    # Imported here for start-up cost (see tesai.cli), not to dodge an import cycle.
+    import httpx
+
+    from tesai.client import ApiError, NotLoggedIn, TesaiClient
+
     try:
         with TesaiClient() as client:
-            return client.request(method, path, **kwargs)
+            yield client
     except NotLoggedIn as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
     except ApiError as exc:
-        err.print(f"[red]{exc.status} {exc.code}[/]: {exc.detail}")
+        err.print(f"[red]{exc.status} {exc.code}[/]: {escape(exc.detail)}")
         raise typer.Exit(1) from exc
+    except httpx.TransportError as exc:
+        err.print(f"[red]Cannot reach the server:[/] {type(exc).__name__}: {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+
+
+def call(method: str, path: str, **kwargs: Any) -> Any:
+    """``method path`` with the saved login; exits 1 with the problem on failure."""
+    with api() as client:
+        return client.request(method, path, **kwargs)

@@ -5,14 +5,15 @@ All go through the HTTP API with the stored login (`tesai login`). Listings take
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from tesai.cli.common import JsonOpt, console
+from tesai.cli.common import JsonOpt, console, dumps
 from tesai.cli.common import call as _call
-from tesai.client import dumps
 
 app = typer.Typer(help="Connect and manage your machines (provider).", no_args_is_help=True)
 
@@ -21,6 +22,21 @@ BASE = "/api/v1/provider/devices"
 
 def _usd(micro: int | None) -> str:
     return "-" if micro is None else f"${micro / 1_000_000:,.2f}"
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h" if minutes < 48 * 60 else f"{minutes // 1440} d"
+
+
+def _uptime(pct: float | None, created_at: str) -> str:
+    """Uptime with what it was measured over: 30 days, or the device's life if shorter."""
+    if pct is None:
+        return "uptime: not measured yet"
+    age = time.time() - datetime.fromisoformat(created_at).timestamp()
+    return f"uptime over {_age(min(age, 30 * 86400))}: {pct:.2f} %"
 
 
 def _print_join(data: dict[str, Any]) -> None:
@@ -79,7 +95,7 @@ def list_devices(as_json: JsonOpt = False) -> None:
 
 @app.command("show")
 def show(device_id: str, as_json: JsonOpt = False) -> None:
-    """One device: latest telemetry, 30-day uptime, last verification."""
+    """One device: latest telemetry, uptime (30 days, or its life if shorter), last verification."""
     data = _call("GET", f"{BASE}/{device_id}")
     if as_json:
         typer.echo(dumps(data))
@@ -87,11 +103,19 @@ def show(device_id: str, as_json: JsonOpt = False) -> None:
     d = data["device"]
     console.print(f"[bold]{d['name']}[/] {d['id']}: {d['status']} ({d['status_reason'] or '-'})")
     console.print(
-        f"uptime 30 d: {data['uptime_30d_pct']:.2f} %   last heartbeat: {data['last_heartbeat_at']}"
+        f"{_uptime(data['uptime_30d_pct'], d['created_at'])}   "
+        f"last heartbeat: {data['last_heartbeat_at']}"
     )
     if data["last_verification"]:
         v = data["last_verification"]
         console.print(f"last verification: {v['outcome'] or 'running'} {v['reason'] or ''}")
+        if v.get("measured_s") is not None:
+            console.print(
+                f"  measured {v['measured_s']:.2f} s from challenge to commitment "
+                f"(allowed {v['deadline_s']:.2f} s)"
+            )
+        if v.get("detail"):
+            console.print(f"  {v['detail']}")
 
 
 @app.command("events")

@@ -12,9 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tesai.cli.common import JsonOpt, console, err
+from tesai.cli.common import JsonOpt, console, dumps, err
 from tesai.cli.common import call as _call
-from tesai.client import dumps
 
 KeyOpt = Annotated[
     str | None,

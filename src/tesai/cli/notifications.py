@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tesai.cli.common import JsonOpt, call, console, err
+from tesai.cli.common import JsonOpt, call, console, dumps, err
 from tesai.cli.money import usdc
-from tesai.client import dumps
 
 notifications_app = typer.Typer(
     help="Your notifications: spend warnings, clusters stopped.", invoke_without_command=True

@@ -11,13 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tesai.client import ApiError, NotLoggedIn, TesaiClient, dumps
-
-console = Console()
-err = Console(stderr=True)
+from tesai.cli.common import console, dumps, err
 
 NAMES = (
     "supply_demand", "utilisation", "price_index", "cluster_outcomes",
@@ -85,6 +81,9 @@ def report(
         if v is not None
     }
     base = "/api/v1/public/analytics" if public else "/api/v1/internal/analytics"
+    # Imported here for start-up cost (see tesai.cli), not to dodge an import cycle.
+    from tesai.client import ApiError, NotLoggedIn, TesaiClient
+
     try:
         with TesaiClient(server) if server else TesaiClient() as client:
             if fmt in ("csv", "parquet"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -10,13 +9,18 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from fastapi import FastAPI
 from rich.console import Console
 
-from tesai.settings import Settings, get_settings
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from tesai.settings import Settings
+
+# The settings, the app and the database are imported inside each command: `tesai --help`
+# and the client commands must not load the control plane (start-up cost, see tesai.cli).
 
 console = Console()
 err = Console(stderr=True)
@@ -54,7 +58,10 @@ def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Upgrade the database to the newest schema (TESAI_DATABASE_URL, else the embedded one)."""
+    import asyncio
+
     from tesai import migrations
+    from tesai.settings import get_settings
 
     settings = get_settings()
     with _database(settings) as url:
@@ -89,13 +96,14 @@ def up(
 ) -> None:
     """Run TES AI on this machine, all in one process, until Ctrl-C.
 
-    Starts its own PostgreSQL (data under TESAI_HOME) unless TESAI_DATABASE_URL is set, migrates it, and serves the API and console on http://127.0.0.1:8000 with background tasks in-process. An agent joins this machine to the pool.
+    Starts its own PostgreSQL (data under TESAI_HOME) unless TESAI_DATABASE_URL is set, migrates it, and serves the API and console on --host and --port (http://127.0.0.1:8000 by default) with background tasks in-process. An agent joins this machine to the pool. Join commands, Ray addresses and the console advertise that address unless TESAI_PUBLIC_URL is set.
 
     First start: creates the local administrator (admin, provider and customer; admin@example.com unless --admin-email) and prints its password, also kept in TESAI_HOME/admin-password.
 
     Ctrl-C or SIGTERM stops everything it started; the data stays for the next start.
     """  # noqa: E501 - typer re-wraps paragraphs; a line each keeps --help tidy
     from tesai.embedded.up import UpOptions, run_up
+    from tesai.settings import get_settings
 
     settings = get_settings()
     if settings.environment == "production":
@@ -118,6 +126,7 @@ def up(
 def create_server_app() -> FastAPI:
     """The app factory each `tesai server` worker process calls."""
     from tesai.app import create_app
+    from tesai.settings import get_settings
 
     settings = get_settings()
     _configure_logging(settings)
@@ -139,6 +148,9 @@ def server(
     """  # noqa: E501 - typer re-wraps paragraphs; a line each keeps --help tidy
 
     import uvicorn
+
+    from tesai.devices.liveness import server_keep_alive_s
+    from tesai.settings import get_settings
 
     settings = get_settings()
     if settings.environment == "production":
@@ -176,9 +188,14 @@ def server(
                 host=host or settings.host,
                 port=port if port is not None else settings.port,
                 workers=workers or settings.workers,
+                # Believe X-Forwarded-For only from the proxies the settings name.
+                proxy_headers=settings.forwarded_allow_ips is not None,
+                forwarded_allow_ips=settings.forwarded_allow_ips,
                 log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=20,
+                # Longer than the agents keep an idle connection (tesai.agent.http).
+                timeout_keep_alive=server_keep_alive_s(settings.heartbeat_interval_s),
                 # A worker imports the whole control plane before it answers the
                 # supervisor's health check; uvicorn's 5 s kills it on a busy small host.
                 timeout_worker_healthcheck=60,
@@ -192,6 +209,8 @@ def server(
 
 
 def _warn_unless_migrated(url: str) -> None:
+    import asyncio
+
     from tesai import migrations
 
     current = asyncio.run(migrations.current_revision(url))

@@ -6,13 +6,15 @@ from typing import Annotated
 
 import typer
 
-from tesai.celery_app import run_beat, run_worker
-from tesai.settings import get_settings
+# Celery and the settings are imported inside the commands: loading them costs seconds, which
+# every other `tesai` command would pay too (start-up cost, see tesai.cli).
 
 app = typer.Typer(help="Background task processes (Celery, RabbitMQ broker).", no_args_is_help=True)
 
 
 def _settings_with_broker() -> None:
+    from tesai.settings import get_settings
+
     if not get_settings().broker_url:
         typer.echo("TESAI_BROKER_URL is not set: tasks run inside `tesai up` instead.", err=True)
         raise typer.Exit(2)
@@ -30,6 +32,9 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker executing every registered task until stopped (SIGTERM drains)."""
+    from tesai.celery_app import run_worker
+    from tesai.settings import get_settings
+
     _settings_with_broker()
     settings = get_settings()
     if pool not in ("prefork", "solo"):
@@ -45,5 +50,8 @@ def worker(
 @app.command()
 def beat() -> None:
     """Run Celery beat, which publishes the periodic tasks on their schedule. Run exactly one."""
+    from tesai.celery_app import run_beat
+    from tesai.settings import get_settings
+
     _settings_with_broker()
     run_beat(get_settings())

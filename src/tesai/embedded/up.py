@@ -24,6 +24,7 @@ from rich.console import Console
 
 from tesai import migrations
 from tesai.app import create_app
+from tesai.devices.liveness import server_keep_alive_s
 from tesai.embedded.accounts import LocalAdmin, ensure_local_admin
 from tesai.embedded.postgres import EmbeddedPostgres
 from tesai.runtime import Runtime, open_runtime
@@ -110,6 +111,31 @@ class _Signals:
             self.server.force_exit = True
 
 
+def serving_settings(settings: Settings, options: UpOptions) -> Settings:
+    """The settings `tesai up` serves with: one process that runs its tasks itself (no
+    broker), on the host and port of the options, and advertising that address wherever a URL
+    of this server is handed out (join commands, Ray addresses, the console's public URL, the
+    dashboard origin), unless ``TESAI_PUBLIC_URL`` says how users reach it. Its own agent's
+    Ray heads run on this machine, on loopback or the local network, so the Ray proxy may
+    connect there (``ray_proxy_allow_internal_heads``) unless the environment says no."""
+    update: dict[str, Any] = {
+        "broker_url": None,
+        "host": options.host,
+        "port": options.port,
+        "workers": 1,
+    }
+    if "public_url" not in settings.model_fields_set:
+        update["public_url"] = local_url(options.host, options.port)
+    if "ray_proxy_allow_internal_heads" not in settings.model_fields_set:
+        update["ray_proxy_allow_internal_heads"] = True
+    return settings.model_copy(update=update)
+
+
+def local_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` of a server listening on ``host`` (any address: the loopback)."""
+    return f"http://{_url_host(host)}:{port}"
+
+
 def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
     """Run until SIGINT/SIGTERM; return the process exit status."""
     signals = _Signals()
@@ -133,10 +159,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console) -> int:
         migrations.upgrade(settings.database_url)
         if signals.stop_requested:
             return 130
-        # One process: tasks run in it (no broker); host and port from the options.
-        settings = settings.model_copy(
-            update={"broker_url": None, "host": options.host, "port": options.port, "workers": 1}
-        )
+        settings = serving_settings(settings, options)
         signals.mode = "serving"
         asyncio.run(_serve(settings, options, console, signals, embedded=postgres is not None))
         return 0
@@ -175,9 +198,12 @@ async def _serve(
             host=options.host,
             port=options.port,
             workers=1,
+            proxy_headers=settings.forwarded_allow_ips is not None,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=10,
+            timeout_keep_alive=server_keep_alive_s(settings.heartbeat_interval_s),
         )
         server = _Server(config)
         signals.server = server
@@ -188,7 +214,7 @@ async def _serve(
             if not server.started:
                 await serving  # re-raises why it did not start (e.g. the port is taken)
                 return
-            base_url = f"http://{_url_host(options.host)}:{options.port}"
+            base_url = local_url(options.host, options.port)
             agent, agent_note = None, "off (--no-agent)"
             if options.agent:
                 agent, agent_note = await _start_agent(runtime, settings, admin, base_url)

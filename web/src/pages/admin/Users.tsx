@@ -8,6 +8,7 @@ import { formatDateTime } from "@/components/format";
 import { StatusBadge } from "@/components/StatusBadge";
 import { EmptyState, ErrorState, QueryView } from "@/components/States";
 import { Table } from "@/components/Table";
+import { GiveCredit } from "./GiveCredit";
 import { ROLES, toggleRole } from "./lib";
 
 type User = Schemas["UserOut"];
@@ -29,7 +30,7 @@ export default function Users() {
   };
   return (
     <div className="space-y-6">
-      <PageHeader title="Users and roles" description="Find an account and change what it may do. Role changes apply on the user's next request and are audited." />
+      <PageHeader title="Users and roles" description="Find an account, change what it may do or give it credit. Role changes apply on the user's next request; both are audited." />
       <Card>
         <form onSubmit={submit} className="flex flex-col gap-2 sm:flex-row sm:items-end" role="search" aria-label="Find users">
           <div className="flex-1">
@@ -59,6 +60,7 @@ export default function Users() {
                 },
                 { key: "active", header: "Account", render: (u) => <StatusBadge status={u.is_active ? "active" : "disabled"} /> },
                 { key: "roles", header: "Roles", render: (u) => <RolesEditor user={u} /> },
+                { key: "credit", header: "Credit", render: (u) => <GiveCredit user={u} /> },
                 { key: "created", header: "Created", render: (u) => formatDateTime(u.created_at) },
               ]}
             />

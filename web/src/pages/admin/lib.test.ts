@@ -1,6 +1,7 @@
 import {
   auditFilterErrors,
   buildAuditQuery,
+  creditGrant,
   currentCursor,
   EMPTY_AUDIT_FILTERS,
   firstPage,
@@ -126,5 +127,20 @@ describe("reportChart", () => {
     ]);
     expect(chart!.series).toEqual(["price"]);
     expect(chart!.data.map((d) => d.price)).toEqual([null, 2.5]);
+  });
+});
+
+describe("credit grant form", () => {
+  it("takes a positive USDC amount and a reason", () => {
+    expect(creditGrant("25", "welcome credit")).toEqual({ micro: 25_000_000, errors: {} });
+    expect(creditGrant(" $1,000.5 ", " promo ")).toEqual({ micro: 1_000_500_000, errors: {} });
+  });
+
+  it("names each field that cannot be sent", () => {
+    expect(creditGrant("", "").errors).toEqual({ amount: expect.any(String), reason: expect.any(String) });
+    expect(creditGrant("0", "x").errors.amount).toBeDefined();
+    expect(creditGrant("1.0000001", "x").errors.amount).toBeDefined();
+    expect(creditGrant("ten", "x").micro).toBeNull();
+    expect(creditGrant("1", "r".repeat(301)).errors.reason).toBe("At most 300 characters");
   });
 });

@@ -1,4 +1,6 @@
-/** Pure helpers of the admin area: query building for filters and paging. */
+/** Pure helpers of the admin area: query building for filters and paging, form checks. */
+
+import { parseUsdc } from "@/components/money";
 
 export const ROLES = ["customer", "provider", "admin"] as const;
 export type RoleName = (typeof ROLES)[number];
@@ -90,4 +92,16 @@ export function reportChart(columns: string[], rows: Record<string, unknown>[]):
     return out;
   });
   return { xKey, series, data };
+}
+
+/** A credit grant as typed: its amount in micro-USDC, or why it cannot be sent, per field. */
+export function creditGrant(amount: string, reason: string): { micro: number | null; errors: { amount?: string; reason?: string } } {
+  const errors: { amount?: string; reason?: string } = {};
+  const micro = amount.trim() ? parseUsdc(amount) : null;
+  if (!amount.trim()) errors.amount = "Enter an amount in USDC, e.g. 25";
+  else if (micro === null || micro <= 0) errors.amount = "A positive amount in USDC, at most 6 decimals";
+  const why = reason.trim();
+  if (!why) errors.reason = "Say why: it is kept in the ledger and the audit log";
+  else if (why.length > 300) errors.reason = "At most 300 characters";
+  return { micro: errors.amount ? null : micro, errors };
 }
