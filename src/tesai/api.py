@@ -20,6 +20,7 @@ from tesai.audit.router import router as audit_router
 from tesai.auth.router import router as auth_router
 from tesai.billing.router import router as billing_router
 from tesai.billing.spend_cap_router import router as spend_cap_router
+from tesai.clusters.proxy_router import router as ray_proxy_router
 from tesai.clusters.router import router as clusters_router
 from tesai.devices.router import router as devices_router
 from tesai.graphql import mount_graphql
@@ -38,6 +39,7 @@ def mount_routes(app: FastAPI) -> None:
     v1.include_router(analytics_router)
     v1.include_router(devices_router)
     v1.include_router(clusters_router)
+    v1.include_router(ray_proxy_router)
     v1.include_router(billing_router)
     v1.include_router(spend_cap_router)
     v1.include_router(payments_router)

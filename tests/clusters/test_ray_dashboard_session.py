@@ -26,7 +26,7 @@ from tesai.runtime import Runtime
 from tesai.settings import Settings
 from tests.clusters.conftest import AddDevice, Grant
 
-HEAD = "http://ray-head.test:8265"
+HEAD = "http://127.0.0.1:8265"
 COOKIE = dashboard.COOKIE_NAME
 
 Seen = list[httpx.Request]

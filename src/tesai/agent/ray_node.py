@@ -344,8 +344,14 @@ def node_resource(node_index: int) -> str:
     return f"tesai_node_{node_index}"
 
 
+RAY_SITE_DIR: Final = Path(__file__).with_name("ray_site")
+"""Holds the ``sitecustomize`` that closes what Ray serves without the token (metrics,
+health checks, the dashboard's open pages): first on the node's ``PYTHONPATH``."""
+
+
 def ray_env(token: str, marker: str) -> dict[str, str]:
-    """The environment of ``ray start``: ours minus other Ray settings, plus token auth."""
+    """The environment of ``ray start``: ours minus other Ray settings, plus token auth and
+    the lock-down of Ray's open endpoints (``ray_site/sitecustomize.py``)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -354,6 +360,9 @@ def ray_env(token: str, marker: str) -> dict[str, str]:
     # Job entrypoints (`python train.py`) must find the interpreter that has Ray installed.
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(RAY_SITE_DIR), env.get("PYTHONPATH", "")) if p
+    )
     env.update(
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=token,

@@ -4,7 +4,9 @@ When a cluster's head is lost, the reconciler gives each job that may retry a fr
 ``submission_id`` and flags it ``resubmit`` (see ``reconcile._Applier._head_lost``). This
 pass submits flagged jobs of running clusters to their new head, with no transaction open
 during the call. Ray refuses a second submission with the same id, so two workers running
-this at once, or a retry after a lost answer, start the job once.
+this at once, or a retry after a lost answer, start the job once. The head's address is
+checked like the proxy's (``tesai.clusters.head_address``): the cluster's token goes to no
+address the control plane must not connect to.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import structlog
 from sqlalchemy import select, update
 
 from tesai.clusters import ray_api
+from tesai.clusters.head_address import HeadAddressRefused, check_dashboard_url
 from tesai.clusters.models import Cluster, ClusterNode, ClusterStatus, Job, NodeRole, NodeState
 from tesai.clusters.service import secret_box
 from tesai.tasks import TaskContext
@@ -62,7 +65,17 @@ async def resubmit_jobs(ctx: TaskContext) -> int:
         timeout=ctx.settings.ray_proxy_timeout_s, trust_env=False
     ) as client:
         for job_id, cluster_id, sub, entrypoint, env, meta, url, sealed in rows:
-            up = ray_api.Upstream(cluster_id, str(url), box.open(sealed))
+            try:
+                checked = check_dashboard_url(ctx.settings, url)
+            except HeadAddressRefused as exc:
+                log.warning(
+                    "job_resubmit_refused",
+                    submission_id=sub,
+                    cluster_id=str(cluster_id),
+                    reason=exc.extra.get("reason"),
+                )
+                continue
+            up = ray_api.Upstream(cluster_id, checked, box.open(sealed))
             if await _submit(client, up, sub, entrypoint, env, meta):
                 sent += await _submitted(ctx, job_id, sub)
     return sent

@@ -1,4 +1,5 @@
-"""HTTP routes of clusters: offers and quotes, clusters, jobs and the Ray proxy.
+"""HTTP routes of clusters: offers and quotes, clusters and jobs (the Ray proxy and the
+dashboard sessions: ``tesai.clusters.proxy_router``).
 
 Customer routes live at ``/api/v1/offers``, ``/api/v1/quotes`` and ``/api/v1/clusters`` so
 that ``ray job submit --address https://HOST/api/v1/clusters/ID/ray`` reads naturally.
@@ -8,36 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Annotated
-from urllib.parse import urlencode
+from datetime import datetime
+from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import HTMLResponse, StreamingResponse
+import structlog
+from fastapi import APIRouter, Query, status
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from tesai.audit.service import record as audit
 from tesai.auth.deps import (
     AdminUser,
-    CurrentPrincipal,
     CustomerUser,
-    OptionalPrincipal,
     RuntimeDep,
 )
-from tesai.auth.errors import MissingRole
-from tesai.auth.principal import Principal, session_principal
-from tesai.auth.tokens import runtime_signing_key
 from tesai.billing.idempotency import (
     Answer,
     IdempotencyKeyHeader,
     idempotent_call,
     run_once,
 )
-from tesai.clusters import dashboard, ray_api, service
+from tesai.clusters import job_list, ray_api, service
 from tesai.clusters import offers as offers_service
 from tesai.clusters.batching import Once, create_batcher
 from tesai.clusters.errors import ClusterNotReady
@@ -50,19 +45,21 @@ from tesai.clusters.schemas import (
     ClusterOut,
     ClusterRequest,
     CreateCluster,
-    DashboardSessionOut,
     ExtendCluster,
+    JobListItem,
     JobOut,
     JobSubmit,
     NodeOut,
     QuoteOut,
 )
 from tesai.db import SessionDep
-from tesai.errors import NotFound, TokenInvalid, Unauthorized
+from tesai.errors import Conflict, NotFound
 from tesai.kit.time import utcnow
 from tesai.runtime import Runtime
 
 router = APIRouter(tags=["clusters"])
+
+log = structlog.get_logger(__name__)
 
 TERMINAL_JOB = {JobStatus.stopped.value, JobStatus.succeeded.value, JobStatus.failed.value}
 
@@ -332,12 +329,24 @@ async def submit_job(
 
 
 @router.get("/clusters/{cluster_id}/jobs")
-async def list_jobs(cluster_id: uuid.UUID, user: CustomerUser, session: SessionDep) -> list[JobOut]:
-    await service.get_cluster(session, user.id, cluster_id)
-    rows = await session.execute(
-        select(Job).where(Job.cluster_id == cluster_id).order_by(Job.created_at.desc())
-    )
-    return [JobOut.model_validate(j) for j in rows.scalars()]
+async def list_jobs(
+    cluster_id: uuid.UUID, user: CustomerUser, runtime: RuntimeDep
+) -> list[JobListItem]:
+    """Every job of the cluster, newest first: those submitted through TES AI and those the
+    head's Ray knows from elsewhere (``ray job submit`` through the proxy), marked by
+    ``submitted_via``. When the head cannot be asked, ours alone."""
+    async with runtime.sessionmaker() as session:
+        await service.get_cluster(session, user.id, cluster_id)
+        ours = list(
+            (await session.execute(select(Job).where(Job.cluster_id == cluster_id))).scalars()
+        )
+    ray_jobs: list[dict[str, Any]] = []
+    try:
+        up = await ray_api.find_upstream(runtime, user.id, cluster_id)
+        ray_jobs = await ray_api.list_jobs(runtime, up)
+    except (Conflict, httpx.HTTPError, ValueError) as exc:
+        log.info("ray_job_list_unavailable", cluster_id=str(cluster_id), error=type(exc).__name__)
+    return job_list.merge(cluster_id, ours, ray_jobs, utcnow())
 
 
 @router.get("/clusters/{cluster_id}/jobs/{job_id}")
@@ -400,163 +409,3 @@ async def stop_job(
     except httpx.HTTPError as exc:
         raise ClusterNotReady(f"The cluster's head did not answer: {type(exc).__name__}") from exc
     return JobOut.model_validate(job)
-
-
-# --- the Ray proxy -------------------------------------------------------------------------------
-
-PROXY_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
-
-
-@router.post(
-    "/clusters/{cluster_id}/dashboard-session",
-    responses={409: {"description": "the head is not ready"}},
-)
-async def open_dashboard_session(
-    cluster_id: uuid.UUID, principal: CurrentPrincipal, runtime: RuntimeDep
-) -> DashboardSessionOut:
-    """A URL that opens the cluster's Ray dashboard in a browser tab.
-
-    It carries a one-time ticket valid 60 s; opening it sets a read-only cookie for this
-    cluster's proxy (at most 1 h, never beyond the cluster) and redirects to the dashboard.
-    Needs a signed-in session (an API key gets 403: send it as a header to Ray tooling).
-    """
-    if "customer" not in principal.user.roles:
-        raise MissingRole("This needs the customer role", role="customer")
-    if principal.kind != "user":
-        raise dashboard.ApiKeyCannotOpenDashboard(
-            "Open the dashboard from a signed-in session; API keys work as a header"
-        )
-    origin = runtime.settings.dashboard_origin
-    if origin is None:
-        raise dashboard.DashboardOriginNotConfigured(
-            "Dashboards open in a browser on their own origin: set TESAI_DASHBOARD_URL. "
-            "Ray tooling reaches the dashboard with a token meanwhile"
-        )
-    await _upstream(runtime, principal.user.id, cluster_id)  # 404 / 409 before a ticket
-    now = int(utcnow().timestamp())
-    key = runtime_signing_key(runtime.state, runtime.settings)
-    ticket = dashboard.issue_ticket(
-        key, runtime.settings, principal.user.id, cluster_id, principal.session_id, now
-    )
-    path = f"{dashboard.proxy_path(cluster_id)}?{urlencode({'ticket': ticket})}"
-    return DashboardSessionOut(
-        url=f"{origin}{path}",
-        expires_at=datetime.fromtimestamp(now + dashboard.TICKET_TTL_S, UTC),
-    )
-
-
-async def _redeem_ticket(
-    request: Request, runtime: Runtime, cluster_id: uuid.UUID, path: str, ticket: str
-) -> Response:
-    """Trade a ticket for the session cookie and redirect to the page without the ticket."""
-    _require_dashboard_origin(request, runtime)
-    key = runtime_signing_key(runtime.state, runtime.settings)
-    claims = dashboard.verify_ticket(key, runtime.settings, ticket, cluster_id)
-    if not await runtime.cache.set(
-        dashboard.ticket_used_key(claims.jti),
-        b"1",
-        ttl_s=dashboard.TICKET_TTL_S + 60,
-        only_new=True,
-    ):
-        raise TokenInvalid("This dashboard link was already used; open it again from the console")
-    user = await session_principal(runtime, claims.user_id, claims.family_id)
-    async with runtime.sessionmaker() as session:
-        cluster = await service.get_cluster(session, user.user.id, cluster_id)
-    now = int(utcnow().timestamp())
-    expires_at = dashboard.session_expiry(now, cluster.ends_at)
-    if expires_at <= now:
-        raise ClusterNotReady("The cluster has ended")
-    cookie = dashboard.issue_session(key, runtime.settings, claims, expires_at)
-    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "ticket"]
-    target = dashboard.proxy_path(cluster_id) + path + (f"?{urlencode(rest)}" if rest else "")
-    # A page that moves on by itself rather than a 303: the tab came from the console's
-    # origin, and browsers withhold SameSite=Strict cookies all along a redirect chain that
-    # started on another site; the refresh starts on this origin, so the cookie goes with it.
-    href = html.escape(target, quote=True)
-    response = HTMLResponse(
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="refresh" content="0;url={href}">'
-        f"<title>Opening the Ray dashboard…</title></head>"
-        f'<body><p><a href="{href}">Open the Ray dashboard</a></p></body></html>',
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
-    )
-    response.set_cookie(
-        dashboard.COOKIE_NAME,
-        cookie,
-        max_age=expires_at - now,
-        path=dashboard.proxy_path(cluster_id),
-        secure=request.url.scheme == "https"
-        or str(runtime.settings.dashboard_origin).startswith("https:"),
-        httponly=True,
-        samesite="strict",
-    )
-    return response
-
-
-def _require_dashboard_origin(request: Request, runtime: Runtime) -> None:
-    """Tickets and cookies count only on the dashboard origin (``tesai.clusters.dashboard``)."""
-    if not dashboard.on_dashboard_origin(runtime.settings, request.headers.get("host")):
-        raise TokenInvalid("Dashboard links and cookies work on the dashboard origin only")
-
-
-async def _proxy_user(
-    request: Request, runtime: Runtime, principal: Principal | None, cluster_id: uuid.UUID
-) -> uuid.UUID:
-    """Who is calling the proxy: the Authorization header, else (reads only) the cookie."""
-    if principal is not None:
-        if "customer" not in principal.user.roles:
-            raise MissingRole("This needs the customer role", role="customer")
-        return principal.user.id
-    cookie = request.cookies.get(dashboard.COOKIE_NAME)
-    if cookie is None:
-        raise Unauthorized("Authentication required")
-    _require_dashboard_origin(request, runtime)
-    if request.method not in dashboard.READ_METHODS:
-        raise dashboard.DashboardSessionReadOnly(
-            "The dashboard cookie only allows reading; send Authorization: Bearer to write"
-        )
-    key = runtime_signing_key(runtime.state, runtime.settings)
-    claims = dashboard.verify_session(key, runtime.settings, cookie, cluster_id)
-    user = await session_principal(runtime, claims.user_id, claims.family_id)
-    if "customer" not in user.user.roles:
-        raise MissingRole("This needs the customer role", role="customer")
-    return user.user.id
-
-
-@router.api_route(
-    "/clusters/{cluster_id}/ray/{path:path}", methods=PROXY_METHODS, include_in_schema=False
-)
-async def ray_proxy(
-    cluster_id: uuid.UUID,
-    path: str,
-    request: Request,
-    principal: OptionalPrincipal,
-    runtime: RuntimeDep,
-) -> Response:
-    """Forward to the cluster's Ray dashboard with the cluster's Ray token.
-
-    Credentials: the Authorization header (any method), or the dashboard cookie (GET and
-    HEAD only); ``?ticket=`` on a GET sets that cookie (see ``tesai.clusters.dashboard``).
-    """
-    ticket = request.query_params.get("ticket")
-    if ticket is not None and request.method == "GET":
-        return await _redeem_ticket(request, runtime, cluster_id, path, ticket)
-    user_id = await _proxy_user(request, runtime, principal, cluster_id)
-    up = await _upstream(runtime, user_id, cluster_id)
-    body = await request.body()
-    try:
-        r = await ray_api.http_client(runtime).request(
-            request.method,
-            f"{up.base_url}/{path}",
-            params=list(request.query_params.multi_items()),
-            content=body,
-            headers=ray_api.forward_headers(list(request.headers.items()), up.token),
-        )
-    except httpx.HTTPError as exc:
-        raise ClusterNotReady(f"The cluster's head did not answer: {type(exc).__name__}") from exc
-    headers = ray_api.response_headers(r.headers)
-    if not dashboard.on_dashboard_origin(runtime.settings, request.headers.get("host")):
-        # Pages from a provider's machine never run on the console's origin.
-        headers = {k: v for k, v in headers.items() if k.lower() != "content-security-policy"}
-        headers["content-security-policy"] = "sandbox"
-    return Response(r.content, status_code=r.status_code, headers=headers)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tesai.kit.money import Micro
+from tesai.protocol.freeform import BoundedJson, json_limits
 
 MAX_DURATION_S = 30 * 24 * 3600
 
@@ -26,7 +29,7 @@ class ClusterRequest(BaseModel):
     max_gpus: int | None = Field(default=None, ge=1, le=1024)
     """Autoscaling: at most this many units."""
     duration_s: int = Field(ge=60, le=MAX_DURATION_S)
-    max_price_per_gpu_hour_micro: int | None = Field(default=None, ge=0, le=10**12)
+    max_price_per_gpu_hour_micro: Micro | None = Field(default=None, ge=0, le=10**12)
     regions: list[str] = Field(default_factory=list, max_length=32)
     countries: list[str] = Field(default_factory=list, max_length=32)
     min_reliability: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -90,7 +93,7 @@ class CreateCluster(BaseModel):
     name: str = Field(default="cluster", min_length=1, max_length=120)
     quote_id: uuid.UUID | None = None
     request: ClusterRequest | None = None
-    budget_micro: int | None = Field(default=None, ge=1, le=10**15)
+    budget_micro: Micro | None = Field(default=None, ge=1, le=10**15)
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateCluster:
@@ -165,12 +168,16 @@ class ClusterDetail(ClusterOut):
     events: list[ClusterEventOut]
 
 
+JobMetadata = Annotated[dict[str, str], json_limits(max_depth=1, max_bytes=16 * 1024)]
+"""Ray's job metadata: string labels."""
+
+
 class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     entrypoint: str = Field(min_length=1, max_length=8192)
-    runtime_env: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = None
+    runtime_env: BoundedJson | None = None
+    metadata: JobMetadata | None = None
     max_retries: int = Field(default=0, ge=0, le=10)
 
 
@@ -183,6 +190,30 @@ class JobOut(BaseModel):
     entrypoint: str
     status: str
     message: str | None
+    max_retries: int
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class JobListItem(BaseModel):
+    """A job of the cluster as ``GET /clusters/{id}/jobs`` lists it: the jobs submitted
+    through TES AI merged with every job the head's Ray knows, each marked by how it was
+    submitted."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID | None
+    """TES AI's id; None for a job submitted with Ray's own tooling (address it by
+    ``submission_id`` with that tooling, through the Ray proxy)."""
+    cluster_id: uuid.UUID
+    submission_id: str
+    entrypoint: str
+    status: str
+    message: str | None
+    submitted_via: Literal["tesai", "ray"]
+    """``tesai``: our CLI, console or jobs API; ``ray``: Ray's own tooling (``ray job
+    submit``, the Job SDK) through the proxy, or a driver started on the cluster itself."""
     max_retries: int
     attempts: int
     created_at: datetime

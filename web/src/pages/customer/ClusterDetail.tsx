@@ -283,7 +283,7 @@ function Jobs({ cluster: c }: { cluster: Cluster }) {
             <Table
               caption="Jobs"
               rows={[...rows].sort((a, b) => b.created_at.localeCompare(a.created_at))}
-              rowKey={(j) => j.id}
+              rowKey={(j) => j.id ?? j.submission_id}
               empty={<EmptyState title="No jobs yet">Submit a command above; it runs on the head node with Ray connected to the cluster.</EmptyState>}
               columns={[
                 { key: "e", header: "Entrypoint", render: (j) => <code className="text-xs">{j.entrypoint.length > 48 ? `${j.entrypoint.slice(0, 48)}…` : j.entrypoint}</code> },
@@ -292,31 +292,38 @@ function Jobs({ cluster: c }: { cluster: Cluster }) {
                 {
                   key: "a",
                   header: <span className="sr-only">Actions</span>,
-                  render: (j) => (
-                    <span className="flex gap-2">
-                      <Button variant="secondary" className="px-2 py-1" onClick={() => setSelected(j.id)} aria-label={`Show logs of job ${shortId(j.id)}`}>
-                        Logs
-                      </Button>
-                      {!FINAL_JOB.has(j.status) && (
-                        <Button variant="ghost" className="px-2 py-1" onClick={() => stop.mutate(j.id)} aria-label={`Stop job ${shortId(j.id)}`}>
-                          Stop
+                  render: (j) => {
+                    const id = j.id;
+                    if (!id) {
+                      // Submitted with Ray's own tooling: Ray's commands take its submission id.
+                      return <span className="text-xs text-slate-500" title={j.submission_id}>via Ray</span>;
+                    }
+                    return (
+                      <span className="flex gap-2">
+                        <Button variant="secondary" className="px-2 py-1" onClick={() => setSelected(id)} aria-label={`Show logs of job ${shortId(id)}`}>
+                          Logs
                         </Button>
-                      )}
-                    </span>
-                  ),
+                        {!FINAL_JOB.has(j.status) && (
+                          <Button variant="ghost" className="px-2 py-1" onClick={() => stop.mutate(id)} aria-label={`Stop job ${shortId(id)}`}>
+                            Stop
+                          </Button>
+                        )}
+                      </span>
+                    );
+                  },
                 },
               ]}
             />
           )}
         </QueryView>
       </div>
-      {current && <JobLogs clusterId={c.id} job={current} />}
+      {current?.id && <JobLogs clusterId={c.id} job={{ id: current.id, status: current.status }} />}
     </Card>
   );
 }
 
 /** Follows the job's log stream (`?follow=true`) until the job ends. */
-function JobLogs({ clusterId, job }: { clusterId: string; job: Job }) {
+function JobLogs({ clusterId, job }: { clusterId: string; job: Pick<Job, "id" | "status"> }) {
   const [text, setText] = useState("");
   const [error, setError] = useState<string | null>(null);
   const [streaming, setStreaming] = useState(false);
