@@ -13,7 +13,6 @@ from tesai.devices.models import DeviceCredential, JoinToken
 from tesai.kit.time import utcnow
 from tesai.runtime import Runtime
 from tests.devices.conftest import Pool, beat
-from tests.devices.proofs import honest_result
 from tests.fixtures.auth import MakeUser
 
 
@@ -143,10 +142,11 @@ async def test_device_cannot_touch_another_devices_challenge_or_commands(
     b = await pool.joined(name="b")
     assert a.verify_args is not None
     assert b.verify_args is not None
-    # B reports a result for A's challenge: not found for B.
-    result = honest_result(a.verify_args)
+    # B asks for A's challenge: not found for B.
     r = await client.post(
-        "/api/v1/agent/verification", json=result.model_dump(mode="json"), headers=b.headers
+        "/api/v1/agent/verification/start",
+        json={"challenge_id": a.verify_args["challenge_id"]},
+        headers=b.headers,
     )
     assert r.status_code == 404
     assert r.json()["code"] == "challenge_not_found"

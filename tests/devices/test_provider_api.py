@@ -12,18 +12,15 @@ from tesai.devices.service import record_transition
 from tesai.runtime import Runtime
 from tesai.tasks import TaskContext
 from tests.devices.conftest import Joined, Pool, beat, hardware
-from tests.devices.proofs import agent_cpu_proof, honest_result
+from tests.devices.proofs import WrongProducts, prove
 from tests.fixtures.auth import MakeUser
 
 
 async def _online(pool: Pool, client: httpx.AsyncClient, **hw: object) -> Joined:
     joined = await pool.joined(hardware(**hw))  # type: ignore[arg-type]
     assert joined.verify_args is not None
-    result = agent_cpu_proof(joined.verify_args)
-    r = await client.post(
-        "/api/v1/agent/verification", json=result.model_dump(mode="json"), headers=joined.headers
-    )
-    assert r.json()["status"] == "online"
+    done = await prove(client, joined.headers, joined.verify_args)
+    assert done.outcome["status"] == "online"
     return joined
 
 
@@ -168,10 +165,8 @@ async def test_a_device_an_admin_disabled_comes_back_only_by_an_admin(
 async def test_rejected_device_can_be_verified_again(pool: Pool, client: httpx.AsyncClient) -> None:
     joined = await pool.joined(hardware(cores=2))
     assert joined.verify_args is not None
-    body = honest_result(joined.verify_args).model_dump(mode="json")
-    body["digest"] = "f" * 64
-    r = await client.post("/api/v1/agent/verification", json=body, headers=joined.headers)
-    assert r.json()["status"] == "rejected"
+    done = await prove(client, joined.headers, joined.verify_args, WrongProducts())
+    assert done.outcome["status"] == "rejected"
     r = await client.post(
         f"/api/v1/provider/devices/{joined.device_id}/verify", headers=pool.provider
     )

@@ -1,271 +1,265 @@
-"""Proof of compute: the one definition the agent (to produce) and the server (to check) share.
+"""Proof of compute, version 2: the one definition the agent (to prove) and the server (to check)
+share. Commit, then reveal.
 
-The challenge is a seeded GEMM, ``C = A @ B`` with ``A`` and ``B`` float32 ``n × n`` matrices
-drawn from numpy's PCG64 (the bit generator behind ``default_rng``). Their entries are small
-integers in ``[-8, 8]``, so every product and partial sum is an integer below 2**24 and exactly
-representable in float32: ``C`` is bit-exact whatever BLAS, summation order or GPU (TF32 included)
-computed it. That makes the digest reproducible everywhere and lets the server recompute any
-entry exactly.
+1. The server sends a ``verify`` command without the seed. The agent asks for it
+   (``POST /verification/start``); the server notes the time and answers with the seed, the
+   matrix size ``n`` and the number of rounds ``T``.
+2. The agent computes ``T`` matrix products ``C_t = A_t · B_tᵀ`` (``n × n``, inner size ``n``)
+   and commits to all of them: a Merkle root over row blocks of the committed bits (below). It
+   sends the root (``/verification/commit``); the server measures challenge sent → commitment
+   received on its own clock, and only then picks the blocks it will check, at random.
+3. The agent opens those blocks with their Merkle paths (``/verification/reveal``). The
+   server checks each path against the root and, at random positions inside each block, the
+   committed bit against its own O(n) recomputation of that entry (a row of ``A_t`` times a
+   column of ``B_t``, both rebuilt from the seed).
 
-- Rows of ``A`` come from the stream ``SeedSequence([seed, 0])``; rows of ``Bᵀ`` (the columns
-  of ``B``) from ``SeedSequence([seed, 1])``, ``n`` raw 64-bit draws per row. PCG64 can jump
-  ahead, so the server rebuilds one row or column in O(n) without drawing the whole matrix.
-- ``digest = sha256(round(C, 2) as little-endian float32 bytes, row-major)``.
-- ``sample`` holds ``C[i, j]`` at ``SAMPLE_SIZE`` positions drawn from ``SeedSequence([seed, 2])``.
+The matrices. Entries are integers in ``[-8, 8]`` from a counter-based 32-bit hash (``mix32``,
+operators only, so numpy, torch on a GPU and plain ints compute the same values): any row of
+the base matrices ``A`` and ``Bᵀ`` is rebuilt in O(n) without the rest. Round ``t`` maps every
+entry through a bijection of the 17 values, ``x → (α·(x+8) + β) mod 17 − 8``, with ``α, β``
+per round and matrix from the seed: the rounds are different products, generated once. Every
+product and partial sum is an integer of magnitude at most ``64·n < 2**24`` (``n ≤ 65536``), so
+float32, TF32 and int8 tensor cores all compute ``C`` exactly, in any summation order.
 
-The server checks the sample in O(k·n) (``check_sample``); the full digest check is O(n³) and
-optional (``expected_digest``). Timings are checked against ``REFERENCE_FP32_TFLOPS``.
+The commitment. Per entry, one bit: ``(C[i, j] mod 17) & 1``. Knowing it needs the whole
+integer sum (17 is not a power of two, so no narrower arithmetic gives it), while it costs the
+agent one eighth of a byte to hash: hashing stays well below the GPU's time for large ``n``.
+Bits are packed row by row, most significant bit first (``numpy.packbits``); a leaf is a block
+of ``leaf_rows(n)`` consecutive rows of one round (about 8 KiB), leaves are ordered by round
+then block, ``leaf = sha256(0x00 ‖ bytes)``, ``node = sha256(0x01 ‖ left ‖ right)``, and the
+leaf list is padded to a power of two with ``sha256(0x02)``.
+
+A guessed bit is right about half the time; a block the agent did not compute fails each
+checked position with probability about 1/2, and the server checks several positions in each
+of several blocks per round. What is proved is throughput on an ``n × n`` working set; see
+docs/architecture.md, "What we verify and what we trust".
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from tesai.protocol.v1 import ProofKind, ProofTimings, VerificationResult, VerifyArgs
-
+PROOF_VERSION: Final = 2
+"""The proof protocol this module defines (``VerifyArgs.proof_version``)."""
+MODULUS: Final = 17
 VALUE_SPAN: Final = 8
 """Matrix entries are integers in [-VALUE_SPAN, VALUE_SPAN]."""
-SAMPLE_SIZE: Final = 16
-SAMPLE_TOLERANCE: Final = 1e-3
+MIN_N: Final = 64
+MAX_N: Final = 65536
+LEAF_TARGET_BYTES: Final = 8192
 
-_A_STREAM: Final = 0
-_B_STREAM: Final = 1
-_POSITION_STREAM: Final = 2
+MASK32: Final = 0xFFFFFFFF
+_MIX: Final = 0x45D9F3B
+"""Below 2**27: ``x * _MIX`` of a 32-bit ``x`` fits a signed 64-bit integer (torch has no
+unsigned 64-bit arithmetic on GPUs)."""
 
-# Reason codes of a failed check (VerificationOutcome.reason).
-REASON_WRONG_SAMPLE: Final = "wrong_sample"
-REASON_WRONG_DIGEST: Final = "wrong_digest"
-REASON_MISSING_SAMPLE: Final = "missing_sample"
-REASON_MODEL_MISMATCH: Final = "model_mismatch"
-REASON_GPU_NOT_PROVEN: Final = "gpu_not_proven"
-REASON_KIND_MISMATCH: Final = "kind_mismatch"
-REASON_TOO_SLOW: Final = "too_slow"
-REASON_TOO_FAST: Final = "too_fast"
-REASON_VRAM_ALLOC_FAILED: Final = "vram_alloc_failed"
-REASON_UNKNOWN_MODEL: Final = "unknown_gpu_model"
+MATRIX_A: Final = 0
+MATRIX_B: Final = 1
+_ROUND_MAPS: Final = 2
 
-Float32Matrix = npt.NDArray[np.float32]
+_LEAF: Final = b"\x00"
+_NODE: Final = b"\x01"
+EMPTY_LEAF: Final = hashlib.sha256(b"\x02").digest()
 
-
-def _stream(seed: int, stream: int, skip: int = 0) -> np.random.PCG64:
-    bits = np.random.PCG64(np.random.SeedSequence([seed, stream]))
-    if skip:
-        bits.advance(skip)
-    return bits
+IntArray = npt.NDArray[np.int64]
+PackedBits = npt.NDArray[np.uint8]
 
 
-def _to_entries(raw: npt.NDArray[np.uint64]) -> npt.NDArray[np.float32]:
-    span = np.uint64(2 * VALUE_SPAN + 1)
-    return ((raw % span).astype(np.int64) - VALUE_SPAN).astype(np.float32)
+# --- the matrices ------------------------------------------------------------------------------
 
 
-def _row(seed: int, stream: int, index: int, n: int) -> npt.NDArray[np.float32]:
-    return _to_entries(_stream(seed, stream, index * n).random_raw(n))
+def mix32(x: Any) -> Any:
+    """A 32-bit integer hash (bijective) on ints or integer arrays holding values in [0, 2**32)."""
+    x = (((x >> 16) ^ x) * _MIX) & MASK32
+    x = (((x >> 16) ^ x) * _MIX) & MASK32
+    return (x >> 16) ^ x
 
 
-def seeded_matrices(seed: int, n: int) -> tuple[Float32Matrix, Float32Matrix]:
-    """The challenge matrices ``A`` and ``B`` (C-contiguous float32, ``n × n``)."""
-    a = _to_entries(_stream(seed, _A_STREAM).random_raw(n * n)).reshape(n, n)
-    b_t = _to_entries(_stream(seed, _B_STREAM).random_raw(n * n)).reshape(n, n)
-    return a, np.ascontiguousarray(b_t.T)
+def matrix_key(seed: int, which: int) -> int:
+    """The key of base matrix ``which`` (``MATRIX_A``, ``MATRIX_B``) or of the round maps."""
+    low, high = seed & MASK32, (seed >> 32) & MASK32
+    key: int = mix32(low ^ mix32(high ^ mix32(which + 1)))
+    return key
 
 
-def result_digest(c: npt.NDArray[np.floating]) -> str:
-    """sha256 of ``C`` rounded to 2 decimals, as little-endian float32 bytes in row-major order."""
-    rounded = np.round(np.asarray(c, dtype=np.float32), 2) + np.float32(0.0)  # -0.0 → +0.0
-    return hashlib.sha256(np.ascontiguousarray(rounded, dtype="<f4").tobytes()).hexdigest()
+def entry_codes(rows: Any, cols: Any, key: int) -> Any:
+    """Base-matrix entries plus 8, in [0, 17), at row indices ``rows`` and column indices
+    ``cols``: pass ``rows`` as a column and ``cols`` as a row to get a block.
+
+    Any array library whose integer arrays support ``^ >> * & + %``: numpy on uint32 (wrapping
+    multiplication does the masking) or int64, torch on int64 (GPUs have no unsigned 64-bit
+    arithmetic). The row key and the column are mixed twice, with xor and with addition, so no
+    row is a shifted or permuted copy of another.
+    """
+    row_key = mix32(mix32(rows) ^ key)
+    return mix32((mix32(cols ^ row_key) + row_key) & MASK32) % MODULUS
 
 
-def sample_positions(seed: int, n: int, k: int = SAMPLE_SIZE) -> list[tuple[int, int]]:
-    """The ``k`` positions ``(i, j)`` of ``C`` the agent reports, derived from the seed."""
-    raw = _stream(seed, _POSITION_STREAM).random_raw(2 * k)
-    return [(int(raw[2 * m] % np.uint64(n)), int(raw[2 * m + 1] % np.uint64(n))) for m in range(k)]
+def entries(rows: Any, cols: Any, key: int) -> Any:
+    """Base-matrix entries in [-8, 8] (signed arrays only; see ``entry_codes``)."""
+    return entry_codes(rows, cols, key) - VALUE_SPAN
 
 
-def sample_entries(c: npt.NDArray[np.floating], seed: int, k: int = SAMPLE_SIZE) -> list[float]:
-    """The agent side: ``C`` at the seed's sample positions."""
-    n = c.shape[0]
-    return [float(c[i, j]) for i, j in sample_positions(seed, n, k)]
-
-
-def expected_entries(seed: int, n: int, positions: list[tuple[int, int]]) -> list[float]:
-    """The server side: ``C[i, j]`` recomputed from the seed in O(n) per entry (exact)."""
-    out: list[float] = []
-    for i, j in positions:
-        row = _row(seed, _A_STREAM, i, n).astype(np.float64)
-        col = _row(seed, _B_STREAM, j, n).astype(np.float64)
-        out.append(float(row @ col))
+def base_rows(seed: int, which: int, rows: Sequence[int] | IntArray, n: int) -> IntArray:
+    """Rows ``rows`` of base matrix ``which`` (``A`` or ``Bᵀ``) as int64, one per row."""
+    r = np.asarray(rows, dtype=np.uint32).reshape(-1, 1)
+    c = np.arange(n, dtype=np.uint32).reshape(1, -1)
+    codes = entry_codes(r, c, matrix_key(seed, which))
+    out: IntArray = codes.astype(np.int64) - VALUE_SPAN
     return out
 
 
-def expected_digest(seed: int, n: int) -> str:
-    """The full digest, recomputed from the seed: O(n³), for occasional or small checks."""
-    a, b = seeded_matrices(seed, n)
-    return result_digest(a @ b)
-
-
-def check_sample(seed: int, n: int, sample: list[float] | None) -> str | None:
-    """None when ``sample`` matches the recomputed entries, else a reason code."""
-    if not sample:
-        return REASON_MISSING_SAMPLE
-    positions = sample_positions(seed, n, len(sample))
-    if len(sample) < min(SAMPLE_SIZE, n * n):
-        return REASON_MISSING_SAMPLE
-    expected = expected_entries(seed, n, positions)
-    for got, want in zip(sample, expected, strict=True):
-        if not abs(got - want) <= SAMPLE_TOLERANCE:  # also catches NaN
-            return REASON_WRONG_SAMPLE
-    return None
-
-
-# --- reference timings ---------------------------------------------------------------------------
-
-REFERENCE_FP32_TFLOPS: Final[dict[str, float]] = {
-    "b200": 80.0,
-    "gh200": 67.0,
-    "h200": 67.0,
-    "h100 sxm": 67.0,
-    "h100 80gb hbm3": 67.0,
-    "h100 pcie": 51.0,
-    "h100 nvl": 60.0,
-    "h100": 51.0,
-    "h800": 51.0,
-    "a100": 19.5,
-    "a800": 19.5,
-    "a40": 37.4,
-    "a30": 10.3,
-    "a10g": 31.2,
-    "a10": 31.2,
-    "l40s": 91.6,
-    "l40": 90.5,
-    "l4": 30.3,
-    "t4": 8.1,
-    "v100": 15.7,
-    "rtx 6000 ada": 91.1,
-    "rtx a6000": 38.7,
-    "rtx a5000": 27.8,
-    "rtx a4000": 19.2,
-    "rtx 5090": 104.8,
-    "rtx 4090": 82.6,
-    "rtx 4080": 48.7,
-    "rtx 4070": 29.1,
-    "rtx 3090": 35.6,
-    "rtx 3080": 29.8,
-    "rtx 3070": 20.3,
-    "rtx 3060": 12.7,
-}
-"""Peak dense FP32 (non-tensor-core) TFLOPS per GPU model; keys are lowercase word sequences."""
-
-GPU_MIN_FRACTION: Final = 0.2
-"""A GPU proof must reach this share of its model's peak (the server picks n ≥ 2048 for GPUs)."""
-GPU_MAX_FRACTION: Final = 1.3
-CPU_MIN_GFLOPS_PER_CORE: Final = 0.02
-"""Deliberately low: a busy shared host is slow and noisy; the sample already proves the work."""
-CPU_MAX_GFLOPS_PER_CORE: Final = 256.0
-
-
-def _words(name: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", name.lower())
-
-
-def normalize_model(name: str) -> str:
-    """A model name, lowercase, without vendor words (``"NVIDIA H100 PCIe"`` → ``"h100 pcie"``)."""
-    drop = {"nvidia", "geforce", "tesla", "graphics", "corporation"}
-    return " ".join(w for w in _words(name) if w not in drop)
-
-
-def reference_tflops(gpu_model: str) -> float | None:
-    """Peak FP32 TFLOPS for a GPU model name, by the longest matching key; None when unknown."""
-    words = _words(gpu_model)
-    best: tuple[int, float] | None = None
-    for key, tflops in REFERENCE_FP32_TFLOPS.items():
-        kw = key.split()
-        for start in range(len(words) - len(kw) + 1):
-            if words[start : start + len(kw)] == kw and (best is None or len(kw) > best[0]):
-                best = (len(kw), tflops)
-    return best[1] if best else None
-
-
-def gflops_for(n: int, iterations: int, seconds: float) -> float:
-    """GFLOPS of ``iterations`` n×n GEMMs taking ``seconds``."""
-    return 2.0 * n**3 * iterations / max(seconds, 1e-9) / 1e9
-
-
-def check_timings(
-    kind: ProofKind, device_model: str, cpu_cores: int | None, timings: ProofTimings
-) -> str | None:
-    """None when the timings fit the reference for the model (GPU) or core count (CPU)."""
-    if kind == "gpu":
-        peak = reference_tflops(device_model)
-        if peak is None:
-            return REASON_UNKNOWN_MODEL
-        if timings.vram_alloc_ok is False:
-            return REASON_VRAM_ALLOC_FAILED
-        if timings.gflops < GPU_MIN_FRACTION * peak * 1000:
-            return REASON_TOO_SLOW
-        if timings.gflops > GPU_MAX_FRACTION * peak * 1000:
-            return REASON_TOO_FAST
-        return None
-    cores = max(cpu_cores or 1, 1)
-    if timings.gflops < CPU_MIN_GFLOPS_PER_CORE * cores:
-        return REASON_TOO_SLOW
-    if timings.gflops > CPU_MAX_GFLOPS_PER_CORE * cores:
-        return REASON_TOO_FAST
-    return None
-
-
 @dataclass(frozen=True, slots=True)
-class ProofCheck:
-    """The server's verdict on a proof: ``reason`` is None when it passed."""
+class RoundMap:
+    """Round ``t`` maps entries of ``A`` with ``(alpha_a, beta_a)`` and of ``Bᵀ`` with
+    ``(alpha_b, beta_b)``: ``x → (alpha·(x + 8) + beta) mod 17 − 8``, a bijection of [-8, 8]."""
 
-    reason: str | None
-    score_gflops: float
-
-    @property
-    def ok(self) -> bool:
-        return self.reason is None
+    alpha_a: int
+    beta_a: int
+    alpha_b: int
+    beta_b: int
 
 
-def check_proof(
-    args: VerifyArgs,
-    result: VerificationResult,
-    *,
-    declared_gpu_model: str | None,
-    declared_cpu_cores: int | None,
-    full_digest_max_n: int = 0,
-) -> ProofCheck:
-    """Check a proof against its challenge and the hardware the device declared.
+def round_map(seed: int, t: int) -> RoundMap:
+    h1 = mix32(matrix_key(seed, _ROUND_MAPS) ^ mix32(t))
+    h2 = mix32(h1 ^ 1)
+    h3 = mix32(h2 ^ 2)
+    h4 = mix32(h3 ^ 3)
+    return RoundMap(1 + h1 % 16, h2 % MODULUS, 1 + h3 % 16, h4 % MODULUS)
 
-    ``declared_gpu_model`` is the model of the device's GPUs at join (None for a CPU device).
-    The digest is recomputed in full only when ``matrix_n <= full_digest_max_n`` (O(n³)).
-    """
-    score = result.timings.gflops
 
-    def fail(reason: str) -> ProofCheck:
-        return ProofCheck(reason=reason, score_gflops=score)
+def remap(x: Any, alpha: int, beta: int) -> Any:
+    """``x → (alpha·(x + 8) + beta) mod 17 − 8`` on any integer-valued array (float or int)."""
+    return (alpha * (x + VALUE_SPAN) + beta) % MODULUS - VALUE_SPAN
 
-    if declared_gpu_model and result.kind != "gpu":
-        return fail(REASON_GPU_NOT_PROVEN)
-    if not declared_gpu_model and result.kind == "gpu":
-        return fail(REASON_KIND_MISMATCH)
-    if declared_gpu_model and normalize_model(result.device_model) != normalize_model(
-        declared_gpu_model
-    ):
-        return fail(REASON_MODEL_MISMATCH)
-    reason = check_sample(args.seed, args.matrix_n, result.sample)
-    if reason:
-        return fail(reason)
-    if args.matrix_n <= full_digest_max_n and result.digest != expected_digest(
-        args.seed, args.matrix_n
-    ):
-        return fail(REASON_WRONG_DIGEST)
-    # The timings are judged against the declared hardware, not what the proof claims to be.
-    model = declared_gpu_model or result.device_model
-    reason = check_timings(result.kind, model, declared_cpu_cores, result.timings)
-    return ProofCheck(reason=reason, score_gflops=score)
+
+def round_rows(seed: int, which: int, t: int, rows: Sequence[int], n: int) -> IntArray:
+    """Rows of ``A_t`` (``which=MATRIX_A``) or ``B_tᵀ`` (``MATRIX_B``): O(n) per row."""
+    m = round_map(seed, t)
+    alpha, beta = (m.alpha_a, m.beta_a) if which == MATRIX_A else (m.alpha_b, m.beta_b)
+    out: IntArray = remap(base_rows(seed, which, rows, n), alpha, beta)
+    return out
+
+
+def expected_residues(seed: int, n: int, t: int, positions: Sequence[tuple[int, int]]) -> list[int]:
+    """The server side: ``C_t[i, j] mod 17`` at each ``(i, j)``, exactly: a row of ``A_t``
+    times a column of ``B_t`` rebuilt from the seed, O(n) per entry (one pass for them all)."""
+    rows = sorted({i for i, _ in positions})
+    cols = sorted({j for _, j in positions})
+    a = round_rows(seed, MATRIX_A, t, rows, n)
+    b = round_rows(seed, MATRIX_B, t, cols, n)
+    ai = np.searchsorted(rows, [i for i, _ in positions])
+    bj = np.searchsorted(cols, [j for _, j in positions])
+    return [int(v) % MODULUS for v in np.einsum("kn,kn->k", a[ai], b[bj])]
+
+
+def commit_bits(c: npt.NDArray[Any]) -> PackedBits:
+    """The committed bits of a product ``C`` (exact integers, any dtype), packed per row."""
+    residues = np.remainder(np.asarray(c), MODULUS).astype(np.uint8)
+    packed: PackedBits = np.packbits(residues & 1, axis=1)
+    return packed
+
+
+def bit_at(block: bytes, n: int, row: int, col: int) -> int:
+    """The committed bit of entry ``(row, col)`` inside an opened block (row relative to it)."""
+    byte = block[row * (n // 8) + col // 8]
+    return (byte >> (7 - col % 8)) & 1
+
+
+# --- shape of the commitment -----------------------------------------------------------------
+
+
+def check_n(n: int) -> None:
+    """Raise ``ValueError`` unless ``n`` is a power of two in [MIN_N, MAX_N]."""
+    if not (MIN_N <= n <= MAX_N and n & (n - 1) == 0):
+        raise ValueError(f"matrix size {n} is not a power of two in [{MIN_N}, {MAX_N}]")
+
+
+def leaf_rows(n: int) -> int:
+    """Rows per leaf: a power of two giving leaves of about ``LEAF_TARGET_BYTES``."""
+    rows = max(1, LEAF_TARGET_BYTES // (n // 8))
+    return min(n, 1 << (rows.bit_length() - 1))
+
+
+def blocks_per_round(n: int) -> int:
+    return n // leaf_rows(n)
+
+
+def leaf_index(n: int, t: int, block: int) -> int:
+    return t * blocks_per_round(n) + block
+
+
+def leaf_count(n: int, rounds: int) -> int:
+    return rounds * blocks_per_round(n)
+
+
+def tree_depth(count: int) -> int:
+    """Levels above the leaves in a tree of ``count`` leaves (padded to a power of two)."""
+    return max(count - 1, 0).bit_length()
+
+
+def work_ops(n: int, rounds: int) -> float:
+    """Multiply-adds counted twice: ``2 n³`` per round."""
+    return 2.0 * n**3 * rounds
+
+
+# --- Merkle tree ---------------------------------------------------------------------------------
+
+
+def leaf_hash(data: bytes | memoryview) -> bytes:
+    h = hashlib.sha256(_LEAF)
+    h.update(data)
+    return h.digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(_NODE + left + right).digest()
+
+
+def tree_levels(leaves: list[bytes]) -> list[list[bytes]]:
+    """Every level of the tree, leaves first, root last (a one-element list)."""
+    width = 1 << tree_depth(len(leaves))
+    level = leaves + [EMPTY_LEAF] * (width - len(leaves))
+    levels = [level]
+    while len(level) > 1:
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+        levels.append(level)
+    return levels
+
+
+def merkle_path(levels: list[list[bytes]], index: int) -> list[bytes]:
+    """Sibling hashes from leaf ``index`` up to (not including) the root."""
+    path = []
+    for level in levels[:-1]:
+        path.append(level[index ^ 1])
+        index >>= 1
+    return path
+
+
+def root_from_path(leaf: bytes, index: int, path: Sequence[bytes]) -> bytes:
+    """The root that ``leaf`` at ``index`` with sibling ``path`` hashes up to."""
+    node = leaf
+    for sibling in path:
+        node = node_hash(sibling, node) if index & 1 else node_hash(node, sibling)
+        index >>= 1
+    return node
+
+
+def encode_block(data: bytes | memoryview) -> str:
+    return base64.b64encode(bytes(data)).decode("ascii")
+
+
+def decode_block(text: str) -> bytes | None:
+    """The bytes of an opened block, or None when ``text`` is not base64."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None

@@ -5,13 +5,18 @@ Every path lives under ``/api/v1/agent``:
 - ``POST /join`` (no auth; the join token is the credential): ``JoinRequest`` → ``JoinResponse``.
 - ``POST /heartbeat``: ``Heartbeat`` → ``HeartbeatResponse``; commands ride on the response.
 - ``POST /credential/rotate``: → ``CredentialRotation`` (the old token stops working after it).
-- ``POST /verification``: ``VerificationResult`` → ``VerificationOutcome``.
+- Proof of compute (version 2, ``tesai.protocol.proof``), in this order:
+  ``POST /verification/start``: ``ProofStart`` → ``ProofChallenge`` (the seed; the clock starts);
+  ``POST /verification/commit``: ``ProofCommitment`` → ``ProofOpeningRequest`` (blocks to open);
+  ``POST /verification/reveal``: ``ProofReveal`` → ``VerificationOutcome``.
+  ``POST /verification`` (proof version 1: one message with self-chosen samples) answers 410
+  ``proof_version_unsupported``.
 - ``POST /leave``: ``LeaveRequest`` (SIGTERM drain) → 204.
 - ``GET /bandwidth?bytes=N``: N bytes of payload, for the agent's bandwidth probe (optional).
 
 Authenticated calls send ``Authorization: Bearer <device_token>``. Sizes are bounded so that an
 oversized message fails validation (422) before anything is stored; free-form JSON fields are
-``BoundedJson`` (depth, size and NUL limits, ``tesai.protocol.freeform``). Field names are binding;
+``WireJson`` (depth and size limits, ``tesai.protocol.freeform``). Field names are binding;
 later changes only add fields.
 """
 
@@ -23,13 +28,16 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from tesai.protocol.freeform import BoundedJson, json_limits
+from tesai.protocol.freeform import MAX_JSON_BYTES, MAX_JSON_DEPTH, json_limits
 
 AGENT_API_PREFIX: Final = "/api/v1/agent"
 JOIN_PATH: Final = f"{AGENT_API_PREFIX}/join"
 HEARTBEAT_PATH: Final = f"{AGENT_API_PREFIX}/heartbeat"
 ROTATE_PATH: Final = f"{AGENT_API_PREFIX}/credential/rotate"
 VERIFICATION_PATH: Final = f"{AGENT_API_PREFIX}/verification"
+PROOF_START_PATH: Final = f"{VERIFICATION_PATH}/start"
+PROOF_COMMIT_PATH: Final = f"{VERIFICATION_PATH}/commit"
+PROOF_REVEAL_PATH: Final = f"{VERIFICATION_PATH}/reveal"
 LEAVE_PATH: Final = f"{AGENT_API_PREFIX}/leave"
 BANDWIDTH_PATH: Final = f"{AGENT_API_PREFIX}/bandwidth"
 HEALTHZ_PATH: Final = "/healthz"
@@ -43,7 +51,10 @@ MAX_STR: Final = 512
 MAX_COMMANDS: Final = 64
 MAX_ADDRESSES: Final = 32
 MAX_PENDING_DEMAND: Final = 256
-MAX_SAMPLE: Final = 64
+MAX_OPENINGS: Final = 64
+MAX_BLOCK_B64: Final = 12 * 1024
+"""An opened block is about 8 KiB (``tesai.protocol.proof.LEAF_TARGET_BYTES``), base64."""
+MAX_PATH: Final = 40
 MAX_PENDING_DEMAND_BYTES: Final = 64 * 1024
 MAX_NODE_MESSAGE: Final = 2048
 MAX_BANDWIDTH_BYTES: Final = 64 * 1024 * 1024
@@ -51,8 +62,16 @@ MAX_BANDWIDTH_BYTES: Final = 64 * 1024 * 1024
 Str = Annotated[str, StringConstraints(max_length=MAX_STR)]
 """A wire string: at most 512 characters."""
 
+WireJson = Annotated[
+    dict[str, Any],
+    json_limits(max_depth=MAX_JSON_DEPTH, max_bytes=MAX_JSON_BYTES, allow_nul=True),
+]
+"""Free-form JSON on the wire: bounded in depth and size (``tesai.protocol.freeform``). NUL
+is let through: hardware probes and Ray output can hold it, and a refused heartbeat would
+take a device offline; the server removes it before storing anything."""
 PendingDemand = Annotated[
-    list[dict[str, Any]], json_limits(max_depth=8, max_bytes=MAX_PENDING_DEMAND_BYTES)
+    list[dict[str, Any]],
+    json_limits(max_depth=8, max_bytes=MAX_PENDING_DEMAND_BYTES, allow_nul=True),
 ]
 """Ray's resource shapes it cannot place (``[{"GPU": 1.0}, …]``): shallow by nature."""
 
@@ -217,7 +236,7 @@ class CommandResult(WireModel):
     id: UUID
     ok: bool
     detail: Str | None = None
-    data: BoundedJson | None = None
+    data: WireJson | None = None
 
 
 class Heartbeat(WireModel):
@@ -234,7 +253,7 @@ class Heartbeat(WireModel):
 class Command(WireModel):
     id: UUID
     kind: CommandKind
-    args: BoundedJson = Field(default_factory=dict)
+    args: WireJson = Field(default_factory=dict)
 
 
 class HeartbeatResponse(WireModel):
@@ -247,18 +266,43 @@ class HeartbeatResponse(WireModel):
 
 
 class VerifyArgs(WireModel):
-    """Arguments of a ``verify`` command."""
+    """Arguments of a ``verify`` command. From proof version 2 on there is no seed here: the
+    agent fetches it with ``POST /verification/start`` when it is ready to compute, and the
+    server's clock runs from that answer."""
 
     challenge_id: UUID
-    seed: int = Field(ge=0, lt=2**63)
-    matrix_n: int = Field(ge=8, le=16384)
+    proof_version: int = Field(default=1, ge=1)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    """Proof version 1 only."""
+    matrix_n: int = Field(ge=8, le=65536)
     iterations: int = Field(default=1, ge=1, le=1000)
+    """Rounds (matrix products) of the proof."""
     declared_vram_bytes: int = Field(default=0, ge=0)
 
 
+class ProofStart(WireModel):
+    challenge_id: UUID
+
+
+class ProofChallenge(WireModel):
+    """Response of ``POST /verification/start``: what to compute. Asking again returns the same
+    challenge; the deadline still counts from the first answer."""
+
+    challenge_id: UUID
+    proof_version: int = Field(ge=1)
+    seed: int = Field(ge=0, lt=2**63)
+    matrix_n: int = Field(ge=8, le=65536)
+    rounds: int = Field(ge=1, le=1000)
+    deadline_s: float = Field(gt=0)
+    """Seconds from this answer to the commitment's arrival that the declared hardware is
+    allowed (measured by the server; for the provider's logs)."""
+
+
 class ProofTimings(WireModel):
+    """What the agent measured on its own host: shown to people, never trusted."""
+
     gemm_s: float = Field(ge=0)
-    """Wall time of all ``iterations`` multiplications."""
+    """Wall time of all rounds (matrix products and committing)."""
     gflops: float = Field(ge=0)
     vram_alloc_ok: bool | None = None
     """Whether the declared VRAM could be allocated and touched (None on CPU)."""
@@ -266,24 +310,65 @@ class ProofTimings(WireModel):
     """Host→device copy bandwidth in GB/s (None on CPU)."""
 
 
-class VerificationResult(WireModel):
-    challenge_id: UUID
+class ProofReport(WireModel):
+    """The agent's account of its run (self-reported)."""
+
     kind: ProofKind
-    digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-    sample: list[float] | None = Field(default=None, max_length=MAX_SAMPLE)
-    timings: ProofTimings
     device_model: Str
     """GPU model name on ``gpu`` proofs, CPU model on ``cpu`` proofs."""
-    cpu_cores: int | None = Field(default=None, ge=0)
     engine: Str | None = None
     """``"numpy"`` or ``"torch"``."""
+    timings: ProofTimings
+
+
+Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+"""A sha256 digest in lowercase hex."""
+
+
+class ProofCommitment(WireModel):
+    """``POST /verification/commit``: the Merkle root over every round's committed bits."""
+
+    challenge_id: UUID
+    root: Digest
+    report: ProofReport
+
+
+class BlockRef(WireModel):
+    round: int = Field(ge=0, le=1000)
+    block: int = Field(ge=0, le=65536)
 
 
 class VerificationOutcome(WireModel):
-    """Response of ``POST /verification``."""
+    """The end of a proof: the device's status, and the reason code when it failed."""
 
     status: Str
     reason: Str | None = None
+
+
+class ProofOpeningRequest(WireModel):
+    """Response of ``POST /verification/commit``: the blocks to open, chosen after the root
+    arrived. ``outcome`` is set instead when the commitment already decided the proof (too
+    late, a replayed root, a refuted memory claim)."""
+
+    challenge_id: UUID
+    blocks: list[BlockRef] = Field(default_factory=list, max_length=MAX_OPENINGS)
+    outcome: VerificationOutcome | None = None
+
+
+class BlockOpening(WireModel):
+    round: int = Field(ge=0, le=1000)
+    block: int = Field(ge=0, le=65536)
+    data: Annotated[str, StringConstraints(max_length=MAX_BLOCK_B64)]
+    """The block's committed bytes, base64."""
+    path: list[Digest] = Field(max_length=MAX_PATH)
+    """Sibling hashes from the leaf up to the root."""
+
+
+class ProofReveal(WireModel):
+    """``POST /verification/reveal``: the requested blocks with their Merkle paths."""
+
+    challenge_id: UUID
+    openings: list[BlockOpening] = Field(max_length=MAX_OPENINGS)
 
 
 class LeaveRequest(WireModel):

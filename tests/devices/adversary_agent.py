@@ -1,0 +1,99 @@
+"""A real agent process that cheats at proof of compute.
+
+    python -m tests.devices.adversary_agent ATTACK --server URL --state-dir DIR [--delay S]
+
+with the join token in ``TESAI_AGENT_TOKEN``. Everything but the proof and, where the attack
+needs it, the hardware claim is the real agent (``tesai.agent.agent.Agent``): joining,
+heartbeats, command delivery and the three proof calls. The attacks (``tests.devices.proofs``):
+
+- ``sampled-entries``: a CPU host claiming an H100 that computes no products, only the
+  entries it is asked to open;
+- ``fabricated-timings``: a CPU host claiming an H100 that computes everything and reports an
+  H100's timings;
+- ``forward-to-helper``: a CPU host that forwards the challenge to a second machine (another
+  process, ``--delay`` seconds away);
+- ``replay``: proves once, then answers later challenges with that first proof;
+- ``vram-liar``: claims an H100 with 80 GB while NVML on the host reports 24 GiB;
+- ``honest``: the agent's own CPU prover (the control).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tesai.agent import agent as agent_module
+from tesai.agent.agent import Agent, AgentConfig
+from tesai.agent.proof import HonestProver
+from tesai.agent.telemetry import Sampler
+from tesai.protocol.v1 import GpuSpec, GpuTelemetry, HardwareSpec, NetworkProbe, Telemetry
+from tests.devices.proofs import (
+    H100,
+    FabricatedTimings,
+    ForwardToHelper,
+    ReplayFirstProof,
+    SampledEntriesOnly,
+)
+
+GiB = 1 << 30
+CLAIMS_H100 = {"sampled-entries", "fabricated-timings", "vram-liar"}
+
+
+def _claim_h100(real: Any) -> Any:
+    def probe(*args: Any, **kwargs: Any) -> HardwareSpec:
+        hw: HardwareSpec = real(*args, **kwargs)
+        gpu = GpuSpec(index=0, uuid="GPU-fake-0", model=H100, memory_total_bytes=80 * GiB)
+        return hw.model_copy(update={"gpus": [gpu]})
+
+    return probe
+
+
+class SmallGpuSampler(Sampler):
+    """What NVML says on the host: a 24 GiB GPU."""
+
+    def sample(self, net: NetworkProbe | None = None) -> Telemetry:
+        t = super().sample(net)
+        gpu = GpuTelemetry(index=0, uuid="GPU-fake-0", memory_total_bytes=24 * GiB)
+        return t.model_copy(update={"gpus": [gpu]})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("attack")
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--delay", type=float, default=4.0)
+    opts = parser.parse_args()
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if opts.attack in CLAIMS_H100:
+        agent_module.probe_hardware = _claim_h100(agent_module.probe_hardware)  # type: ignore[attr-defined]
+    if opts.attack == "vram-liar":
+        agent_module.Sampler = SmallGpuSampler  # type: ignore[attr-defined,misc]
+    provers: dict[str, Any] = {
+        "sampled-entries": SampledEntriesOnly,
+        "vram-liar": SampledEntriesOnly,
+        "fabricated-timings": FabricatedTimings,
+        "forward-to-helper": lambda: ForwardToHelper(delay_s=opts.delay),
+        "replay": ReplayFirstProof,
+        "honest": lambda: HonestProver(use_gpu=False),
+    }
+    config = AgentConfig(
+        server_url=opts.server,
+        state_dir=opts.state_dir,
+        join_token=os.environ.get("TESAI_AGENT_TOKEN"),
+        metrics_port=0,
+        use_gpu_proof=False,
+    )
+    agent = Agent(config)
+    agent.prover = provers[opts.attack]()
+    return asyncio.run(agent.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
