@@ -176,6 +176,86 @@ async def test_expired_quote_is_refused(
     ).status_code == 201
 
 
+async def test_quote_then_create_in_the_readmes_order_books_the_quoted_device(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    """``tesai quote …`` then ``tesai cluster create …`` with the same request and no
+    ``--quote`` (the CLI sends an Idempotency-Key): the customer's own quote does not stand in
+    the way of their create, while it still keeps everyone else off the device."""
+    device = await add_device()
+    one = {**REQ, "gpus": 1}
+    user, headers = await make_user()
+    stranger, other = await make_user()
+    for u in (user, stranger):
+        await grant(u.id, 10_000_000)
+    quote = (await client.post("/api/v1/quotes", json=one, headers=headers)).json()
+    assert [d["device_id"] for d in quote["devices"]] == [str(device.id)]
+
+    r = await client.post(
+        "/api/v1/clusters",
+        json={"request": one},
+        headers={**other, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "no_capacity"
+
+    r = await client.post(
+        "/api/v1/clusters",
+        json={"name": "train", "request": one},
+        headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert r.status_code == 201, r.text
+    detail = (await client.get(f"/api/v1/clusters/{r.json()['id']}", headers=headers)).json()
+    assert [n["device_id"] for n in detail["nodes"]] == [str(device.id)]
+    async with runtime.sessionmaker() as s:
+        assert (await s.execute(select(DeviceReservation))).first() is None
+    # The quote gave its device up to the cluster: booking it too is refused, not doubled.
+    r = await client.post("/api/v1/clusters", json={"quote_id": quote["id"]}, headers=headers)
+    assert r.status_code == 409
+    async with runtime.sessionmaker() as s:
+        assert len((await s.execute(select(ClusterNode))).all()) == 1
+
+
+async def test_a_refused_create_leaves_the_customers_quote_holding_its_device(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    await add_device()
+    one = {**REQ, "gpus": 1}
+    user, headers = await make_user()
+    await grant(user.id, 100)
+    quote = (await client.post("/api/v1/quotes", json=one, headers=headers)).json()
+    r = await client.post("/api/v1/clusters", json={"request": one}, headers=headers)
+    assert r.status_code == 402, r.text
+    async with runtime.sessionmaker() as s:
+        held = (await s.execute(select(DeviceReservation.quote_id))).scalars().all()
+    assert held == [uuid.UUID(quote["id"])]
+    _, other = await make_user()
+    assert (await client.post("/api/v1/quotes", json=one, headers=other)).status_code == 409
+
+    await grant(user.id, 10_000_000)
+    r = await client.post("/api/v1/clusters", json={"quote_id": quote["id"]}, headers=headers)
+    assert r.status_code == 201, r.text
+
+
+async def test_a_create_leaves_the_customers_other_quotes_holding_their_devices(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    await add_device()
+    h100 = await add_device(gpu_model="NVIDIA H100")
+    user, headers = await make_user()
+    await grant(user.id, 10_000_000)
+    kept = (
+        await client.post(
+            "/api/v1/quotes", json={**REQ, "gpus": 1, "gpu_model": "NVIDIA H100"}, headers=headers
+        )
+    ).json()
+    r = await client.post("/api/v1/clusters", json={"request": {**REQ, "gpus": 1}}, headers=headers)
+    assert r.status_code == 201, r.text
+    async with runtime.sessionmaker() as s:
+        held = (await s.execute(select(DeviceReservation))).scalars().all()
+    assert [(h.device_id, str(h.quote_id)) for h in held] == [(h100.id, kept["id"])]
+
+
 async def test_another_customers_cluster_is_404(
     client: httpx.AsyncClient, make_user, add_device: AddDevice, grant: Grant
 ) -> None:

@@ -20,7 +20,14 @@ from tesai.billing.guardrails import SpendCapExceeded
 from tesai.billing.models import LedgerAccount
 from tesai.clusters import batching, service
 from tesai.clusters.errors import InvalidClusterRequest, NoCapacity, PoolChanged
-from tesai.clusters.models import Cluster, ClusterEvent, ClusterNode, ClusterStatus, Quote
+from tesai.clusters.models import (
+    Cluster,
+    ClusterEvent,
+    ClusterNode,
+    ClusterStatus,
+    DeviceReservation,
+    Quote,
+)
 from tesai.clusters.schemas import ClusterRequest, CreateCluster
 from tesai.devices.models import Device, DeviceEvent, DeviceStatus
 from tesai.runtime import Runtime, open_runtime
@@ -141,6 +148,40 @@ async def test_a_batch_answers_each_request_as_one_by_one_and_writes_only_the_bo
             )
             == 3
         )
+
+
+async def test_a_quote_gives_its_devices_up_to_its_own_customer_alone_in_a_batch(
+    runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    """Customer A quoted the best device; B's request comes first in the same batch as A's
+    create without the quote. A's quote keeps the device from B and gives it to A; a refused
+    create of another quoting customer gives their quote its device back."""
+    best = await add_device(price=500_000)
+    other = await add_device(price=900_000)
+    last = await add_device(price=2_000_000)
+    a = await _funded(make_user, grant)
+    b = await _funded(make_user, grant)
+    poor = await _funded(make_user, grant, credit=100)
+    one = ClusterRequest(gpu_model="NVIDIA A100", gpus=1, duration_s=HOUR)
+    async with runtime.sessionmaker() as s:
+        quote = await service.create_quote(s, runtime.settings, a.id, one)
+        poor_quote = await service.create_quote(s, runtime.settings, poor.id, one)
+        await s.commit()
+    assert [d["device_id"] for d in quote.placement["devices"]] == [str(best.id)]
+    assert [d["device_id"] for d in poor_quote.placement["devices"]] == [str(other.id)]
+
+    async with runtime.sessionmaker() as s:
+        out = await service.create_clusters(s, runtime, [_new(b.id), _new(a.id), _new(poor.id)])
+        await s.commit()
+    assert [type(o) for o in out] == [Cluster, Cluster, InsufficientFunds], out
+    async with runtime.sessionmaker() as s:
+        rows = await s.execute(select(ClusterNode.cluster_id, ClusterNode.device_id))
+        nodes = {cluster_id: device_id for cluster_id, device_id in rows.tuples()}
+        reservations = (
+            await s.execute(select(DeviceReservation.device_id, DeviceReservation.quote_id))
+        ).all()
+    assert nodes == {out[0].id: last.id, out[1].id: best.id}
+    assert reservations == [(other.id, poor_quote.id)]
 
 
 async def test_two_api_processes_booking_at_once_never_book_a_device_twice(

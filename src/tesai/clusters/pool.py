@@ -1,13 +1,28 @@
 """The pool as placement sees it: devices read from the database into plain values.
 
-``load_pool`` reads the whole pool (offers, replacements). The create path uses ``PoolCache``
-instead: one ``PoolIndex`` per API process, brought up to date before each placement by reading
-only the devices changed since its watermark (``devices.change_xact``, stamped by a trigger in
-the writing transaction; the watermark is the reading statement's snapshot: its ``xmax`` and the
-transactions it saw in progress, whose rows are read again next time, so a change committed
-later is never missed). The index only *picks* candidates: the booking locks
-and re-checks the chosen rows, and the partial unique index on live ``cluster_nodes.device_id``
-stays the arbiter, so a stale index costs a retry, never a double booking.
+``load_pool`` reads the whole pool (offers, replacements). The create and quote paths use
+``PoolCache`` instead: one ``PoolIndex`` per API process, brought up to date before each
+placement by reading only the devices changed since its watermark (``devices.change_xact``,
+stamped by a trigger in the writing transaction; the watermark is the reading statement's
+snapshot: its ``xmax`` and the transactions it saw in progress, whose rows are read again next
+time, so a change committed later is never missed). The index only *picks* candidates: a quote
+or a booking locks and re-checks the chosen rows and tells the index what it found, and the
+partial unique index on live ``cluster_nodes.device_id`` stays the arbiter, so a stale index
+costs a retry, never a double booking nor a quote naming a rented device.
+
+Why the index cannot stay stale (each was once a way it did, for up to the 10-minute resync):
+
+- The reading transaction's own changes. The read usually runs in the request's transaction,
+  and once that has written (the batch's Idempotency-Key claim, an earlier placement round's
+  row locks) PostgreSQL leaves its own id out of the snapshot's in-progress list while
+  ``xmax`` moves past it: the booking it then stamps would be below the next watermark and
+  never read. The own id, when it has one, is read again like any transaction in progress.
+- A device freed without a change to its row. Renting always changes the row (``online`` →
+  ``busy``); but a device that came back ``online`` while its lost node was still live is
+  freed by that node's release alone. Such rows (online, not bookable) are read again on
+  every refresh until they are bookable or leave the pool.
+- A local hold outliving the database's word. A hold only keeps a free device out of the
+  index; one on a device the database shows rented is dropped, never released into it.
 """
 
 from __future__ import annotations
@@ -124,10 +139,13 @@ _DEVICE_ROW = """
     ) AS held_until"""
 # One statement, so the watermark and the rows come from the same snapshot: every transaction
 # below its xmax and not in its in-progress list (xip) has ended, so its changes are in these
-# rows (or were in an earlier read); the next read takes xids >= xmax plus that xip list.
+# rows (or were in an earlier read); the next read takes xids >= xmax plus that xip list. The
+# snapshot never lists the reading transaction itself, which has not ended either: its id
+# (when it has one) joins the list, or the devices it stamps later would never be read.
 _SNAPSHOT = (
     "WITH s AS (SELECT txid_snapshot_xmax(txid_current_snapshot()) AS xmax,"
-    " ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot())) AS xip)"
+    " array_remove(ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot()))"
+    " || txid_current_if_assigned(), NULL) AS xip)"
     " SELECT s.xmax, s.xip,"
 )
 _FULL_SQL = text(
@@ -138,10 +156,17 @@ _DELTA_SQL = text(
     + _DEVICE_ROW
     + " FROM s LEFT JOIN devices d"
     + " ON d.change_xact >= :watermark OR d.change_xact = ANY(CAST(:in_progress AS bigint[]))"
+    + " OR d.id = ANY(CAST(:watched AS uuid[]))"
 )
 _CHECK_SQL = "SELECT" + _DEVICE_ROW + " FROM devices d WHERE d.id = ANY(:ids) FOR UPDATE OF d"
 _CHECK_SKIP_LOCKED = text(_CHECK_SQL + " SKIP LOCKED")
 _CHECK_WAIT = text(_CHECK_SQL)
+
+
+def _freed_unstamped(row: Mapping[Any, Any]) -> bool:
+    """Whether the device can become bookable without its row changing: ``online`` while a
+    live node books it (only the node's release, in ``cluster_nodes``, frees it)."""
+    return row["status"] == "online" and not row["bookable"]
 
 
 def _read_rows(
@@ -208,6 +233,8 @@ class PoolCache:
     and a full snapshot every ``resync_interval_s``. Devices this process has chosen but not yet
     seen committed are *held* locally (taken in the index until the change feed confirms them or
     ``hold_ttl_s`` passes), so concurrent requests of the same process do not pick them twice.
+    A device is free in the index exactly when the database last said it was bookable and no
+    hold is on it: a hold never outlives a rented answer from the database.
     """
 
     refresh_interval_s: float = 0.02
@@ -219,6 +246,8 @@ class PoolCache:
     in_progress: tuple[int, ...] = ()
     """Transactions the last snapshot saw running: their rows are read again too."""
     stats: PoolStats = field(default_factory=PoolStats)
+    watched: set[str] = field(default_factory=set)
+    """Devices read again on every refresh: online but not bookable (see ``_freed_unstamped``)."""
     _holds: dict[str, float] = field(default_factory=dict)
     _refreshed_at: float = 0.0
     _loaded_at: float = 0.0
@@ -248,8 +277,11 @@ class PoolCache:
         now = utcnow()
         result = await session.execute(_FULL_SQL, {"now": now, "quote_id": None})
         rows = result.mappings().all()
-        devices, _, reserved = _read_rows([r for r in rows if r["id"] is not None], now)
+        listed = [r for r in rows if r["id"] is not None]
+        devices, _, reserved = _read_rows(listed, now)
         self.index = PoolIndex.build(devices)
+        self.watched = set()
+        self._watch(listed)
         held, self._holds = self._holds, {}
         for device_id, until in held.items():
             self.hold([device_id], until - time.monotonic())
@@ -266,10 +298,12 @@ class PoolCache:
             "quote_id": None,
             "watermark": self.watermark,
             "in_progress": list(self.in_progress),
+            "watched": [uuid.UUID(i) for i in self.watched],
         }
         rows = (await session.execute(_DELTA_SQL, params)).mappings().all()
         changed = [r for r in rows if r["id"] is not None]
         devices, gone, reserved = _read_rows(changed, now)
+        self._watch(changed)
         self.apply(devices, gone)
         for device_id, ttl in reserved.items():
             self.hold([device_id], ttl)
@@ -277,6 +311,13 @@ class PoolCache:
         self._refreshed_at = time.monotonic()
         self.stats.deltas += 1
         self.stats.delta_rows += len(changed)
+
+    def _watch(self, rows: Iterable[Mapping[Any, Any]]) -> None:
+        for r in rows:
+            if _freed_unstamped(r):
+                self.watched.add(str(r["id"]))
+            else:
+                self.watched.discard(str(r["id"]))
 
     def _advance(self, row: Mapping[Any, Any]) -> None:
         self.watermark = int(row["xmax"])
@@ -299,14 +340,21 @@ class PoolCache:
         self.index.apply(changed, gone)
 
     def hold(self, device_ids: Iterable[str], ttl_s: float | None = None) -> None:
-        """Take devices in the index until the change feed shows them booked (or ``ttl_s``)."""
+        """Take devices in the index until the change feed shows them booked (or ``ttl_s``).
+
+        A device the database already shows rented (taken in the index and not held) gets no
+        hold: the change feed frees it when the database does, and a hold running out must
+        not free it before."""
         assert self.index is not None
         until = time.monotonic() + (self.hold_ttl_s if ttl_s is None else ttl_s)
         for device_id in device_ids:
-            if device_id in self.index:
-                if self.index.is_free(device_id):
-                    self.index.take([device_id])
-                self._holds[device_id] = max(until, self._holds.get(device_id, 0.0))
+            if device_id not in self.index:
+                continue
+            if self.index.is_free(device_id):
+                self.index.take([device_id])
+            elif device_id not in self._holds:
+                continue
+            self._holds[device_id] = max(until, self._holds.get(device_id, 0.0))
 
     def unhold(self, device_ids: Iterable[str]) -> None:
         """The booking did not happen: give held devices back to the index."""
@@ -352,6 +400,7 @@ class PoolCache:
         rows = {str(r["id"]): dict(r) for r in result.mappings().all()}
         found = [rows[i] for i in ids if i in rows]
         fresh, gone, reserved = _read_rows(found, now)
+        self._watch(found)
         unavailable = {i for i in ids if i not in rows} | set(gone) | set(reserved)
         for device in fresh:
             believed = self._known(device.id) if compare else device

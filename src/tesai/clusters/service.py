@@ -11,7 +11,7 @@ import functools
 import importlib.metadata
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -147,28 +147,23 @@ def _no_capacity(result: pl.Shortfall) -> NoCapacity:
 
 
 async def _place(
-    session: AsyncSession,
-    req: ClusterRequest,
-    quote_id: uuid.UUID | None,
-    excluded: frozenset[str],
-    pool: PoolCache | None = None,
+    session: AsyncSession, req: ClusterRequest, quote_id: uuid.UUID, excluded: frozenset[str]
 ) -> pl.Placement:
+    """Place on a full read of the pool (no process index)."""
     preq = _placement_request(req, excluded)
-    if pool is not None:
-        index = await pool.current(session)
-        with PLACEMENT_DURATION.time():
-            result = index.place(preq)
-    else:
-        devices = await load_pool(session, utcnow(), quote_id=quote_id)
-        with PLACEMENT_DURATION.time():
-            result = pl.place_reference(devices, preq)
+    devices = await load_pool(session, utcnow(), quote_id=quote_id)
+    with PLACEMENT_DURATION.time():
+        result = pl.place_reference(devices, preq)
     if isinstance(result, pl.Shortfall):
         raise _no_capacity(result)
     return result
 
 
 async def _place_and_lock(
-    session: AsyncSession, pool: PoolCache, req: ClusterRequest
+    session: AsyncSession,
+    pool: PoolCache,
+    req: ClusterRequest,
+    excluded: frozenset[str] = frozenset(),
 ) -> tuple[pl.Placement, list[str]]:
     """Place on the process's index and lock the chosen devices' rows, all bookable.
 
@@ -176,8 +171,8 @@ async def _place_and_lock(
     changed is learnt and the request placed again (``BOOK_ATTEMPTS`` times at most), so the
     answer is other devices or a shortfall in numbers. The devices stay held in the index.
     """
-    preq = _placement_request(req)
-    locked_elsewhere: set[str] = set()
+    preq = _placement_request(req, excluded)
+    locked_elsewhere: set[str] = set(excluded)
     for _ in range(BOOK_ATTEMPTS):
         index = await pool.current(session)
         if locked_elsewhere:
@@ -273,14 +268,21 @@ async def create_quote(
     """Place the request, price it and reserve its devices until the quote expires.
 
     With ``pool`` (the process's ``PoolCache``) placement runs on its index instead of a
-    full read of the pool; the reservation upsert arbitrates either way.
+    full read of the pool, and the chosen devices' rows are locked and checked as a booking
+    does (a device the index still shows free but that is rented, held by another quote or
+    changed is learnt by the index and another is chosen): a quote never names a device that
+    cannot be booked, however stale the index. The reservation upsert arbitrates either way.
     Raises ``NoCapacity`` (409, with the shortfall in numbers) or ``InvalidClusterRequest``.
     """
     quote_id = uuid.uuid4()
     expires_at = utcnow() + timedelta(seconds=settings.quote_ttl_s)
     excluded: frozenset[str] = frozenset()
     for _ in range(RESERVE_ATTEMPTS):
-        placement = await _place(session, req, quote_id, excluded, pool)
+        held: list[str] = []
+        if pool is None:
+            placement = await _place(session, req, quote_id, excluded)
+        else:
+            placement, held = await _place_and_lock(session, pool, req, excluded)
         price = price_placement(placement, req.duration_s, settings.platform_fee_bps)
         quote = Quote(
             id=quote_id,
@@ -297,6 +299,11 @@ async def create_quote(
         wanted = [uuid.UUID(d) for d in placement.device_ids]
         got = await _reserve(session, quote_id, wanted, expires_at)
         if got == set(wanted):
+            if pool is not None:
+                # The reservation keeps the devices now (its rows' locks until the commit); a
+                # placement of this process that picks one learns it, with its expiry, from
+                # the rows. A local hold could outlive it (an early release, a booking).
+                pool.unhold(held)
             return quote
         # Someone reserved a device between our read and our write: try without them.
         await session.execute(
@@ -304,9 +311,11 @@ async def create_quote(
         )
         await session.delete(quote)
         await session.flush()
-        excluded = excluded | {str(d) for d in set(wanted) - got}
-        if pool is not None and pool.index is not None:
-            pool.hold(excluded, ttl_s=settings.quote_ttl_s)
+        lost = {str(d) for d in set(wanted) - got}
+        excluded = excluded | lost
+        if pool is not None:
+            pool.unhold(d for d in held if d not in lost)
+            pool.hold(lost, ttl_s=settings.quote_ttl_s)
     raise NoCapacity("The pool changed while quoting; try again")
 
 
@@ -315,6 +324,88 @@ async def get_quote(session: AsyncSession, customer_id: uuid.UUID, quote_id: uui
     if quote is None or quote.customer_id != customer_id:
         raise QuoteNotFound("No such quote")
     return quote
+
+
+@dataclass(frozen=True)
+class ReleasedReservation:
+    """A device reservation of a customer's live quote, given up for that customer's create."""
+
+    device_id: str
+    quote_id: uuid.UUID
+    customer_id: uuid.UUID
+    expires_at: datetime
+
+
+async def _release_own_quotes(
+    session: AsyncSession, pool: PoolCache, customer_ids: Collection[uuid.UUID]
+) -> list[ReleasedReservation]:
+    """Lift the device reservations of the customers' live quotes, in the transaction of
+    their create without a quote, so that a customer's own quote never counts against their
+    own create (``tesai quote …`` then ``tesai cluster create …``, the README's order).
+
+    Released rather than used: a quote is booked by naming it (``quote_id``, ``tesai cluster
+    create --quote``); a create that names none asks for a placement now, and matching it to
+    an earlier quote by its request would guess at intent (several quotes, another name or
+    budget) and need a second booking path through the set-based batch. Released, the quoted
+    devices are free again for the customer's own placement, which picks them by the same
+    rule that picked them for the quote, at the price then current. Nobody else gains from
+    it: their placements in the same transaction keep the released devices excluded, and
+    once placed, ``_restore_own_quotes`` puts back every quote whose devices the create did
+    not take (a create that raises rolls the release back with everything else). A quote
+    that lost a device to the create gives up all of its devices, since it can no longer be
+    booked. A reservation another transaction has locked (its quote being booked right now)
+    is skipped, never waited for.
+    """
+    mine = (
+        select(DeviceReservation.device_id, Quote.customer_id)
+        .join(Quote, Quote.id == DeviceReservation.quote_id)
+        .where(Quote.customer_id.in_(list(customer_ids)), DeviceReservation.expires_at > utcnow())
+        .with_for_update(of=DeviceReservation, skip_locked=True)
+        .cte("mine")
+    )
+    rows = await session.execute(
+        delete(DeviceReservation)
+        .where(DeviceReservation.device_id == mine.c.device_id)
+        .returning(
+            DeviceReservation.device_id,
+            DeviceReservation.quote_id,
+            DeviceReservation.expires_at,
+            mine.c.customer_id,
+        )
+    )
+    released = [
+        ReleasedReservation(str(device_id), quote_id, customer_id, expires_at)
+        for device_id, quote_id, expires_at, customer_id in rows.tuples()
+    ]
+    if released and pool.index is not None:
+        # This process may have learnt the reservations: they are the customer's to place on.
+        pool.unhold(r.device_id for r in released)
+    return released
+
+
+async def _restore_own_quotes(
+    session: AsyncSession, released: Sequence[ReleasedReservation], taken: Collection[str]
+) -> None:
+    """Give the released reservations back to every quote none of whose devices were
+    ``taken`` by the creates they were released for."""
+    spent = {r.quote_id for r in released if r.device_id in taken}
+    released = [r for r in released if r.quote_id not in spent]
+    if not released:
+        return
+    await session.execute(
+        insert(DeviceReservation)
+        .values(
+            [
+                {
+                    "device_id": uuid.UUID(r.device_id),
+                    "quote_id": r.quote_id,
+                    "expires_at": r.expires_at,
+                }
+                for r in released
+            ]
+        )
+        .on_conflict_do_nothing()
+    )
 
 
 # --- clusters ---------------------------------------------------------------------------------
@@ -328,6 +419,8 @@ async def create_cluster(
     Without a quote, the request is placed on the process's ``PoolCache`` index and the chosen
     device rows are locked and re-checked (``SKIP LOCKED``; a stale pick is retried on other
     devices); the partial unique index on live ``cluster_nodes.device_id`` stays the arbiter.
+    The customer's own live quotes do not count against it (``_release_own_quotes``): a quote
+    whose devices it takes gives them up, the others keep theirs.
     Raises ``QuoteNotFound``, ``QuoteExpired``, ``NoCapacity`` (a device was taken),
     ``InsufficientFunds`` (402). Nothing is booked or held when it raises.
     """
@@ -349,7 +442,9 @@ async def create_cluster(
             raise NoCapacity("A quoted device is no longer available; ask for a new quote")
     else:
         assert body.request is not None
+        released = await _release_own_quotes(session, pool, [customer_id])
         placement, held = await _place_and_lock(session, pool, body.request)
+        await _restore_own_quotes(session, released, placement.device_ids)
         price = price_placement(placement, body.request.duration_s, settings.platform_fee_bps)
         quote = Quote(
             id=uuid.uuid4(),
@@ -404,10 +499,13 @@ async def create_clusters(
     at most), the holds are placed as one ledger batch that checks each customer's spend cap
     and funds in order (409 / 402 in the request's slot), and the clusters, nodes, events,
     quotes and device changes of the rest are written in one statement each. A request's
-    slot holds its cluster or its error; nothing of a refused request is written. One
-    difference from one by one: devices chosen for a request refused for money are free
-    again only from the next batch on. Requests naming a quote are not taken (they wait on
-    their quoted devices' rows: ``create_cluster``, alone).
+    slot holds its cluster or its error; nothing of a refused request is written. As one by
+    one, the customers' own live quotes do not count against their requests (their
+    reservations are lifted for them alone; a quote keeps its devices unless its own
+    customer's booked request takes one). One difference from one by one: devices chosen
+    for a request refused for money are free again only from the next batch on. Requests
+    naming a quote are not taken (they wait on their quoted devices' rows:
+    ``create_cluster``, alone).
     """
     try:
         return await _place_and_book(session, runtime, items)
@@ -432,6 +530,22 @@ async def _place_and_book(
             wanted[i] = _placement_request(item.body.request)
         except AppError as exc:
             out[i] = exc
+
+    released = (
+        await _release_own_quotes(session, pool, {items[i].customer_id for i in wanted})
+        if wanted
+        else []
+    )
+    if released:
+        # A customer's released devices stay out of everyone else's placements.
+        theirs: dict[uuid.UUID, set[str]] = {}
+        for r in released:
+            theirs.setdefault(r.customer_id, set()).add(r.device_id)
+        everyone = {r.device_id for r in released}
+        for i, preq in wanted.items():
+            others = everyone - theirs.get(items[i].customer_id, set())
+            if others:
+                wanted[i] = replace(preq, excluded_device_ids=preq.excluded_device_ids | others)
 
     placed: dict[int, pl.Placement] = {}
     locked_elsewhere: set[str] = set()
@@ -514,6 +628,8 @@ async def _place_and_book(
             held.difference_update(placed[i].device_ids)
             pool.unhold(placed[i].device_ids)
             del booked[i]
+    taken = {d for i in booked for d in placed[i].device_ids}
+    await _restore_own_quotes(session, released, taken)
     if booked:
         await _write_clusters(session, list(booked.values()))
     for i, (cluster, _) in booked.items():
