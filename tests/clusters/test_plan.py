@@ -9,8 +9,10 @@ from tesai.clusters.models import ClusterStatus, NodeRole, NodeState
 from tesai.clusters.plan import (
     ClusterView,
     NodeView,
+    OpenSlot,
     job_after_head_loss,
     next_steps,
+    replacement_due,
     uploaded_packages,
 )
 
@@ -245,6 +247,62 @@ def test_workers_rejoin_the_new_head_and_the_cluster_runs_again() -> None:
         ("mark_node_running", None),
         ("set_status", "node_replaced"),
     ]
+
+
+def slot(**kw: object) -> OpenSlot:
+    base: dict[str, object] = {
+        "node_id": uuid.uuid4(),
+        "device_id": uuid.uuid4(),
+        "tries": 1,
+        "last_try_at": NOW - timedelta(seconds=1),
+    }
+    base.update(kw)
+    return OpenSlot(**base)  # type: ignore[arg-type]
+
+
+def ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+def test_a_head_lost_with_no_free_device_is_tried_again_later_not_given_up() -> None:
+    # The head was lost and no device was free then: the cluster has no live node at all.
+    lost = slot(tries=1, last_try_at=ago(6))
+    steps = next_steps(view(ClusterStatus.degraded, [], open_slots=(lost,))).steps
+    assert [(s.kind, s.node_id) for s in steps] == [("place_replacement", lost.node_id)]
+
+
+def test_replacement_tries_back_off_up_to_a_cap() -> None:
+    def due(tries: int, seconds: float) -> bool:
+        return replacement_due(
+            slot(tries=tries, last_try_at=ago(seconds)), NOW, base_s=5.0, max_s=60.0
+        )
+
+    # 5 s after the first failed try, 10 s after the second, 20 s after the third, …
+    assert [due(1, 4.9), due(1, 5), due(2, 9.9), due(2, 10), due(3, 19.9), due(3, 20)] == [
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
+    # … and never more than 60 s, however many tries failed.
+    assert [due(50, 59.9), due(50, 60)] == [False, True]
+    never_tried = slot(tries=0, last_try_at=None)
+    assert replacement_due(never_tried, NOW, base_s=5.0, max_s=60.0)
+    # Backing off, nothing new is tried, and the cluster waits as it is.
+    waiting = view(ClusterStatus.degraded, [], open_slots=(slot(tries=4, last_try_at=ago(3)),))
+    assert next_steps(waiting).steps == []
+
+
+def test_a_slot_goes_back_to_its_own_device_as_soon_as_that_returns() -> None:
+    # Deep in its backoff, but the node's own device came back after the last try: now.
+    back = slot(tries=6, last_try_at=ago(2), own_device_back_at=ago(1))
+    assert replacement_due(back, NOW, base_s=5.0, max_s=60.0)
+    assert kinds(view(ClusterStatus.degraded, [], open_slots=(back,))) == ["place_replacement"]
+    # Back before the last try (which already preferred it): the backoff holds.
+    earlier = slot(tries=6, last_try_at=ago(1), own_device_back_at=ago(2))
+    assert not replacement_due(earlier, NOW, base_s=5.0, max_s=60.0)
 
 
 def test_a_job_under_a_lost_head_is_resubmitted_while_retries_are_left() -> None:

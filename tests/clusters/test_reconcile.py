@@ -14,16 +14,18 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tesai.billing import ledger
 from tesai.billing import service as billing
 from tesai.billing.models import NodeMeter, UsageBucket
-from tesai.clusters.models import Cluster, ClusterNode, ClusterStatus, NodeState
+from tesai.clusters.models import Cluster, ClusterEvent, ClusterNode, ClusterStatus, NodeState
 from tesai.clusters.reconcile import reconcile
 from tesai.clusters.service import hold_ref
 from tesai.clusters.usage import meter_all
-from tesai.devices import keys
+from tesai.db import run_after_commit
+from tesai.devices import agents, keys
+from tesai.devices.deps import DeviceAuth
 from tesai.devices.models import Device, DeviceStatus
 from tesai.devices.service import record_transition
 from tesai.kit.time import utcnow
@@ -353,3 +355,103 @@ async def test_a_lost_node_is_not_replaced_by_a_dearer_device_than_its_hold_was_
     await lose(nodes[0].device_id)
     live = [n for n in await node_rows(runtime, cid) if n.released_at is None]
     assert [(n.device_id, n.price_per_hour_micro) for n in live] == [(cheaper.id, 500_000)]
+
+
+async def _events(client: httpx.AsyncClient, cid: uuid.UUID, headers: dict[str, str]) -> list[str]:
+    detail = (await client.get(f"/api/v1/clusters/{cid}", headers=headers)).json()
+    return [e["reason"] for e in detail["events"]]
+
+
+async def _live(runtime: Runtime, cid: uuid.UUID) -> list[ClusterNode]:
+    return [n for n in await node_rows(runtime, cid) if n.released_at is None]
+
+
+async def test_a_cluster_re_forms_on_its_own_device_when_that_comes_back(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    """`tesai up` restarted under a running 1-node cluster: its only device left, so no
+    replacement could be placed when the head was lost. Once the device is back online and
+    free, the next pass puts the head back on it (before any other free device) and the
+    cluster runs again; a second restart soon after heals the same way."""
+    device = await add_device(gpu_model=None, gpus=0)
+    user, headers = await make_user()
+    await grant(user.id, 100_000_000)
+    cid = await _rent(client, headers, request={"nodes": 1, "duration_s": 3600})
+    await bring_up(runtime, cid)
+    assert (await cluster_row(runtime, cid)).status is ClusterStatus.running
+
+    async def ctrl_c() -> None:
+        """The agent says goodbye and its Ray node stops with it: no device is left."""
+        tried = (await _events(client, cid, headers)).count("no_replacement")
+        async with runtime.sessionmaker() as s, s.begin():
+            auth = DeviceAuth(device.id, device.provider_id, uuid.uuid4(), time.time() + 60, "")
+            await agents.leave(s, runtime.cache, auth, "agent_stopped")
+        await run_after_commit(s)
+        await runtime.cache.delete(keys.telemetry(str(device.id)))
+        await reconcile(runtime.task_context)
+        c = await cluster_row(runtime, cid)
+        assert (c.status, c.status_reason) == (ClusterStatus.degraded, "head_lost")
+        assert (await _events(client, cid, headers)).count("no_replacement") == tried + 1
+        await reconcile(runtime.task_context)
+        assert await _live(runtime, cid) == []
+
+    async def back_up() -> None:
+        """The device is back: online, heartbeating, no Ray node of the cluster on it."""
+        async with runtime.sessionmaker.begin() as s:
+            d = await s.get(Device, device.id)
+            assert d is not None
+            record_transition(s, d, DeviceStatus.online, "heartbeat_resumed")
+        await beat(runtime, device.id, [])
+        nodes = await bring_up(runtime, cid)
+        assert [(n.device_id, n.role.value, n.state) for n in nodes] == [
+            (device.id, "head", NodeState.running)
+        ]
+        c = await cluster_row(runtime, cid)
+        assert (c.status, c.status_reason) == (ClusterStatus.running, "node_replaced")
+
+    await ctrl_c()
+    other = await add_device(gpu_model=None, gpus=0)  # frees up before the device is back
+    await back_up()
+    async with runtime.sessionmaker.begin() as s:
+        spare = await s.get(Device, other.id)
+        assert spare is not None
+        assert spare.status is DeviceStatus.online  # not taken: the cluster's own came first
+        record_transition(s, spare, DeviceStatus.offline, "missed_heartbeats")
+
+    # Restarted again within the flap window: the same device is still the cluster's.
+    await ctrl_c()
+    await back_up()
+
+
+async def test_a_lost_node_is_replaced_once_a_device_frees_up_backing_off_meanwhile(
+    client: httpx.AsyncClient, runtime: Runtime, make_user, add_device: AddDevice, grant: Grant
+) -> None:
+    device = await add_device(gpu_model=None, gpus=0)
+    user, headers = await make_user()
+    await grant(user.id, 100_000_000)
+    cid = await _rent(client, headers, request={"nodes": 1, "duration_s": 3600})
+    await bring_up(runtime, cid)
+    async with runtime.sessionmaker.begin() as s:
+        d = await s.get(Device, device.id)
+        assert d is not None
+        record_transition(s, d, DeviceStatus.offline, "missed_heartbeats")
+    await reconcile(runtime.task_context)
+    assert (await _events(client, cid, headers)).count("no_replacement") == 1
+
+    spare = await add_device(gpu_model=None, gpus=0)
+    await reconcile(runtime.task_context)  # the try just failed: backing off
+    assert await _live(runtime, cid) == []
+
+    # The backoff since that try runs out (time moved on by 10 s).
+    async with runtime.sessionmaker.begin() as s:
+        await s.execute(
+            update(ClusterEvent)
+            .where(ClusterEvent.cluster_id == cid)
+            .values(at=ClusterEvent.at - timedelta(seconds=10))
+        )
+    nodes = await bring_up(runtime, cid)
+    assert [(n.device_id, n.state) for n in nodes] == [(spare.id, NodeState.running)]
+    assert (await cluster_row(runtime, cid)).status is ClusterStatus.running
+    events = await _events(client, cid, headers)
+    assert events.count("no_replacement") == 1
+    assert "node_replaced" in events

@@ -139,7 +139,7 @@ async def test_public_device_page_shows_no_owner_data(
     assert page.status_code == 200
     body = page.json()
     assert body["region"] == "eu-west"
-    assert body["uptime_30d_pct"] == 0
+    assert body["uptime_30d_pct"] is None  # nothing recorded yet: not 0 %
     assert all(day["uptime_pct"] == 0 for day in body["uptime_by_day"])
     assert "secret-rig-name" not in page.text
     assert "provider_id" not in body

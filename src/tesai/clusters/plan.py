@@ -3,6 +3,11 @@
 The reconciler (``tesai.clusters.reconcile``) gathers the cluster's rows and what its agents
 last reported, calls ``next_steps`` and applies the returned steps with guarded updates. Keeping
 the decision here makes every branch testable without a database, Ray or agents.
+
+A lost node's replacement is placed in the pass that marks it lost. When no device is free
+then, its slot stays open (``OpenSlot``) and is tried again on later passes, backing off
+while nothing turns up (``replacement_due``), and at once when the node's own device is back:
+the pool's only device restarting must not leave its cluster short for good.
 """
 
 from __future__ import annotations
@@ -46,6 +51,44 @@ class ClusterView:
     out_of_money: bool = False
     """Its budget or hold cannot pay for another second of its running nodes (their meters
     stopped billing there: ``tesai.billing.money.spend_state``)."""
+    open_slots: tuple[OpenSlot, ...] = ()
+    """Lost nodes no replacement has taken the place of yet."""
+    retry_base_s: float = 5.0
+    """Wait after the first replacement try that found no device (doubling after each)."""
+    retry_max_s: float = 60.0
+    """The longest wait between two replacement tries."""
+
+
+@dataclass(frozen=True)
+class OpenSlot:
+    """A lost node whose place no replacement has taken yet: no device was free for it."""
+
+    node_id: uuid.UUID
+    device_id: uuid.UUID
+    """The device it was lost from."""
+    tries: int
+    """Replacement tries that found no device since it was lost."""
+    last_try_at: datetime | None
+    own_device_back_at: datetime | None = None
+    """When its own device came back online, if it is back for it (online, clear of the
+    cluster's old Ray node: ``tesai.clusters.healing.open_slot``); None otherwise."""
+
+
+def retry_delay_s(tries: int, *, base_s: float, max_s: float) -> float:
+    """The wait after ``tries`` failed replacement tries: base, twice that, four times, …
+    up to ``max_s``."""
+    return min(max_s, base_s * 2.0 ** min(max(tries - 1, 0), 32))
+
+
+def replacement_due(slot: OpenSlot, now: datetime, *, base_s: float, max_s: float) -> bool:
+    """Whether to try placing the slot's replacement again now: never tried, its own device
+    came back since the last try, or the backoff after the last try has run out."""
+    if slot.last_try_at is None:
+        return True
+    if slot.own_device_back_at is not None and slot.own_device_back_at > slot.last_try_at:
+        return True
+    waited = (now - slot.last_try_at).total_seconds()
+    return waited >= retry_delay_s(slot.tries, base_s=base_s, max_s=max_s)
 
 
 StepKind = Literal[
@@ -120,6 +163,9 @@ def next_steps(view: ClusterView) -> Plan:
             reason = "head_lost" if NodeRole.head in lost else "node_lost"
             plan.add("set_status", status=ClusterStatus.degraded, reason=reason)
         return plan
+    for slot in view.open_slots:
+        if replacement_due(slot, view.now, base_s=view.retry_base_s, max_s=view.retry_max_s):
+            plan.add("place_replacement", node_id=slot.node_id)
 
     nodes = _live_nodes(view)
     head = _head(view)

@@ -19,6 +19,7 @@ Replacements cost no more per hour than the node they replace (docs/money.md).
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -33,6 +34,8 @@ from tesai.billing.errors import InsufficientFunds
 from tesai.billing.models import NodeMeter
 from tesai.billing.money import SpendState, accrue, customer_charge, spend_limit, spend_state
 from tesai.clusters.autoscale import ScalingNode, ScalingView, decide
+from tesai.clusters.head_address import dashboard_url
+from tesai.clusters.healing import open_slot, read_open_slots
 from tesai.clusters.models import (
     Cluster,
     ClusterEvent,
@@ -46,10 +49,12 @@ from tesai.clusters.models import (
 from tesai.clusters.plan import (
     ClusterView,
     NodeView,
+    OpenSlot,
     Plan,
     Step,
     job_after_head_loss,
     next_steps,
+    retry_delay_s,
     uploaded_packages,
 )
 from tesai.clusters.pool import load_pool, to_placement_request
@@ -172,6 +177,9 @@ def build_view(
     now: datetime,
     join_failures: dict[uuid.UUID, JoinFailure] | None = None,
     spend: SpendState | None = None,
+    *,
+    settings: Settings,
+    open_slots: tuple[OpenSlot, ...] = (),
 ) -> ClusterView:
     views = []
     for n in nodes:
@@ -207,6 +215,9 @@ def build_view(
             else cluster.budget_micro - (spend.spent_micro if spend else 0)
         ),
         out_of_money=spend is not None and spend.exhausted,
+        open_slots=open_slots,
+        retry_base_s=settings.replacement_retry_s,
+        retry_max_s=settings.replacement_retry_max_s,
     )
 
 
@@ -245,10 +256,14 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
             .tuples()
             .all()
         )
-    reports = await _reports(ctx, device_ids)
+        lost = await read_open_slots(session, ids)
+    reports = await _reports(ctx, list({*device_ids, *(slot.device_id for slot in lost)}))
     by_cluster: dict[uuid.UUID, list[ClusterNode]] = {}
     for n in nodes:
         by_cluster.setdefault(n.cluster_id, []).append(n)
+    slots: dict[uuid.UUID, list[OpenSlot]] = {}
+    for slot in lost:
+        slots.setdefault(slot.cluster_id, []).append(open_slot(slot, reports.get(slot.device_id)))
     steps = 0
     fee_bps = ctx.settings.platform_fee_bps
     for cluster in clusters:
@@ -257,7 +272,15 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
             limit = spend_limit(cluster.hold_micro, cluster.budget_micro)
             spend = spend_state(meters[cluster.id], limit, fee_bps)
         view = build_view(
-            cluster, by_cluster.get(cluster.id, []), statuses, reports, now, join_failures, spend
+            cluster,
+            by_cluster.get(cluster.id, []),
+            statuses,
+            reports,
+            now,
+            join_failures,
+            spend,
+            settings=ctx.settings,
+            open_slots=tuple(slots.get(cluster.id, ())),
         )
         plan = next_steps(view)
         try:
@@ -487,16 +510,16 @@ class _Applier:
         node = self.nodes.get(step.node_id)  # type: ignore[arg-type]
         if node is None:
             return
-        rep = _node_report(self.reports.get(node.device_id), self.cluster.id) or {}
+        device_report = self.reports.get(node.device_id) or {}
+        rep = _node_report(device_report, self.cluster.id) or {}
         node.state = NodeState.running
         node.running_at = node.running_at or self.view.now
         if self.cluster.running_at is not None:
             await self._start_meter(node)
         node.ray_address = rep.get("ray_address")
-        port = rep.get("dashboard_port")
-        if port and node.ray_address:
-            host = node.ray_address.rsplit(":", 1)[0]
-            node.dashboard_url = f"http://{host}:{port}"
+        # Where the proxy reaches the head: the address the agent's heartbeats came from,
+        # never a host it names (tesai.clusters.head_address); only the port is its word.
+        node.dashboard_url = dashboard_url(device_report.get("peer"), rep.get("dashboard_port"))
 
     async def _start_meter(self, node: ClusterNode) -> None:
         """Bill the node from now on. The paid duration runs from the cluster's
@@ -591,9 +614,15 @@ class _Applier:
                 )
 
     async def _place_replacement(self, step: Step) -> None:
-        lost = self.nodes.get(step.node_id)  # type: ignore[arg-type]
+        """A replacement for a node just lost (or being moved), or for an open slot (a node
+        lost earlier with no device free for it). When none can be placed, the
+        ``no_replacement`` event names the node: later passes try again, backing off
+        (``tesai.clusters.healing``). A slot whose own device is back goes to it first."""
+        assert step.node_id is not None
+        lost = self.nodes.get(step.node_id) or await self._open_slot(step.node_id)
         if lost is None:
             return
+        slot = next((s for s in self.view.open_slots if s.node_id == lost.id), None)
         settings = self.ctx.settings
         hour_ago = self.view.now - timedelta(hours=1)
         recent = (
@@ -606,14 +635,17 @@ class _Applier:
             )
         ).all()
         if len(recent) >= settings.max_replacements_per_hour:
-            record_event(
-                self.session, self.cluster, "no_replacement", detail="replacement cap reached"
-            )
+            self._no_replacement(lost, slot, "replacement cap reached")
             return
+        own = slot is not None and slot.own_device_back_at is not None
         # The hold was computed with the lost node's price: a replacement costs no more.
-        picked = await self._pick_device(lost.gpus, max_hourly_micro=lost.price_per_hour_micro)
+        picked = await self._pick_device(
+            lost.gpus,
+            max_hourly_micro=lost.price_per_hour_micro,
+            prefer=lost.device_id if own else None,
+        )
         if isinstance(picked, str):
-            record_event(self.session, self.cluster, "no_replacement", detail=picked)
+            self._no_replacement(lost, slot, picked)
             return
         device, price = picked
         node = await self._add_node(device, lost.role, lost.gpus, price)
@@ -626,14 +658,56 @@ class _Applier:
             data={"node_id": str(node.id), "device_id": str(device.id), "replaces": str(lost.id)},
         )
 
+    async def _open_slot(self, node_id: uuid.UUID) -> ClusterNode | None:
+        """The lost node of this cluster that no replacement names yet, read under the
+        cluster's lock (a worker that held it before may have just filled the slot)."""
+        node = await self.session.get(ClusterNode, node_id)
+        if node is None or node.cluster_id != self.cluster.id or node.state is not NodeState.lost:
+            return None
+        taken = await self.session.scalar(
+            select(ClusterEvent.id)
+            .where(
+                ClusterEvent.cluster_id == self.cluster.id,
+                ClusterEvent.reason == "node_replaced",
+                ClusterEvent.data["replaces"].astext == str(node_id),
+            )
+            .limit(1)
+        )
+        return node if taken is None else None
+
+    def _no_replacement(self, lost: ClusterNode, slot: OpenSlot | None, why: str) -> None:
+        """Record a try that placed nothing, naming the node: the tries of a lost node's slot
+        are these events (``tesai.clusters.healing``)."""
+        detail = why
+        if lost.state is NodeState.lost:
+            tries = (slot.tries if slot is not None else 0) + 1
+            settings = self.ctx.settings
+            wait = retry_delay_s(
+                tries, base_s=settings.replacement_retry_s, max_s=settings.replacement_retry_max_s
+            )
+            detail = f"{why} (try {tries}; next in {wait:.0f} s, or when its device is back)"
+        record_event(
+            self.session,
+            self.cluster,
+            "no_replacement",
+            detail=detail,
+            data={"node_id": str(lost.id), "device_id": str(lost.device_id)},
+        )
+
     async def _pick_device(
-        self, gpus: int, *, max_hourly_micro: int | None = None
+        self,
+        gpus: int,
+        *,
+        max_hourly_micro: int | None = None,
+        prefer: uuid.UUID | None = None,
     ) -> tuple[Device, int] | str:
         """A free device for one more node like the cluster's, locked; or why there is none.
 
         Devices of this cluster and those lost from it recently (flapping) are left out;
         with ``max_hourly_micro``, so are devices whose node would cost more per hour (a
-        replacement stays within the price its slot's hold was computed with).
+        replacement stays within the price its slot's hold was computed with). ``prefer``
+        (a lost node's own device, back for it) is tried first, the same rules applying
+        but for its recent loss.
         """
         flap_since = self.view.now - timedelta(seconds=self.ctx.settings.flap_exclusion_s)
         excluded = {
@@ -666,7 +740,14 @@ class _Applier:
                 gpus=gpus,
                 excluded=frozenset(excluded),
             )
-        result = pl.place_reference(await load_pool(self.session, self.view.now), preq)
+        pool = await load_pool(self.session, self.view.now)
+        result: pl.Placement | pl.Shortfall | None = None
+        if prefer is not None:
+            own = [d for d in pool if d.id == str(prefer)]
+            back = replace(preq, excluded_device_ids=preq.excluded_device_ids - {str(prefer)})
+            result = pl.place_reference(own, back)
+        if result is None or isinstance(result, pl.Shortfall):
+            result = pl.place_reference(pool, preq)
         if isinstance(result, pl.Shortfall):
             return result.message
         placed = result.devices[0]

@@ -19,6 +19,17 @@ export function formatDuration(seconds: number | null | undefined): string {
   return `${Math.floor(h / 24)}d ${h % 24}h`.replace(/ 0h$/, "");
 }
 
+const UPTIME_WINDOW_S = 30 * 86400;
+
+/** What a device's uptime figure covers: the last 30 days, or its life since it was listed
+ *  when that is shorter (a figure over 6 minutes must not read as a 30-day one). */
+export function uptimeLabel(listedSince: string | null | undefined, now: number = Date.now()): string {
+  const since = listedSince ? new Date(listedSince).getTime() : Number.NaN;
+  const age = (now - since) / 1000;
+  if (!Number.isFinite(age) || age >= UPTIME_WINDOW_S) return "Uptime (30 days)";
+  return `Uptime (since listed ${formatDuration(age)} ago)`;
+}
+
 export function formatPercent(value: number | null | undefined, digits = 0): string {
   return value === null || value === undefined || !Number.isFinite(value) ? "—" : `${value.toFixed(digits)}%`;
 }

@@ -6,7 +6,7 @@ import { Button, ButtonLink } from "@/components/Button";
 import { Card, PageHeader, Stat } from "@/components/Card";
 import { TimeSeriesChart } from "@/components/charts";
 import { SelectField } from "@/components/Field";
-import { formatDateTime, formatPercent } from "@/components/format";
+import { formatDateTime, formatPercent, uptimeLabel } from "@/components/format";
 import { formatRate } from "@/components/money";
 import { StatusBadge } from "@/components/StatusBadge";
 import { EmptyState, ErrorState, Loading, Notice, QueryView } from "@/components/States";
@@ -69,7 +69,7 @@ function Overview({ detail }: { detail: Detail }) {
     <div className="grid grid-cols-2 gap-3 md:grid-cols-4">
       <Stat label="Hardware" value={<span className="text-base">{hardwareSummary(d)}</span>} hint={`${d.cpu_cores} CPU cores · ${formatBytes(d.ram_bytes)} RAM`} />
       <Stat label="Price per hour" value={formatRate(detail.hourly_price_micro)} hint="what a customer pays for the device" />
-      <Stat label="Uptime (30 days)" value={formatPercent(detail.uptime_30d_pct, 1)} hint={`reliability ${formatPercent(d.reliability * 100, 1)}`} />
+      <Stat label={uptimeLabel(d.created_at)} value={formatPercent(detail.uptime_30d_pct, 1)} hint={`reliability ${formatPercent(d.reliability * 100, 1)}`} />
       <Stat label="Last heartbeat" value={<span className="text-base">{formatDateTime(detail.last_heartbeat_at ?? d.last_seen_at)}</span>} hint={d.agent_version ? `agent ${d.agent_version} · Ray ${d.ray_version ?? "?"}` : "no agent yet"} />
     </div>
   );

@@ -1,0 +1,16 @@
+import { formatPercent, uptimeLabel } from "@/components/format";
+
+describe("uptimeLabel", () => {
+  const now = Date.parse("2026-03-01T12:00:00Z");
+  it("names the device's life when it is shorter than 30 days", () => {
+    expect(uptimeLabel("2026-03-01T11:54:00Z", now)).toBe("Uptime (since listed 6m ago)");
+    expect(uptimeLabel("2026-02-27T12:00:00Z", now)).toBe("Uptime (since listed 2d ago)");
+  });
+  it("says 30 days once the device is older, or when its age is unknown", () => {
+    expect(uptimeLabel("2025-12-01T00:00:00Z", now)).toBe("Uptime (30 days)");
+    expect(uptimeLabel(null, now)).toBe("Uptime (30 days)");
+  });
+  it("shows a dash while nothing is measured yet", () => {
+    expect(formatPercent(null, 1)).toBe("—");
+  });
+});
