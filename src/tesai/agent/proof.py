@@ -141,9 +141,8 @@ def numpy_rounds(seed: int, n: int, rounds: Iterable[int]) -> Iterator[tuple[int
         b_t = proof.remap(bt, m.alpha_b, m.beta_b).astype(np.float32)
         c = a_t @ b_t.T
         if not np.isfinite(c).all():
-            # Seen once in a full test run on a 2-core VM (never reproduced alone): the BLAS
-            # product held a non-finite entry. An honest device must not fail its proof for
-            # that, so the round is computed again with the float64 kernel (exact as well).
+            # An honest device must not fail its proof for a glitch of the BLAS kernel: the
+            # round is computed again with the float64 kernel (exact as well).
             log.warning("proof_product_not_finite round=%d n=%d: recomputing in float64", t, n)
             c = a_t.astype(np.float64) @ b_t.T.astype(np.float64)
         yield t, proof.commit_bits(c)

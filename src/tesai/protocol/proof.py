@@ -162,8 +162,18 @@ def expected_residues(seed: int, n: int, t: int, positions: Sequence[tuple[int, 
 
 
 def commit_bits(c: npt.NDArray[Any]) -> PackedBits:
-    """The committed bits of a product ``C`` (exact integers, any dtype), packed per row."""
-    residues = np.remainder(np.asarray(c), MODULUS).astype(np.uint8)
+    """The committed bits of a product ``C`` (exact integers, any dtype), packed per row.
+
+    A float product is turned into integers first and reduced with integer arithmetic: the
+    floating-point remainder answered "invalid value" now and then on finite products in long
+    test runs on a 2-core VM (the status flag, not the values, was wrong), and numpy turns that
+    flag into a warning, an error under the tests' settings. Callers make sure the product is
+    finite (``tesai.agent.proof.numpy_rounds``)."""
+    values = np.asarray(c)
+    if values.dtype.kind == "f":
+        with np.errstate(all="ignore"):
+            values = values.astype(np.int64)
+    residues = np.remainder(values, MODULUS).astype(np.uint8)
     packed: PackedBits = np.packbits(residues & 1, axis=1)
     return packed
 
