@@ -603,6 +603,9 @@ def main() -> int:
     parser.add_argument("--redis-stop", choices=["save", "nosave"], default="save")
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--detect-wait", type=float, default=40.0)
+    parser.add_argument(
+        "--keep-logs", type=Path, help="copy the processes' logs into this folder at the end"
+    )
     args = parser.parse_args()
     if not port_open("127.0.0.1", 5672):
         print("RabbitMQ is not running on 127.0.0.1:5672", file=sys.stderr)
@@ -628,6 +631,10 @@ def main() -> int:
             }
             result = asyncio.run(scenario(args, env, work))
     finally:
+        if args.keep_logs is not None:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for path in work.rglob("*.log"):
+                shutil.copy(path, args.keep_logs / path.name)
         shutil.rmtree(work, ignore_errors=True)
     after = machine()
     result["wall_s"] = round(time.time() - t0)
