@@ -45,7 +45,7 @@ web: $(WEB_INDEX)
 
 web-if-missing:
 	@test -f $(WEB_INDEX) || { command -v npm >/dev/null && $(MAKE) --no-print-directory web; } \
-		|| echo "Web console not built (needs Node.js 20+: make web); the API runs without it."
+		|| echo "Web console not built (needs Node.js 22+, or 20 with an npm engine warning: make web); the API runs without it."
 
 web-test: $(WEB_DEPS)
 	cd web && npm run test
