@@ -174,3 +174,31 @@ async def test_cluster_show_prints_rays_log_lines_in_an_event_as_they_are(
     done = cli("cluster", "show", cluster, COLUMNS="200")
     assert done.returncode == 0, explain(done)
     assert line in done.stdout
+
+
+async def test_cpu_is_counted_in_nodes_and_every_listed_price_says_the_fee(
+    customer: tuple[Cli, str], add_device: AddDevice
+) -> None:
+    cli, _ = customer  # their running cluster: one CPU node
+    await add_device(gpu_model=None, gpus=0, price=1_000_000)
+    await add_device(gpu_model="NVIDIA A100", gpus=2, price=2_000_000)
+
+    listed = cli("cluster", "list", COLUMNS="200")
+    assert listed.returncode == 0, explain(listed)
+    assert "1 CPU node " in listed.stdout, explain(listed)
+    assert "GPU" not in listed.stdout
+    assert "1 CPU nodes" not in listed.stdout
+
+    offers = cli("offers", COLUMNS="200")
+    assert offers.returncode == 0, explain(offers)
+    out = offers.stdout
+    assert "2 GPUs on 1 device" in out, explain(offers)
+    assert "2 × NVIDIA A100" in out
+    assert "$2.00/GPU-h" in out
+    assert "$1.00/node-h" in out
+    assert "$1.00/GPU-h" not in out  # a CPU price is never per GPU-hour
+    assert "Listed prices are the providers'; a 10 % platform fee is added" in out
+
+    quoted = cli("quote", "--nodes", "1", COLUMNS="200")
+    assert quoted.returncode == 0, explain(quoted)
+    assert "$1.00/h listed + $0.10/h platform fee = $1.10/h" in quoted.stdout, explain(quoted)

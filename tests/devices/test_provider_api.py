@@ -86,7 +86,7 @@ async def test_disable_enable_and_remove(
 async def test_public_pool_counts_gpus_by_model_and_region(
     pool: Pool, client: httpx.AsyncClient, runtime: Runtime
 ) -> None:
-    await _online(pool, client, cores=4)
+    cpu = await _online(pool, client, cores=4)
     gpu = await pool.joined(hardware(gpus=2, gpu_model="NVIDIA H100 80GB HBM3"))
     await _set_status(runtime, gpu, DeviceStatus.online, "verification_passed")
     gpus = [
@@ -105,6 +105,13 @@ async def test_public_pool_counts_gpus_by_model_and_region(
     [group] = stats["by_model_region"]
     assert group["gpu_model"] == "NVIDIA H100 80GB HBM3"
     assert group["gpus"] == 2
+    # The CPU device has a price too (the landing page's "From" while only CPU is online), and
+    # the fee a customer pays on top of listed prices is stated with them.
+    async with runtime.sessionmaker() as s:
+        cpu_device = await s.get(Device, cpu.device_id)
+    assert cpu_device is not None
+    assert stats["min_cpu_price_per_hour_micro"] == cpu_device.price_per_gpu_hour_micro
+    assert stats["platform_fee_bps"] == runtime.settings.platform_fee_bps
     # Cached for a few seconds: cheap under load.
     assert await runtime.cache.get(keys.POOL) is not None
 

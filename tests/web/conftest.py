@@ -125,3 +125,52 @@ async def screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+OVERFLOW_JS = """
+() => {
+  const viewport = document.documentElement.clientWidth;
+  // Overflow inside a box that scrolls or clips is reachable or meant (tables, code, sr-only).
+  const contained = (el) => {
+    for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+      if (getComputedStyle(a).overflowX !== "visible") return true;
+    }
+    return false;
+  };
+  const name = (el) => {
+    const text = (el.innerText || el.getAttribute("aria-label") || "").trim().slice(0, 60);
+    const cls = typeof el.className === "string" ? el.className.split(" ").slice(0, 4) : [];
+    return `<${[el.tagName.toLowerCase(), ...cls].join(".")}> ${JSON.stringify(text)}`;
+  };
+  const bad = [];
+  // An absolutely placed element escapes a scroll box that is not positioned and widens the
+  // whole page while no box looks too wide: the page's own width says so.
+  const page = document.documentElement.scrollWidth;
+  if (page > viewport + 1) bad.push(`the page: ${page} px wide in a ${viewport} px viewport`);
+  for (const el of document.body.querySelectorAll("*")) {
+    if (el.closest("svg") || contained(el)) continue;
+    const style = getComputedStyle(el);
+    if (style.display === "inline" || style.display === "none") continue;
+    // Positioned on purpose (menus, tooltips) or not drawn: not laid out in its parent's box.
+    if (style.visibility === "hidden" || ["absolute", "fixed"].includes(style.position)) continue;
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0) continue;
+    const spills = style.overflowX === "visible" && el.scrollWidth > el.clientWidth + 1;
+    const parent = el.parentElement && el.parentElement.getBoundingClientRect();
+    const outside =
+      box.right > viewport + 1 || (parent && parent.width > 0 && box.right > parent.right + 1);
+    const at = `${Math.round(box.left)}–${Math.round(box.right)} px`;
+    if (spills || outside) bad.push(`${name(el)}: ${at}`);
+  }
+  return bad.slice(0, 12);
+}
+"""
+
+
+async def assert_fits(page: Page, name: str) -> None:
+    """No element's text or box runs past its parent's box or the viewport on the current
+    page (Playwright's layout, not a screenshot by eye); overflow inside a box that scrolls
+    or clips is fine."""
+    await page.wait_for_load_state("networkidle")
+    bad: list[str] = await page.evaluate(OVERFLOW_JS)
+    assert not bad, f"text or boxes overflow on {name}:\n" + "\n".join(bad)

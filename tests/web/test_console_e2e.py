@@ -22,7 +22,7 @@ from tesai.agent.local import start_local_agent
 from tests.fixtures.auth import MakeUser
 from tests.fixtures.cluster import Pool
 from tests.fixtures.processes import ServerProcess
-from tests.web.conftest import axe_check, screenshot
+from tests.web.conftest import assert_fits, axe_check, screenshot
 
 WALLET_JS = """
 (address) => {
@@ -136,14 +136,19 @@ async def test_public_site_wallet_sign_in_and_accessibility(
     await expect(page.get_by_label("New API key")).to_be_visible()
     await expect(page.get_by_role("cell", name="laptop")).to_be_visible()
 
+    for path in ("/", "/pool", "/app/deploy", "/app/settings"):
+        await page.goto(path)
+        await assert_fits(page, f"{path} at 1280 px")
     await page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/", "/pool", "/app/deploy"):
+    unknown = "/devices/00000000-0000-0000-0000-000000000000"
+    for path in ("/", "/pool", unknown, "/signup", "/app/deploy", "/app/settings"):
         await page.goto(path)
         await page.wait_for_load_state("networkidle")
         overflow = await page.evaluate(
             "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, f"{path} scrolls sideways at 390 px ({overflow} px)"
+        await assert_fits(page, f"{path} at 390 px")
     await page.get_by_role("button", name="Menu").click()
     await page.get_by_role("button", name=re.compile("Sign out")).click()
     await expect(page).to_have_url(re.compile(r"/$"))
@@ -242,6 +247,15 @@ async def test_provider_and_customer_through_the_console(
         await pub.wait_for_timeout(5500)  # a second live sample for the trend chart
         await screenshot(pub, "pool-explorer")
         await axe_check(pub, "pool explorer (one machine)")
+        # A CPU machine alone: priced per node-hour, with the fee said beside the prices.
+        await expect(pub.get_by_test_id("fee-note")).to_contain_text("platform fee")
+        await assert_fits(pub, "pool explorer (one machine)")
+        await pub.goto("/")
+        await expect(pub.get_by_test_id("landing-from-unit")).to_contain_text("per node·h")
+        await pub.set_viewport_size({"width": 390, "height": 844})
+        for path in ("/", "/pool"):
+            await pub.goto(path)
+            await assert_fits(pub, f"{path} at 390 px (one machine)")
 
         # --- A customer signs up and an admin grants credit.
         cust = await new_page()
@@ -260,12 +274,20 @@ async def test_provider_and_customer_through_the_console(
 
         # --- Deploy wizard: live bookable count, quote with breakdown and TTL, deploy.
         await cust.get_by_role("link", name="Deploy a cluster").first.click()
-        await expect(cust.get_by_test_id("bookable-__cpu__")).to_contain_text("1 machines")
+        await expect(cust.get_by_test_id("bookable-__cpu__")).to_contain_text("1 CPU node bookable")
+        await expect(cust.get_by_label("Number of GPUs or CPU nodes", exact=True)).to_be_visible()
         await cust.get_by_label(re.compile("CPU only")).check()
+        await expect(cust.get_by_label("Number of CPU nodes", exact=True)).to_be_visible()
+        await expect(cust.get_by_test_id("fee-note")).to_contain_text("platform fee")
         await cust.get_by_label("Cluster name").fill("web-e2e")
         await cust.get_by_role("button", name="Get a quote").click()
         await expect(cust.get_by_test_id("quote-total")).to_be_visible()
         await expect(cust.get_by_test_id("quote-ttl")).to_contain_text("Price held for")
+        await expect(cust.get_by_test_id("quote")).to_contain_text("Platform fee per hour")
+        await expect(cust.get_by_test_id("quote")).to_contain_text(
+            re.compile(r"(?<!\d)1 machine(?!s)")
+        )
+        await assert_fits(cust, "deploy wizard with a quote")
         await screenshot(cust, "deploy-wizard")
         await axe_check(cust, "deploy wizard with a quote")
         await cust.get_by_role("button", name=re.compile(r"^Deploy for \$")).click()
@@ -288,8 +310,10 @@ async def test_provider_and_customer_through_the_console(
         # The head's Ray dashboard answers through the proxy with the customer's token.
         await cust.get_by_role("button", name="Check the dashboard").click()
         await expect(cust.get_by_text(re.compile(r"Dashboard up · Ray 2\."))).to_be_visible()
+        await expect(cust.get_by_test_id("stat-hardware")).to_have_text("1 CPU node")
         await screenshot(cust, "cluster-detail")
         await axe_check(cust, "cluster detail")
+        await assert_fits(cust, "cluster detail")
 
         # The real Ray dashboard opens in a new tab through the proxy (ticket → cookie).
         async with cust.context.expect_page() as opened:
@@ -323,6 +347,7 @@ async def test_provider_and_customer_through_the_console(
         uptime = cust.locator("[data-testid^='stat-uptime-']")
         await expect(uptime).to_have_text(re.compile(r"%|—"))
         await axe_check(cust, "public device page")
+        await assert_fits(cust, "public device page")
         await cust.go_back()
 
         # --- Terminate; the usage is in this month's statement.

@@ -23,7 +23,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tesai.cli.common import console, dumps, err
+from tesai.cli.common import console, dumps, err, fee_line, hardware, plural, rate_unit
 
 if TYPE_CHECKING:
     from tesai.client import TesaiClient
@@ -113,7 +113,10 @@ GpuModel = Annotated[
 Gpus = Annotated[int, typer.Option("--gpus", "-g", help="GPUs in all.")]
 Nodes = Annotated[int | None, typer.Option(help="CPU nodes (CPU clusters).")]
 Hours = Annotated[float, typer.Option(help="Rental duration in hours.")]
-MaxPrice = Annotated[float | None, typer.Option(help="Max price per GPU-hour in USD.")]
+MaxPrice = Annotated[
+    float | None,
+    typer.Option(help="Max listed price per GPU-hour (node-hour on CPU) in USD, before the fee."),
+]
 Region = Annotated[list[str] | None, typer.Option(help="Allowed regions; repeat for several.")]
 MinRel = Annotated[float, typer.Option(help="Minimum reliability 0..1.")]
 
@@ -126,7 +129,7 @@ def offers(
     sort: Annotated[str, typer.Option(help="price, reliability or score.")] = "price",
     as_json: JsonOpt = False,
 ) -> None:
-    """Bookable devices right now, with counts per GPU model."""
+    """Bookable devices right now, with counts per GPU model (CPU apart) and the fee."""
     params: dict[str, Any] = {"sort": sort, "min_reliability": min_reliability}
     if gpu_model:
         params["gpu_model"] = gpu_model
@@ -139,30 +142,37 @@ def offers(
     if as_json:
         typer.echo(dumps(data))
         return
-    groups = Table("GPU model", "listed", "bookable", "bookable GPUs", "from $/GPU-h", title="Pool")
+    groups = Table("hardware", "listed", "bookable now", "from (listed)", title="Pool")
     for g in data["groups"]:
+        model, free = g["gpu_model"], g["bookable_devices"]
         groups.add_row(
-            g["gpu_model"] or "CPU",
-            str(g["listed_devices"]),
-            str(g["bookable_devices"]),
-            str(g["bookable_gpus"]),
-            usd(g["min_price_per_gpu_hour_micro"]),
+            model or "CPU",
+            plural(g["listed_devices"], "device"),
+            f"{plural(g['bookable_gpus'], 'GPU')} on {plural(free, 'device')}"
+            if model
+            else plural(free, "CPU node"),
+            _rate(g["min_price_per_gpu_hour_micro"], model),
         )
     console.print(groups)
     table = Table(
-        "device", "GPU", "GPUs", "region", "$/GPU-h", "reliability", "score", title="Offers"
+        "device", "hardware", "region", "listed price", "reliability", "score", title="Offers"
     )
     for o in data["offers"]:
         table.add_row(
             o["device_id"],
-            o["gpu_model"] or "CPU",
-            str(o["gpu_count"]),
+            hardware(o["gpu_model"], o["gpu_count"] if o["gpu_model"] else 1),
             o["region"],
-            usd(o["price_per_gpu_hour_micro"]),
+            _rate(o["price_per_gpu_hour_micro"], o["gpu_model"]),
             f"{o['reliability']:.3f}",
             f"{o['verified_score']:.2f}",
         )
     console.print(table)
+    if data.get("platform_fee_bps"):
+        console.print(fee_line(data["platform_fee_bps"]))
+
+
+def _rate(micro: int | None, gpu_model: str | None) -> str:
+    return "-" if micro is None else f"{usd(micro)}/{rate_unit(gpu_model)}"
 
 
 def quote(
@@ -189,7 +199,8 @@ def _print_quote(q: dict[str, Any]) -> None:
     where = q["region"] or "several regions"
     console.print(f"Quote [bold]{q['id']}[/] ({q['shape']}, {where}) until {q['expires_at']}")
     compute, fee = usd(q["hourly_micro"]), usd(q["hourly_fee_micro"])
-    console.print(f"  {compute}/h compute + {fee}/h fee = {usd(q['hourly_total_micro'])}/h")
+    total = usd(q["hourly_total_micro"])
+    console.print(f"  {compute}/h listed + {fee}/h platform fee = {total}/h")
     console.print(f"  hold for the whole duration: [bold]{usd(q['total_micro'])}[/]")
     for reason in q["reasons"]:
         console.print(f"  · {reason}")
@@ -272,13 +283,13 @@ def cluster_list(as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(dumps(rows))
         return
-    table = Table("id", "name", "status", "GPUs", "$/h", "ends", title="Clusters")
+    table = Table("id", "name", "status", "hardware", "listed $/h", "ends", title="Clusters")
     for r in rows:
         table.add_row(
             r["id"],
             r["name"],
             r["status"],
-            str(r["gpus"]),
+            hardware(r["gpu_model"], r["gpus"]),
             usd(r["hourly_price_micro"]),
             str(r["ends_at"] or "-"),
         )

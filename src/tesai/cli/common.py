@@ -25,6 +25,32 @@ err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``1 node``, ``2 nodes``."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def hardware(gpu_model: str | None, units: int) -> str:
+    """What a cluster or offer is made of: ``2 × NVIDIA A100``, ``1 CPU node``.
+
+    A CPU cluster's ``gpus`` counts its nodes (the API's one unit field), so it is never
+    called GPUs."""
+    return f"{units} × {gpu_model}" if gpu_model else plural(units, "CPU node")
+
+
+def rate_unit(gpu_model: str | None) -> str:
+    """The unit of a listed price: per GPU-hour, or per node-hour on CPU devices."""
+    return "GPU-h" if gpu_model else "node-h"
+
+
+def fee_line(fee_bps: int) -> str:
+    """The line that goes with listed prices: the fee a quote adds on top of them."""
+    return (
+        f"Listed prices are the providers'; a {fee_bps / 100:g} % platform fee is added on "
+        "top (`tesai quote` shows both)."
+    )
+
+
 def dumps(data: Any) -> str:
     """JSON for `--json` output."""
     return json.dumps(data, indent=2, default=str)

@@ -139,7 +139,8 @@ def price(device_id: str, usd_per_hour: float) -> None:
         f"{BASE}/{device_id}/price",
         json={"price_per_gpu_hour_micro": round(usd_per_hour * 1_000_000)},
     )
-    console.print(f"{d['name']}: {_usd(d['price_per_gpu_hour_micro'])} per GPU-hour")
+    unit = "GPU-hour" if d["gpu_count"] else "hour"
+    console.print(f"{d['name']}: {_usd(d['price_per_gpu_hour_micro'])} per {unit}")
 
 
 @app.command("disable")

@@ -56,6 +56,9 @@ class OffersOut(BaseModel):
     offers: list[Offer]
     groups: list[OfferGroup]
     """Per GPU model: listed (online or rented) vs bookable now, over the filtered pool."""
+    platform_fee_bps: int = 0
+    """The platform fee, in basis points, added on top of every listed (provider's) price:
+    a quote's hourly total is the listed price plus this fee (1000 = 10 %)."""
 
 
 def _matches(d: pl.Device, q: OfferQuery) -> bool:
@@ -78,8 +81,8 @@ def _matches(d: pl.Device, q: OfferQuery) -> bool:
     )
 
 
-def search_pool(pool: list[pl.Device], q: OfferQuery) -> OffersOut:
-    """Filter and sort the pool (pure)."""
+def search_pool(pool: list[pl.Device], q: OfferQuery, fee_bps: int = 0) -> OffersOut:
+    """Filter and sort the pool (pure); ``fee_bps`` is the platform fee the answer states."""
     matching = [d for d in pool if _matches(d, q)]
     groups: dict[str | None, list[pl.Device]] = {}
     for d in matching:
@@ -119,8 +122,10 @@ def search_pool(pool: list[pl.Device], q: OfferQuery) -> OffersOut:
             )
             for model, ds in sorted(groups.items(), key=lambda kv: kv[0] or "")
         ],
+        platform_fee_bps=fee_bps,
     )
 
 
-async def search(session: AsyncSession, q: OfferQuery) -> OffersOut:
-    return search_pool(await load_pool(session, utcnow()), q)
+async def search(session: AsyncSession, q: OfferQuery, *, fee_bps: int = 0) -> OffersOut:
+    """Offers of the pool now; the answer states ``fee_bps`` as its platform fee."""
+    return search_pool(await load_pool(session, utcnow()), q, fee_bps)

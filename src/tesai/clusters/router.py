@@ -98,10 +98,12 @@ def _quote_out(quote: Quote) -> QuoteOut:
 @router.get("/offers", response_model=offers_service.OffersOut)
 async def list_offers(
     session: SessionDep,
+    runtime: RuntimeDep,
     params: Annotated[offers_service.OfferQuery, Query()],
 ) -> offers_service.OffersOut:
-    """Bookable devices (online, verified, not rented or held by a quote), with counts."""
-    return await offers_service.search(session, params)
+    """Bookable devices (online, verified, not rented or held by a quote), with counts and
+    the platform fee added on top of their listed prices."""
+    return await offers_service.search(session, params, fee_bps=runtime.settings.platform_fee_bps)
 
 
 @router.post(

@@ -57,6 +57,7 @@ async def pool_stats(session: AsyncSession, cache: Cache, settings: Settings) ->
     gpu_utils: list[float] = []
     cpu_percents: list[float] = []
     cpu_devices = cpu_cores = gpus_online = gpu_devices = 0
+    cpu_prices: list[int] = []
     for row, raw in zip(rows, latest, strict=True):
         util: float | None = None
         if raw is not None:
@@ -79,6 +80,7 @@ async def pool_stats(session: AsyncSession, cache: Cache, settings: Settings) ->
         else:
             cpu_devices += 1
             cpu_cores += row.cpu_cores
+            cpu_prices.append(row.price_per_gpu_hour_micro)
     now: datetime = utcnow()
     stats = PoolStats(
         gpus_online=gpus_online,
@@ -101,6 +103,8 @@ async def pool_stats(session: AsyncSession, cache: Cache, settings: Settings) ->
             ),
             key=lambda p: (p.gpu_model, p.region or ""),
         ),
+        min_cpu_price_per_hour_micro=min(cpu_prices, default=None),
+        platform_fee_bps=settings.platform_fee_bps,
         computed_at=now,
     )
     await cache.set(keys.POOL, stats.model_dump_json(), ttl_s=settings.pool_stats_ttl_s)

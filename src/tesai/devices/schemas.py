@@ -157,6 +157,11 @@ class PoolStats(BaseModel):
     avg_gpu_utilization_pct: float | None
     avg_cpu_percent: float | None
     by_model_region: list[PoolGroup]
+    """GPU devices only; CPU devices are counted above and priced in ``min_cpu_price…``."""
+    min_cpu_price_per_hour_micro: int | None = None
+    """The cheapest online CPU device's listed price per hour; None when none is online."""
+    platform_fee_bps: int = 0
+    """The platform fee, in basis points, a customer pays on top of every listed price."""
     computed_at: datetime
 
 

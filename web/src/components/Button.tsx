@@ -1,7 +1,10 @@
 import type { ButtonHTMLAttributes } from "react";
 import { Link, type LinkProps } from "react-router";
 
-type Variant = "primary" | "secondary" | "danger" | "ghost";
+/** The `on-dark` variants are for dark backgrounds (the landing page's hero). A variant owns
+ *  its colours: a className that overrides them (`bg-transparent` over `bg-white`) loses or
+ *  wins by stylesheet order, which is how "Provide GPUs" once showed white on white. */
+type Variant = "primary" | "secondary" | "danger" | "ghost" | "light-on-dark" | "outline-on-dark" | "ghost-on-dark";
 
 const base =
   "inline-flex items-center justify-center gap-2 rounded-md px-4 py-2 text-sm font-medium transition-colors disabled:cursor-not-allowed disabled:opacity-60";
@@ -10,6 +13,9 @@ const variants: Record<Variant, string> = {
   secondary: "border border-slate-300 bg-white text-slate-800 hover:bg-slate-100",
   danger: "bg-red-700 text-white hover:bg-red-800",
   ghost: "text-slate-700 hover:bg-slate-100",
+  "light-on-dark": "bg-white text-slate-900 hover:bg-slate-100",
+  "outline-on-dark": "border border-white/70 text-white hover:bg-white/10",
+  "ghost-on-dark": "text-white hover:bg-white/10",
 };
 
 export function buttonClass(variant: Variant = "primary", extra = ""): string {

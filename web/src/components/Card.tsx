@@ -1,8 +1,11 @@
 import type { ReactNode } from "react";
 
+/** A titled box. `min-w-0`: in a grid or flex row a box is otherwise at least as wide as its
+ *  widest content (a long `ray job submit` command), and runs off a phone's screen instead of
+ *  letting that content scroll inside it. */
 export function Card({ title, actions, children, className = "" }: { title?: ReactNode; actions?: ReactNode; children: ReactNode; className?: string }) {
   return (
-    <section className={`rounded-lg border border-slate-200 bg-white p-4 shadow-sm sm:p-5 ${className}`}>
+    <section className={`min-w-0 rounded-lg border border-slate-200 bg-white p-4 shadow-sm sm:p-5 ${className}`}>
       {(title || actions) && (
         <div className="mb-3 flex flex-wrap items-center justify-between gap-2">
           {title && <h2 className="text-base font-semibold text-slate-900">{title}</h2>}

@@ -39,7 +39,7 @@ export function SelectField({ label, hint, children, ...rest }: SelectHTMLAttrib
 export function CopyBlock({ text, label }: { text: string; label: string }) {
   return (
     <div className="flex items-start gap-2">
-      <pre aria-label={label} tabIndex={0} className="flex-1 overflow-x-auto rounded-md bg-slate-900 p-3 text-xs text-slate-100">
+      <pre aria-label={label} tabIndex={0} className="min-w-0 flex-1 overflow-x-auto rounded-md bg-slate-900 p-3 text-xs text-slate-100">
         <code>{text}</code>
       </pre>
       <button

@@ -7,11 +7,19 @@ export interface Column<T> {
   className?: string;
 }
 
+/** Cells keep to one line unless the column says how it wraps: two `whitespace-` utilities on
+ *  one cell win by stylesheet order, not by which came last (the audit log's Details). */
+function wrapping(className: string | undefined): string {
+  return /(^|\s)whitespace-/.test(className ?? "") ? (className ?? "") : `whitespace-nowrap ${className ?? ""}`;
+}
+
 /** A responsive table: scrolls sideways on narrow screens rather than squeezing. */
 export function Table<T>({ columns, rows, rowKey, caption, empty }: { columns: Column<T>[]; rows: T[]; rowKey: (row: T) => string | number; caption?: string; empty?: ReactNode }) {
   if (rows.length === 0 && empty) return <>{empty}</>;
   return (
-    <div className="overflow-x-auto rounded-md border border-slate-200" tabIndex={0} role="region" aria-label={caption ?? "table"}>
+    // `relative`: the scroll box must contain its absolutely placed cells' text (sr-only
+    // headers), or they widen the whole page by the table's hidden width on a phone.
+    <div className="relative overflow-x-auto rounded-md border border-slate-200" tabIndex={0} role="region" aria-label={caption ?? "table"}>
       <table className="min-w-full divide-y divide-slate-200 text-sm">
         {caption && <caption className="sr-only">{caption}</caption>}
         <thead className="bg-slate-50">
@@ -27,7 +35,7 @@ export function Table<T>({ columns, rows, rowKey, caption, empty }: { columns: C
           {rows.map((row) => (
             <tr key={rowKey(row)}>
               {columns.map((c) => (
-                <td key={c.key} className={`px-3 py-2 whitespace-nowrap text-slate-800 ${c.className ?? ""}`}>
+                <td key={c.key} className={`px-3 py-2 text-slate-800 ${wrapping(c.className)}`}>
                   {c.render(row)}
                 </td>
               ))}

@@ -85,3 +85,17 @@ describe("RequireAuth", () => {
     expect(screen.getByText("secret")).toBeInTheDocument();
   });
 });
+
+describe("Table cells", () => {
+  it("keep to one line unless the column says how it wraps", () => {
+    const cols = [
+      { key: "a", header: "A", render: (r: { n: string }) => r.n },
+      { key: "d", header: "Details", className: "whitespace-normal", render: (r: { n: string }) => r.n },
+    ];
+    render(<Table caption="Wrapping" columns={cols} rows={[{ n: "x" }]} rowKey={(r) => r.n} />);
+    const [plain, details] = screen.getAllByRole("cell");
+    expect(plain.className).toContain("whitespace-nowrap");
+    expect(details.className).toContain("whitespace-normal");
+    expect(details.className).not.toContain("whitespace-nowrap");
+  });
+});

@@ -1,4 +1,4 @@
-import { formatPercent, uptimeLabel } from "@/components/format";
+import { formatPercent, stripAnsi, uptimeLabel } from "@/components/format";
 
 describe("uptimeLabel", () => {
   const now = Date.parse("2026-03-01T12:00:00Z");
@@ -12,5 +12,14 @@ describe("uptimeLabel", () => {
   });
   it("shows a dash while nothing is measured yet", () => {
     expect(formatPercent(null, 1)).toBe("—");
+  });
+});
+
+describe("stripAnsi", () => {
+  it("removes colour codes, cursor moves and links, and keeps the text", () => {
+    expect(stripAnsi("\u001b[36m(raylet)\u001b[0m started\n")).toBe("(raylet) started\n");
+    expect(stripAnsi("\u001b[1;31mERROR\u001b[39;49m x\u001b[2K\u001b[1A")).toBe("ERROR x");
+    expect(stripAnsi("\u001b]8;;https://ray.io\u0007ray\u001b]8;;\u0007")).toBe("ray");
+    expect(stripAnsi("plain [not a code] 100%")).toBe("plain [not a code] 100%");
   });
 });

@@ -42,3 +42,13 @@ export function formatMb(mb: number | null | undefined): string {
 export function shortId(id: string | null | undefined): string {
   return id ? id.slice(0, 8) : "—";
 }
+
+// CSI (colours, cursor moves: ESC [ … final), OSC (titles, links: ESC ] … BEL or ESC \) and
+// the two-character escapes. Ray's log lines colour their prefixes with CSI.
+const ANSI = /\u001b\[[0-?]*[ -/]*[@-~]|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)|\u001b[@-Z\\-_]/g;
+
+/** Terminal text without its escape codes: a job's logs as a reader sees them in a terminal,
+ *  not "[36m(raylet)[0m". Applied to the whole text so a code split over chunks goes too. */
+export function stripAnsi(text: string): string {
+  return text.replace(ANSI, "");
+}

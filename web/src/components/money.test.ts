@@ -1,4 +1,4 @@
-import { formatRate, formatUsdc, parseUsdc } from "@/components/money";
+import { feeNote, formatFeeBps, formatRate, formatUsdc, parseUsdc, withFee } from "@/components/money";
 
 describe("formatUsdc", () => {
   it("formats whole and fractional amounts in dollars and cents", () => {
@@ -48,5 +48,19 @@ describe("formatRate", () => {
   it("adds the unit", () => {
     expect(formatRate(350_000, "GPU·h")).toBe("$0.35/GPU·h");
     expect(formatRate(null)).toBe("—");
+  });
+});
+
+describe("the platform fee", () => {
+  it("adds the fee on top of a listed price, rounded up like the server", () => {
+    expect(withFee(1_000_000, 1000)).toBe(1_100_000);
+    expect(withFee(1, 1000)).toBe(2);
+    expect(withFee(1_000_000, 0)).toBe(1_000_000);
+  });
+  it("says the fee next to listed prices", () => {
+    expect(formatFeeBps(1000)).toBe("10%");
+    expect(formatFeeBps(250)).toBe("2.5%");
+    expect(feeNote(1000)).toContain("10% platform fee");
+    expect(feeNote(0)).toBeNull();
   });
 });

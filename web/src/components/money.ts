@@ -43,3 +43,20 @@ export function parseUsdc(text: string): number | null {
 export function formatRate(microPerHour: number | null | undefined, per = "h"): string {
   return microPerHour === null || microPerHour === undefined ? "—" : `${formatUsdc(microPerHour)}/${per}`;
 }
+
+/** A listed (provider's) price with the platform fee on top, rounded up as the server does
+ *  (`tesai.scheduling.pricing.fee_micro`). */
+export function withFee(micro: number, feeBps: number): number {
+  return micro + Math.ceil((micro * feeBps) / 10_000);
+}
+
+/** "10%" for 1000 basis points, "2.5%" for 250. */
+export function formatFeeBps(feeBps: number): string {
+  return `${Number((feeBps / 100).toFixed(2))}%`;
+}
+
+/** The sentence that goes with listed prices, so a quote's higher figure is never a surprise. */
+export function feeNote(feeBps: number | null | undefined): string | null {
+  if (!feeBps) return null;
+  return `Listed prices are the providers'; a ${formatFeeBps(feeBps)} platform fee is added on top (a quote shows both).`;
+}

@@ -9,6 +9,7 @@ import { EmptyState, QueryView } from "@/components/States";
 import { Table } from "@/components/Table";
 import {
   auditFilterErrors,
+  auditSubject,
   buildAuditQuery,
   currentCursor,
   EMPTY_AUDIT_FILTERS,
@@ -100,7 +101,7 @@ export default function Audit() {
                         e.actor_kind
                       ),
                   },
-                  { key: "subject", header: "Subject", render: (e) => (e.subject_type ? `${e.subject_type} ${shortId(e.subject_id)}` : "—") },
+                  { key: "subject", header: "Subject", render: (e) => <span title={e.subject_id ?? undefined}>{auditSubject(e.subject_type, e.subject_id)}</span> },
                   { key: "ip", header: "IP", render: (e) => e.ip ?? "—" },
                   {
                     key: "details",

@@ -6,6 +6,7 @@ import { Button } from "@/components/Button";
 import { Card, PageHeader, Stat } from "@/components/Card";
 import { SelectField, TextField } from "@/components/Field";
 import { formatDateTime, formatDuration, shortId } from "@/components/format";
+import { clusterHardware } from "@/components/hardware";
 import { formatUsdc } from "@/components/money";
 import { StatusBadge } from "@/components/StatusBadge";
 import { EmptyState, ErrorState, Notice, QueryView } from "@/components/States";
@@ -106,8 +107,8 @@ function ClusterList({ onPick }: { onPick: (id: string) => void }) {
                 },
                 { key: "status", header: "Status", render: (c) => <StatusBadge status={c.status} title={c.status_reason ?? undefined} /> },
                 { key: "customer", header: "Customer", render: (c) => <code className="text-xs">{shortId(c.customer_id)}</code> },
-                { key: "gpus", header: "GPUs", render: (c) => (c.gpus ? `${c.gpus} × ${c.gpu_model ?? "GPU"}` : "CPU") },
-                { key: "price", header: "Per hour", render: (c) => formatUsdc(c.hourly_price_micro) },
+                { key: "hardware", header: "Hardware", render: (c) => clusterHardware(c) },
+                { key: "price", header: "Listed per hour", render: (c) => formatUsdc(c.hourly_price_micro) },
                 { key: "created", header: "Created", render: (c) => formatDateTime(c.created_at) },
               ]}
             />

@@ -92,7 +92,7 @@ export default function AdminDevices() {
               },
               { key: "hw", header: "Hardware", render: (d) => hardwareSummary(d) },
               { key: "provider", header: "Provider", render: (d) => <code className="text-xs">{shortId(d.provider_id)}</code> },
-              { key: "price", header: "Price", render: (d) => formatRate(d.price_per_gpu_hour_micro, "GPU·h") },
+              { key: "price", header: "Price", render: (d) => formatRate(d.price_per_gpu_hour_micro, d.gpu_count > 0 ? "GPU·h" : "h") },
               { key: "seen", header: "Last seen", render: (d) => formatDateTime(d.last_seen_at) },
               { key: "actions", header: "Actions", render: (d) => <DeviceActions device={d} /> },
             ]}

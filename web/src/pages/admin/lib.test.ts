@@ -1,5 +1,6 @@
 import {
   auditFilterErrors,
+  auditSubject,
   buildAuditQuery,
   creditGrant,
   currentCursor,
@@ -142,5 +143,14 @@ describe("credit grant form", () => {
     expect(creditGrant("1.0000001", "x").errors.amount).toBeDefined();
     expect(creditGrant("ten", "x").micro).toBeNull();
     expect(creditGrant("1", "r".repeat(301)).errors.reason).toBe("At most 300 characters");
+  });
+});
+
+describe("auditSubject", () => {
+  it("keeps a prefixed id's prefix and shortens what follows, never a bare colon", () => {
+    expect(auditSubject("hold", "cluster:11111111-2222-3333-4444-555555555555")).toBe("hold cluster:11111111");
+    expect(auditSubject("cluster", "11111111-2222-3333-4444-555555555555")).toBe("cluster 11111111");
+    expect(auditSubject("user", null)).toBe("user");
+    expect(auditSubject(null, null)).toBe("—");
   });
 });

@@ -105,3 +105,14 @@ export function creditGrant(amount: string, reason: string): { micro: number | n
   else if (why.length > 300) errors.reason = "At most 300 characters";
   return { micro: errors.amount ? null : micro, errors };
 }
+
+/** An audit event's subject for a table cell: "cluster 1a2b3c4d", and for a prefixed id such
+ *  as a hold's "cluster:<uuid>" the prefix and the short id ("hold cluster:1a2b3c4d"), never a
+ *  bare "cluster:". */
+export function auditSubject(type: string | null | undefined, id: string | null | undefined): string {
+  if (!type) return "—";
+  if (!id) return type;
+  const at = id.lastIndexOf(":");
+  const short = (s: string) => (/^[0-9a-f-]{32,36}$/i.test(s) ? s.slice(0, 8) : s);
+  return `${type} ${at < 0 ? short(id) : `${id.slice(0, at + 1)}${short(id.slice(at + 1))}`}`;
+}

@@ -5,6 +5,7 @@ import { Button } from "@/components/Button";
 import { Card, PageHeader, Stat } from "@/components/Card";
 import { CopyBlock, TextField } from "@/components/Field";
 import { formatDateTime } from "@/components/format";
+import { plural } from "@/components/hardware";
 import { formatUsdc, parseUsdc } from "@/components/money";
 import { EmptyState, ErrorState, Notice, QueryView } from "@/components/States";
 import { StatusBadge } from "@/components/StatusBadge";
@@ -24,7 +25,7 @@ export default function Billing() {
         {(b) => (
           <div className="grid grid-cols-2 gap-4">
             <Stat label="Available" value={formatUsdc(b.available_micro)} hint="What new clusters can use" />
-            <Stat label="Held" value={formatUsdc(b.held_micro)} hint={`${Object.keys(b.holds).length} running clusters`} />
+            <Stat label="Held" value={formatUsdc(b.held_micro)} hint={`for ${plural(Object.keys(b.holds).length, "cluster")}`} />
           </div>
         )}
       </QueryView>

@@ -5,7 +5,8 @@ import { api, authFetch, unwrap, type Schemas } from "@/api/client";
 import { Button } from "@/components/Button";
 import { Card, PageHeader, Stat } from "@/components/Card";
 import { CopyBlock, TextField } from "@/components/Field";
-import { formatDateTime, formatDuration, shortId } from "@/components/format";
+import { formatDateTime, formatDuration, shortId, stripAnsi } from "@/components/format";
+import { clusterHardware } from "@/components/hardware";
 import { formatUsdc } from "@/components/money";
 import { EmptyState, ErrorState, Notice, QueryView } from "@/components/States";
 import { StatusBadge } from "@/components/StatusBadge";
@@ -21,6 +22,12 @@ const STEPS = [
   { status: "running", label: "Running" },
 ];
 const FINAL_JOB = new Set(["SUCCEEDED", "FAILED", "STOPPED"]);
+
+/** Whether the cluster's head answers: jobs and the dashboard live on it, so while it is lost
+ *  (a degraded cluster re-forming) neither can be used, whatever the cluster's status. */
+function headRunning(c: Pick<Cluster, "status" | "nodes">): boolean {
+  return (c.status === "running" || c.status === "degraded") && c.nodes.some((n) => n.role === "head" && n.state === "running" && !n.released_at);
+}
 
 export default function ClusterDetail() {
   const { clusterId = "" } = useParams();
@@ -75,9 +82,9 @@ function ClusterView({ cluster: c }: { cluster: Cluster }) {
       {(c.status === "pending" || c.status === "provisioning") && <Progress status={c.status} />}
 
       <div className="grid grid-cols-2 gap-4 lg:grid-cols-4">
-        <Stat label="Hardware" value={c.gpu_model ? `${c.gpus} × ${c.gpu_model}` : `${c.nodes.filter((n) => !n.released_at).length} CPU nodes`} hint={c.min_gpus ? `autoscaling ${c.min_gpus}–${c.max_gpus}` : undefined} />
-        <Stat label="Per hour" value={formatUsdc(c.hourly_price_micro)} />
-        <Stat label="Held" value={formatUsdc(c.hold_micro)} hint={c.budget_micro ? `budget ${formatUsdc(c.budget_micro)}` : "no budget cap"} />
+        <Stat label="Hardware" value={clusterHardware({ gpu_model: c.gpu_model, gpus: c.gpu_model ? c.gpus : c.nodes.filter((n) => !n.released_at).length })} hint={c.min_gpus ? `autoscaling ${c.min_gpus}–${c.max_gpus}` : undefined} />
+        <Stat label="Per hour" value={formatUsdc(c.hourly_price_micro)} hint="listed price; the platform fee is added on top" />
+        <HeldStat cluster={c} />
         <Stat label="Ends" value={<span className="text-base">{formatDateTime(c.ends_at)}</span>} hint={`rented ${formatDuration(c.duration_s)}`} />
       </div>
 
@@ -122,7 +129,7 @@ function ClusterView({ cluster: c }: { cluster: Cluster }) {
             { key: "role", header: "Role", render: (n) => n.role },
             { key: "state", header: "State", render: (n) => <StatusBadge status={n.state} title={n.state_reason ?? undefined} /> },
             { key: "dev", header: "Machine", render: (n) => <Link className="text-brand-700 underline" to={`/devices/${n.device_id}`}>{shortId(n.device_id)}</Link> },
-            { key: "gpus", header: "GPUs", render: (n) => n.gpus },
+            ...(c.gpu_model ? [{ key: "gpus", header: "GPUs", render: (n: Cluster["nodes"][number]) => n.gpus }] : []),
             { key: "price", header: "Per hour", render: (n) => formatUsdc(n.price_per_hour_micro) },
             { key: "up", header: "Healthy for", render: (n) => formatDuration(n.healthy_seconds) },
             { key: "reason", header: "Reason", render: (n) => n.state_reason ?? "—" },
@@ -151,6 +158,15 @@ function ClusterView({ cluster: c }: { cluster: Cluster }) {
       </div>
     </div>
   );
+}
+
+/** What is still held for the cluster: its hold account's balance, the figure the billing page
+ *  sums (the hold at booking less the usage settled from it since). */
+function HeldStat({ cluster: c }: { cluster: Cluster }) {
+  const balance = useQuery({ queryKey: ["balance"], queryFn: () => unwrap(api.GET("/api/v1/customer/balance")), refetchInterval: 5000 });
+  const left = balance.data ? (balance.data.holds[`cluster:${c.id}`] ?? 0) : undefined;
+  const budget = c.budget_micro ? ` · budget ${formatUsdc(c.budget_micro)}` : "";
+  return <Stat label="Held now" value={left === undefined ? "…" : formatUsdc(left)} hint={`of ${formatUsdc(c.hold_micro)} held in all${budget}`} />;
 }
 
 function Progress({ status }: { status: string }) {
@@ -202,7 +218,7 @@ function RayAccess({ cluster: c }: { cluster: Cluster }) {
         Open the head's Ray dashboard in a new tab (a read-only sign-in for this cluster, valid up to an hour), or reach it with your token (an API key from <Link className="underline" to="/app/api-keys">API keys</Link>) using plain Ray tooling.
       </p>
       <div className="mb-3 flex flex-wrap items-center gap-3">
-        <Button onClick={() => open.mutate(window.open("about:blank", "_blank"))} loading={open.isPending} disabled={c.status !== "running" && c.status !== "degraded"}>
+        <Button onClick={() => open.mutate(window.open("about:blank", "_blank"))} loading={open.isPending} disabled={!headRunning(c)}>
           Open Ray dashboard<span className="sr-only"> (opens in a new tab)</span>
         </Button>
         {open.data && (
@@ -220,7 +236,7 @@ function RayAccess({ cluster: c }: { cluster: Cluster }) {
       </div>
       <CopyBlock label="Ray job submit command" text={`RAY_JOB_HEADERS='{"Authorization": "Bearer $TESAI_API_KEY"}' \\\n  ray job submit --address ${address} -- python my_job.py`} />
       <div className="mt-3 flex flex-wrap items-center gap-3">
-        <Button variant="secondary" onClick={() => check.mutate()} loading={check.isPending} disabled={!LIVE.has(c.status)}>
+        <Button variant="secondary" onClick={() => check.mutate()} loading={check.isPending} disabled={!headRunning(c)}>
           Check the dashboard
         </Button>
         {check.data && <span className="text-sm text-green-800">Dashboard up · Ray {check.data.ray_version ?? "?"}</span>}
@@ -260,8 +276,14 @@ function Jobs({ cluster: c }: { cluster: Cluster }) {
     );
   }
   const current = jobs.data?.find((j) => j.id === selected) ?? null;
+  const headUp = headRunning(c);
   return (
     <Card title="Jobs">
+      {!headUp && (
+        <div className="mb-3">
+          <Notice tone="warning">The head node is lost and being replaced: jobs can be submitted again once it runs. Jobs with retries are resubmitted by themselves.</Notice>
+        </div>
+      )}
       <form
         className="flex flex-col gap-3 sm:flex-row sm:items-end"
         onSubmit={(e) => {
@@ -272,7 +294,7 @@ function Jobs({ cluster: c }: { cluster: Cluster }) {
         <div className="flex-1">
           <TextField label="Entrypoint" value={entrypoint} onChange={(e) => setEntrypoint(e.target.value)} required className="mt-1 block w-full rounded-md border border-slate-300 px-3 py-2 font-mono text-sm" />
         </div>
-        <Button type="submit" loading={submit.isPending}>
+        <Button type="submit" loading={submit.isPending} disabled={!headUp}>
           Submit job
         </Button>
       </form>
@@ -372,7 +394,7 @@ function JobLogs({ clusterId, job }: { clusterId: string; job: Pick<Job, "id" | 
       </h3>
       {error && <ErrorState error={new Error(error)} />}
       <pre ref={pre} data-testid="job-logs" tabIndex={0} aria-label="Job logs" className="max-h-80 overflow-auto rounded-md bg-slate-900 p-3 text-xs text-slate-100">
-        {text || (streaming ? "Waiting for output…" : "No output.")}
+        {stripAnsi(text) || (streaming ? "Waiting for output…" : "No output.")}
       </pre>
     </div>
   );

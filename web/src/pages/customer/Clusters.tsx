@@ -4,6 +4,7 @@ import { api, unwrap } from "@/api/client";
 import { ButtonLink } from "@/components/Button";
 import { PageHeader } from "@/components/Card";
 import { formatDateTime } from "@/components/format";
+import { clusterHardware } from "@/components/hardware";
 import { formatUsdc } from "@/components/money";
 import { EmptyState, QueryView } from "@/components/States";
 import { StatusBadge } from "@/components/StatusBadge";
@@ -32,8 +33,8 @@ export default function Clusters() {
             columns={[
               { key: "name", header: "Name", render: (c) => <Link className="font-medium text-brand-700 underline" to={`/app/clusters/${c.id}`}>{c.name}</Link> },
               { key: "status", header: "Status", render: (c) => <StatusBadge status={c.status} title={c.status_reason ?? undefined} /> },
-              { key: "hw", header: "Hardware", render: (c) => (c.gpu_model ? `${c.gpus} × ${c.gpu_model}` : "CPU") },
-              { key: "rate", header: "Per hour", render: (c) => formatUsdc(c.hourly_price_micro) },
+              { key: "hw", header: "Hardware", render: (c) => clusterHardware(c) },
+              { key: "rate", header: "Listed per hour", render: (c) => formatUsdc(c.hourly_price_micro) },
               { key: "created", header: "Created", render: (c) => formatDateTime(c.created_at) },
               { key: "ends", header: "Ends", render: (c) => formatDateTime(c.ends_at) },
             ]}

@@ -5,7 +5,8 @@ import { api, unwrap, type Schemas } from "@/api/client";
 import { Button } from "@/components/Button";
 import { Card, PageHeader } from "@/components/Card";
 import { SelectField, TextField } from "@/components/Field";
-import { formatRate, formatUsdc, parseUsdc } from "@/components/money";
+import { plural, rateUnit, unitName } from "@/components/hardware";
+import { feeNote, formatFeeBps, formatRate, formatUsdc, parseUsdc } from "@/components/money";
 import { formatDuration, formatPercent, shortId } from "@/components/format";
 import { EmptyState, ErrorState, Loading, Notice } from "@/components/States";
 import { Table } from "@/components/Table";
@@ -123,13 +124,14 @@ export default function Deploy() {
 
   const left = useCountdown(quote?.expires_at);
   const expired = left !== null && left <= 0;
-  const unitLabel = isCpu ? "nodes" : "GPUs";
+  const unitLabel = unitName(isCpu ? "cpu" : filters.hardware ? "gpu" : null);
+  const fee = offers.data?.platform_fee_bps;
 
   return (
     <div className="space-y-6">
       <PageHeader title="Deploy a cluster" description="Pick hardware, size and duration; get a price that holds for a few minutes; deploy." />
       <div className="grid gap-6 lg:grid-cols-3">
-        <div className="space-y-6 lg:col-span-2">
+        <div className="min-w-0 space-y-6 lg:col-span-2">
           <Card title="1. Hardware">
             <div className="grid gap-4 sm:grid-cols-2 lg:grid-cols-3">
               <SelectField label="Region" value={filters.region} onChange={set("region")}>
@@ -141,7 +143,7 @@ export default function Deploy() {
                 ))}
               </SelectField>
               <TextField label="Min GPU memory (GB)" inputMode="numeric" value={filters.minVramGb} onChange={set("minVramGb")} placeholder="any" />
-              <TextField label="Max price per GPU·h (USDC)" inputMode="decimal" value={filters.maxPrice} onChange={set("maxPrice")} placeholder="any" />
+              <TextField label={`Max listed price per ${rateUnit(isCpu ? null : "gpu")} (USDC)`} inputMode="decimal" value={filters.maxPrice} onChange={set("maxPrice")} placeholder="any" />
               <SelectField label="Min reliability" value={filters.minReliability} onChange={set("minReliability")}>
                 <option value="0">Any</option>
                 <option value="0.9">90%</option>
@@ -179,14 +181,22 @@ export default function Deploy() {
                             <span className="font-medium text-slate-900">{g.gpu_model ?? "CPU only"}</span>
                           </span>
                           <span className="text-right text-slate-700" data-testid={`bookable-${key}`}>
-                            {g.gpu_model ? `${g.bookable_gpus} GPUs` : `${g.bookable_devices} machines`} bookable
+                            {g.gpu_model ? plural(g.bookable_gpus, "GPU") : plural(g.bookable_devices, "CPU node")} bookable
                             <br />
-                            <span className="text-xs">from {formatRate(g.min_price_per_gpu_hour_micro, g.gpu_model ? "GPU·h" : "h")}</span>
+                            <span className="text-xs">
+                              from {formatRate(g.min_price_per_gpu_hour_micro, rateUnit(g.gpu_model))}
+                              {fee ? ` + ${formatFeeBps(fee)} fee` : ""}
+                            </span>
                           </span>
                         </label>
                       );
                     })}
                   </div>
+                  {feeNote(fee) && (
+                    <p className="mt-2 text-xs text-slate-600" data-testid="fee-note">
+                      {feeNote(fee)}
+                    </p>
+                  )}
                 </fieldset>
               )}
             </div>
@@ -228,7 +238,7 @@ export default function Deploy() {
           </Card>
         </div>
 
-        <div className="space-y-6">
+        <div className="min-w-0 space-y-6">
           <Card title="3. Quote">
             {!quote ? (
               <EmptyState title="No quote yet">Choose hardware and size, then “Get a quote”. Prices hold for a few minutes.</EmptyState>
@@ -267,11 +277,11 @@ function QuoteView({ quote, left, hours }: { quote: Quote; left: number | null; 
         {quote.region ? ` in ${quote.region}` : ""} · {formatDuration(hours * 3600)}
       </p>
       <dl className="grid grid-cols-2 gap-x-3 gap-y-1">
-        <dt className="text-slate-600">Compute per hour</dt>
+        <dt className="text-slate-600">Listed price per hour</dt>
         <dd className="text-right">{formatUsdc(quote.hourly_micro)}</dd>
         <dt className="text-slate-600">Platform fee per hour</dt>
         <dd className="text-right">{formatUsdc(quote.hourly_fee_micro)}</dd>
-        <dt className="text-slate-600">Per hour</dt>
+        <dt className="text-slate-600">Per hour, with the fee</dt>
         <dd className="text-right font-medium">{formatUsdc(quote.hourly_total_micro)}</dd>
         <dt className="text-slate-600">Compute</dt>
         <dd className="text-right">{formatUsdc(quote.compute_micro)}</dd>
@@ -286,7 +296,7 @@ function QuoteView({ quote, left, hours }: { quote: Quote; left: number | null; 
         {left !== null && left > 0 ? `Price held for ${formatDuration(left)}` : "Expired"}
       </p>
       <details>
-        <summary className="cursor-pointer text-slate-700">{quote.devices.length} machines</summary>
+        <summary className="cursor-pointer text-slate-700">{plural(quote.devices.length, "machine")}</summary>
         <Table
           caption="Quoted machines"
           rowKey={(d) => d.device_id}
@@ -294,8 +304,8 @@ function QuoteView({ quote, left, hours }: { quote: Quote; left: number | null; 
           columns={[
             { key: "d", header: "Machine", render: (d) => shortId(d.device_id) },
             { key: "r", header: "Region", render: (d) => d.region },
-            { key: "g", header: "GPUs", render: (d) => d.gpu_count },
-            { key: "p", header: "Per hour", render: (d) => formatUsdc(d.hourly_micro) },
+            { key: "g", header: "Hardware", render: (d) => (d.gpu_count ? plural(d.gpu_count, "GPU") : "CPU node") },
+            { key: "p", header: "Listed per hour", render: (d) => formatUsdc(d.hourly_micro) },
             { key: "s", header: "Score", render: (d) => formatPercent(d.score * 100) },
           ]}
         />

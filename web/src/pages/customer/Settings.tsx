@@ -84,7 +84,7 @@ function Notifications() {
       <QueryView query={list}>
         {(page) =>
           page.items.length === 0 ? (
-            <EmptyState title="No notifications">You are told here when spend reaches 80% and 100% of the cap, and when a cluster is stopped.</EmptyState>
+            <EmptyState title="No notifications">You are told here when spend reaches 80 % and 95 % of a cluster's budget or of your monthly cap, and when a cluster is stopped at 100 %.</EmptyState>
           ) : (
             <ul className="divide-y divide-slate-100">
               {page.items.map((n) => (

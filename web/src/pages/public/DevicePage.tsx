@@ -4,6 +4,7 @@ import { ApiError, api, unwrap } from "@/api/client";
 import { Card, PageHeader, Stat } from "@/components/Card";
 import { BarChartView } from "@/components/charts";
 import { formatDateTime, formatMb, formatPercent, uptimeLabel } from "@/components/format";
+import { rateUnit } from "@/components/hardware";
 import { formatRate } from "@/components/money";
 import { EmptyState, ErrorState, Loading } from "@/components/States";
 import { StatusBadge } from "@/components/StatusBadge";
@@ -42,7 +43,7 @@ export default function DevicePage() {
         <Stat label="Hardware" value={d.gpu_model ? `${d.gpu_count} × ${d.gpu_model}` : `${d.cpu_cores} CPU cores`} hint={d.vram_mb_per_gpu ? `${formatMb(d.vram_mb_per_gpu)} per GPU` : undefined} />
         <Stat label="Proof score" value={d.verified_score === null ? "—" : d.verified_score.toFixed(2)} hint={d.verified_at ? `proof of compute, ${formatDateTime(d.verified_at)}` : "not verified yet"} />
         <Stat label="Reliability" value={formatPercent(d.reliability * 100, 1)} hint={`connectivity tier ${d.connectivity_tier ?? "—"}`} />
-        <Stat label={uptimeLabel(d.listed_since)} value={formatPercent(d.uptime_30d_pct, 1)} hint={formatRate(d.price_per_gpu_hour_micro, d.gpu_model ? "GPU·h" : "h")} />
+        <Stat label={uptimeLabel(d.listed_since)} value={formatPercent(d.uptime_30d_pct, 1)} hint={`listed ${formatRate(d.price_per_gpu_hour_micro, rateUnit(d.gpu_model))}, before the platform fee`} />
       </div>
       <Card title="Uptime per day (last 30 days)">
         {days.length ? (

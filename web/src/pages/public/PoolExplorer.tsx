@@ -6,7 +6,8 @@ import { Card, PageHeader, Stat } from "@/components/Card";
 import { BarChartView, TimeSeriesChart } from "@/components/charts";
 import { SelectField } from "@/components/Field";
 import { formatDateTime, formatPercent } from "@/components/format";
-import { formatRate } from "@/components/money";
+import { plural, rateUnit } from "@/components/hardware";
+import { feeNote, formatRate } from "@/components/money";
 import { EmptyState, QueryView } from "@/components/States";
 import { Table } from "@/components/Table";
 import { usePool } from "./usePool";
@@ -32,8 +33,8 @@ export default function PoolExplorer() {
     queryFn: () => unwrap(api.GET("/api/v1/offers", { params: { query: { limit: 50, sort: "price" } } })),
     refetchInterval: 10000,
   });
-  const supplySeries = useMemo(() => sumByPeriod((supply.data?.rows ?? []) as Row[], ["gpus_online", "gpus_rented"]), [supply.data]);
-  const priceSeries = useMemo(() => pivot((prices.data?.rows ?? []) as Row[], "gpu_model", "median_micro", 1e-6), [prices.data]);
+  const supplySeries = useMemo(() => sumByPeriod(gpuRows((supply.data?.rows ?? []) as Row[]), ["gpus_online", "gpus_rented"]), [supply.data]);
+  const priceSeries = useMemo(() => pivot(gpuRows((prices.data?.rows ?? []) as Row[]), "gpu_model", "median_micro", 1e-6), [prices.data]);
 
   return (
     <div className="space-y-6">
@@ -42,9 +43,9 @@ export default function PoolExplorer() {
         {(pool) => (
           <>
             <div className="grid grid-cols-2 gap-4 lg:grid-cols-4">
-              <Stat label="GPUs online" value={pool.gpus_online} hint={`${pool.gpu_devices_online} machines`} />
+              <Stat label="GPUs online" value={pool.gpus_online} hint={plural(pool.gpu_devices_online, "machine")} />
               <Stat label="GPU utilisation" value={formatPercent(pool.avg_gpu_utilization_pct)} hint="average over online GPUs" />
-              <Stat label="CPU machines" value={pool.cpu_devices_online} hint={`${pool.cpu_cores_online} cores`} />
+              <Stat label="CPU machines" value={pool.cpu_devices_online} hint={plural(pool.cpu_cores_online, "core")} />
               <Stat label="CPU load" value={formatPercent(pool.avg_cpu_percent)} hint={`as of ${formatDateTime(pool.computed_at)}`} />
             </div>
             <Card title="GPUs online by model and region">
@@ -58,7 +59,7 @@ export default function PoolExplorer() {
                   { key: "r", header: "Region", render: (g) => g.region ?? "—" },
                   { key: "g", header: "GPUs", className: "text-right", render: (g) => g.gpus },
                   { key: "d", header: "Machines", className: "text-right", render: (g) => g.devices },
-                  { key: "p", header: "From", className: "text-right", render: (g) => formatRate(g.min_price_per_gpu_hour_micro, "GPU·h") },
+                  { key: "p", header: "From (listed)", className: "text-right", render: (g) => formatRate(g.min_price_per_gpu_hour_micro, "GPU·h") },
                   { key: "u", header: "Utilisation", className: "text-right", render: (g) => formatPercent(g.avg_utilization_pct) },
                 ]}
               />
@@ -79,6 +80,7 @@ export default function PoolExplorer() {
       <Card title="Bookable now">
         <QueryView query={offers}>
           {(o) => (
+            <>
             <Table
               caption="Machines bookable now"
               rows={o.offers}
@@ -88,11 +90,13 @@ export default function PoolExplorer() {
                 { key: "d", header: "Machine", render: (x) => <Link className="text-brand-700 underline" to={`/devices/${x.device_id}`}>{x.device_id.slice(0, 8)}</Link> },
                 { key: "h", header: "Hardware", render: (x) => (x.gpu_model ? `${x.gpu_count} × ${x.gpu_model}` : "CPU") },
                 { key: "r", header: "Region", render: (x) => `${x.region} · ${x.country}` },
-                { key: "p", header: "Price", className: "text-right", render: (x) => formatRate(x.price_per_gpu_hour_micro, x.gpu_model ? "GPU·h" : "h") },
+                { key: "p", header: "Listed price", className: "text-right", render: (x) => formatRate(x.price_per_gpu_hour_micro, rateUnit(x.gpu_model)) },
                 { key: "rel", header: "Reliability", className: "text-right", render: (x) => formatPercent(x.reliability * 100, 1) },
                 { key: "s", header: "Proof score", className: "text-right", render: (x) => x.verified_score.toFixed(2) },
               ]}
             />
+            {feeNote(o.platform_fee_bps) && <p className="mt-2 text-xs text-slate-600" data-testid="fee-note">{feeNote(o.platform_fee_bps)}</p>}
+            </>
           )}
         </QueryView>
       </Card>
@@ -101,8 +105,14 @@ export default function PoolExplorer() {
           <p className="text-sm text-slate-600">Collecting samples every 5 s…</p>
         ) : (
           <div className="grid gap-6 lg:grid-cols-2">
-            <TimeSeriesChart label="Machines online over the last minutes" height={200} data={samples} series={[{ key: "gpus", label: "GPUs online" }, { key: "cpus", label: "CPU machines" }]} />
-            <TimeSeriesChart label="GPU utilisation over the last minutes" height={200} unit="%" data={samples} series={[{ key: "util", label: "GPU utilisation %" }]} />
+            <div>
+              <h3 className="mb-2 text-sm font-medium text-slate-800">Machines online</h3>
+              <TimeSeriesChart label="Machines online over the last minutes" height={200} data={samples} series={[{ key: "gpus", label: "GPUs online" }, { key: "cpus", label: "CPU machines" }]} />
+            </div>
+            <div>
+              <h3 className="mb-2 text-sm font-medium text-slate-800">GPU utilisation (%)</h3>
+              <TimeSeriesChart label="GPU utilisation over the last minutes" height={200} unit="%" data={samples} series={[{ key: "util", label: "GPU utilisation %" }]} />
+            </div>
           </div>
         )}
       </Card>
@@ -139,6 +149,12 @@ function aggregateModels(groups: { gpu_model: string; gpus: number }[]) {
 }
 
 /** Rows per period with `keys` summed over models and regions. */
+/** The rows of GPU models only. The analytics reports count a CPU device as one unit under the
+ *  model "cpu", which a "GPUs online" chart would plot as fractions of a GPU. */
+export function gpuRows(rows: Row[]): Row[] {
+  return rows.filter((r) => r.gpu_model !== "cpu");
+}
+
 export function sumByPeriod(rows: Row[], keys: string[]): Row[] {
   const by = new Map<string, Row>();
   for (const r of rows) {
