@@ -98,6 +98,9 @@ def _server_env(url: str, home: str, prefix: str, port: int) -> dict[str, str]:
         TESAI_PROOF_MATRIX_N_CPU="128",
         TESAI_PROOF_ITERATIONS="2",
         TESAI_PROVISIONING_DEADLINE_S="300",
+        # The agents' Ray heads run on this machine: the control plane reads their Ray state
+        # there (its evidence that the nodes are alive), as `tesai up` allows.
+        TESAI_RAY_PROXY_ALLOW_INTERNAL_HEADS="true",
         TESAI_PUBLIC_URL=f"http://127.0.0.1:{port}",
     )
     return env

@@ -288,6 +288,15 @@ class Settings(BaseSettings):
     """Ray's unplaceable demand must persist this long before an autoscaled cluster grows."""
     autoscale_idle_timeout_s: float = 300.0
     """A worker idle this long is removed from an autoscaled cluster (never below min)."""
+    ray_evidence_interval_s: float = 1.0
+    """How often the control plane reads every live head's Ray node list (its own evidence
+    that the cluster's nodes are alive: ``tesai.clusters.evidence``)."""
+    ray_evidence_window_s: float = 15.0
+    """How old the control plane's last sighting of a node in its head's Ray state may be
+    for the node to count as alive and be billed. Past it the node is not billed and a
+    running cluster turns ``degraded`` (``node_unverified``)."""
+    ray_evidence_timeout_s: float = 5.0
+    """Timeout of one read of a head's Ray node list."""
     ray_proxy_timeout_s: float = 60.0
     """Timeout of a request proxied to a cluster's Ray dashboard."""
     ray_upload_max_bytes: int = 100 * 1024 * 1024

@@ -149,6 +149,9 @@ class KillRun:
             TESAI_PROOF_MATRIX_N_CPU="128",
             TESAI_PROOF_ITERATIONS="2",
             TESAI_PROVISIONING_DEADLINE_S="300",
+            # The agents' Ray heads run on this machine: the control plane reads their Ray
+            # state there (its evidence that the nodes are alive) as `tesai up` would.
+            TESAI_RAY_PROXY_ALLOW_INTERNAL_HEADS="true",
             TESAI_METERING_INTERVAL_S="2",
             TESAI_SETTLE_INTERVAL_S="5",
             TESAI_PAYOUT_INTERVAL_S="1",

@@ -73,7 +73,7 @@ def test_workers_join_the_running_head() -> None:
     assert "set_status" not in [s.kind for s in steps]
 
 
-def test_running_once_ray_reports_every_node_alive() -> None:
+def test_running_once_the_control_plane_itself_sees_every_node_alive() -> None:
     head = node(
         NodeRole.head,
         state=NodeState.running,
@@ -81,11 +81,67 @@ def test_running_once_ray_reports_every_node_alive() -> None:
         reported="running",
         ray_address="h:1",
         alive_nodes=2,
+        verified=True,
     )
-    w = node(state=NodeState.running, join_sent=True, reported="running")
+    w = node(state=NodeState.running, join_sent=True, reported="running", verified=True)
     steps = next_steps(view(ClusterStatus.provisioning, [head, w])).steps
     assert [(s.kind, s.status, s.reason) for s in steps] == [
         ("set_status", ClusterStatus.running, "all_nodes_alive")
+    ]
+
+
+def test_agents_saying_every_node_is_alive_do_not_make_a_cluster_run() -> None:
+    # Both agents report their node running and the head reports Ray's count: all words.
+    head = node(
+        NodeRole.head,
+        state=NodeState.running,
+        join_sent=True,
+        reported="running",
+        ray_address="h:1",
+        alive_nodes=64,
+    )
+    w = node(state=NodeState.running, join_sent=True, reported="running")
+    assert next_steps(view(ClusterStatus.provisioning, [head, w])).steps == []
+    # One node seen is not all of them.
+    seen_head = node(
+        NodeRole.head,
+        state=NodeState.running,
+        join_sent=True,
+        reported="running",
+        ray_address="h:1",
+        verified=True,
+    )
+    assert next_steps(view(ClusterStatus.provisioning, [seen_head, w])).steps == []
+    # Until the deadline fails it.
+    late = view(
+        ClusterStatus.provisioning, [head, w], provisioning_deadline=NOW - timedelta(seconds=1)
+    )
+    assert next_steps(late).steps[0].reason == "provisioning_deadline"
+
+
+def test_a_node_unseen_for_the_window_degrades_a_running_cluster_until_seen_again() -> None:
+    head = node(
+        NodeRole.head,
+        state=NodeState.running,
+        join_sent=True,
+        reported="running",
+        ray_address="h:1",
+        verified=True,
+    )
+    w = node(state=NodeState.running, join_sent=True, reported="running", lapsed=True)
+    steps = next_steps(view(ClusterStatus.running, [head, w])).steps
+    assert [(s.kind, s.status, s.reason) for s in steps] == [
+        ("set_status", ClusterStatus.degraded, "node_unverified")
+    ]
+    assert str(w.id) in steps[0].detail
+    # Not seen, but not yet past the window: no verdict, the cluster stays as it is.
+    recent = node(state=NodeState.running, join_sent=True, reported="running")
+    assert next_steps(view(ClusterStatus.running, [head, recent])).steps == []
+    # Seen again: running again, saying why.
+    back = node(state=NodeState.running, join_sent=True, reported="running", verified=True)
+    again = view(ClusterStatus.degraded, [head, back], status_reason="node_unverified")
+    assert [(s.kind, s.status, s.reason) for s in next_steps(again).steps] == [
+        ("set_status", ClusterStatus.running, "node_verified")
     ]
 
 
@@ -121,8 +177,9 @@ def test_degraded_returns_to_running_after_replacement() -> None:
         reported="running",
         ray_address="h:1",
         alive_nodes=2,
+        verified=True,
     )
-    w = node(state=NodeState.running, join_sent=True, reported="running")
+    w = node(state=NodeState.running, join_sent=True, reported="running", verified=True)
     steps = next_steps(view(ClusterStatus.degraded, [head, w])).steps
     assert [(s.kind, s.reason) for s in steps] == [("set_status", "node_replaced")]
 
@@ -166,7 +223,7 @@ def test_terminating_releases_everything_once() -> None:
     assert kinds(view(ClusterStatus.terminated, [head])) == []
 
 
-def test_ray_reporting_every_node_alive_marks_lagging_workers_running() -> None:
+def test_every_node_seen_alive_marks_lagging_workers_running() -> None:
     head = node(
         NodeRole.head,
         state=NodeState.running,
@@ -174,15 +231,16 @@ def test_ray_reporting_every_node_alive_marks_lagging_workers_running() -> None:
         reported="running",
         ray_address="h:1",
         alive_nodes=2,
+        verified=True,
     )
-    w = node(state=NodeState.starting, join_sent=True, reported="starting")
+    w = node(state=NodeState.starting, join_sent=True, reported="starting", verified=True)
     steps = next_steps(view(ClusterStatus.provisioning, [head, w])).steps
     assert ("mark_node_running", w.id) in [(s.kind, s.node_id) for s in steps]
     assert steps[-1].status is ClusterStatus.running
 
 
 def test_degraded_waits_for_the_replacements_own_report() -> None:
-    # Ray still counts the lost node, so its count matches before the replacement is up.
+    # Ray lists a killed node ALIVE for a while: seen is not enough after a loss.
     head = node(
         NodeRole.head,
         state=NodeState.running,
@@ -190,8 +248,9 @@ def test_degraded_waits_for_the_replacements_own_report() -> None:
         reported="running",
         ray_address="h:1",
         alive_nodes=2,
+        verified=True,
     )
-    fresh = node(state=NodeState.starting, join_sent=True, reported="starting")
+    fresh = node(state=NodeState.starting, join_sent=True, reported="starting", verified=True)
     assert next_steps(view(ClusterStatus.degraded, [head, fresh])).steps == []
 
 
@@ -233,7 +292,7 @@ def test_workers_rejoin_the_new_head_and_the_cluster_runs_again() -> None:
         ("mark_node_running", new_head.id, None),
         ("send_join", w.id, "new:1"),
     ]
-    joined = node(state=NodeState.starting, join_sent=True, reported="running")
+    joined = node(state=NodeState.starting, join_sent=True, reported="running", verified=True)
     head_up = node(
         NodeRole.head,
         state=NodeState.running,
@@ -241,6 +300,7 @@ def test_workers_rejoin_the_new_head_and_the_cluster_runs_again() -> None:
         reported="running",
         ray_address="new:1",
         alive_nodes=2,
+        verified=True,
     )
     steps = next_steps(view(ClusterStatus.degraded, [head_up, joined])).steps
     assert [(s.kind, s.reason) for s in steps] == [

@@ -27,7 +27,7 @@ import psutil
 import pytest
 from sqlalchemy import select
 
-from tesai.clusters import head_address
+from tesai.clusters import evidence, head_address
 from tesai.clusters.models import ClusterNode, ClusterStatus, NodeRole
 from tesai.clusters.reconcile import reconcile
 from tesai.devices import agents, keys
@@ -134,6 +134,13 @@ async def head_running(
             }
             hb = await agent.post("/api/v1/agent/heartbeat", json=beat, headers=headers)
             assert hb.status_code == 200, hb.text
+    # As if the control plane had seen the node in its head's Ray state (it would not read
+    # a refused head: the evidence task checks the address as the proxy does).
+    async with runtime.sessionmaker() as s:
+        node_ids = list(
+            (await s.scalars(select(ClusterNode.id).where(ClusterNode.cluster_id == cid))).all()
+        )
+    await evidence.record(runtime.cache, node_ids, now=time.time(), window_s=60)
     await reconcile(runtime.task_context)
     r = await client.get(f"/api/v1/clusters/{cid}", headers=customer)
     assert r.json()["status"] == ClusterStatus.running.value, r.text
@@ -189,6 +196,8 @@ async def test_agent_reporting_loopback_head_address_is_refused(
         f"/api/v1/clusters/{cid}/jobs", json={"entrypoint": "echo hi"}, headers=customer
     )
     assert refused(r) == head_address.HEAD_ADDRESS_LOOPBACK
+    # The control plane's own reading of the head's Ray state refuses it too.
+    assert await evidence.gather(runtime.task_context) == {"heads": 1, "seen": 0}
     await asyncio.sleep(0.2)
     assert listener.connections == 0
 

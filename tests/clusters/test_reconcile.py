@@ -2,7 +2,9 @@
 
 The agents' side (real `ray start`, real heartbeats) is covered end to end in
 tests/e2e; here the latest-heartbeat records are written the way the heartbeat endpoint
-writes them, to drive each branch quickly and exactly.
+writes them, and the control plane's sightings of the nodes in their head's Ray state the
+way its evidence task records them (``vouch``; the task itself: test_ray_evidence.py), to
+drive each branch quickly and exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy import func, select, update
 from tesai.billing import ledger
 from tesai.billing import service as billing
 from tesai.billing.models import NodeMeter, UsageBucket
+from tesai.clusters import evidence
 from tesai.clusters.models import Cluster, ClusterEvent, ClusterNode, ClusterStatus, NodeState
 from tesai.clusters.reconcile import reconcile
 from tesai.clusters.service import hold_ref
@@ -33,15 +36,31 @@ from tesai.runtime import Runtime
 from tests.clusters.conftest import AddDevice, Grant
 
 
-async def beat(runtime: Runtime, device_id: uuid.UUID, nodes: list[dict[str, Any]]) -> None:
+async def beat(
+    runtime: Runtime, device_id: uuid.UUID, nodes: list[dict[str, Any]], peer: str | None = None
+) -> None:
+    """The record a heartbeat leaves (``peer``: the address it came from, when given)."""
     record = {"at": time.time(), "seq": 1, "status": "ready", "telemetry": {}, "nodes": nodes}
+    if peer is not None:
+        record["peer"] = peer
     await runtime.cache.set(keys.telemetry(str(device_id)), orjson.dumps(record), ttl_s=300)
     await runtime.cache.zadd(keys.LIVENESS, {str(device_id): record["at"]})
 
 
+async def vouch(runtime: Runtime, node_ids: list[uuid.UUID], at: float | None = None) -> None:
+    """Record that the control plane saw these nodes ALIVE in their head's Ray state."""
+    await evidence.record(
+        runtime.cache,
+        node_ids,
+        now=time.time() if at is None else at,
+        window_s=runtime.settings.ray_evidence_window_s,
+    )
+
+
 async def meter(runtime: Runtime, seconds: int) -> None:
     """Let ``seconds`` pass for the metering tick: the devices heartbeating now heartbeat on
-    (the silent ones stay silent), and the tick runs that much later than the meters."""
+    (the silent ones stay silent), the nodes seen now are seen on (the unseen stay unseen),
+    and the tick runs that much later than the meters."""
     async with runtime.sessionmaker() as s:
         latest = await s.scalar(select(func.max(NodeMeter.metered_until)))
     at = max(latest or utcnow(), utcnow()) + timedelta(seconds=seconds)
@@ -49,6 +68,10 @@ async def meter(runtime: Runtime, seconds: int) -> None:
     watched = await runtime.cache.zrangebyscore(keys.LIVENESS, fresh, float("inf"))
     if watched:
         await runtime.cache.zadd(keys.LIVENESS, {d: at.timestamp() for d, _ in watched})
+    seen_after = time.time() - runtime.settings.ray_evidence_window_s
+    seen = await runtime.cache.zrangebyscore(evidence.RAY_SEEN, seen_after, float("inf"))
+    if seen:
+        await runtime.cache.zadd(evidence.RAY_SEEN, {n: at.timestamp() for n, _ in seen})
     await meter_all(runtime.task_context, now=at)
 
 
@@ -72,7 +95,8 @@ async def cluster_row(runtime: Runtime, cluster_id: uuid.UUID) -> Cluster:
 async def bring_up(
     runtime: Runtime, cid: uuid.UUID, extra: dict[str, Any] | None = None
 ) -> list[ClusterNode]:
-    """Let the reconciler send joins and the 'agents' report running until the cluster runs."""
+    """Let the reconciler send joins and the 'agents' report running, and the control plane
+    see their nodes in Ray, until the cluster runs."""
     for _ in range(4):
         await reconcile(runtime.task_context)
         nodes = [n for n in await node_rows(runtime, cid) if n.released_at is None]
@@ -92,6 +116,7 @@ async def bring_up(
                 }
                 report |= extra or {}
             await beat(runtime, n.device_id, [report])
+        await vouch(runtime, [n.id for n in nodes if n.state is not NodeState.assigned])
     return [n for n in await node_rows(runtime, cid) if n.released_at is None]
 
 

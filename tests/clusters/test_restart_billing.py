@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import update
 
 from tesai.billing.models import NodeMeter
+from tesai.clusters import evidence
 from tesai.clusters.usage import meter_all
 from tesai.devices import agents
 from tesai.devices.deps import DeviceAuth
@@ -70,9 +71,12 @@ async def test_restart_of_the_control_plane_bills_nothing_for_the_outage(
     agent = DeviceAuth(device.id, device.provider_id, uuid.uuid4(), time.time() + 86_400, "-")
 
     async def beat(rt: Runtime) -> None:
+        """A heartbeat, and the control plane seeing the node in its head's Ray state."""
         telemetry = Telemetry(cpu_percent=1.0, mem_used_bytes=1, mem_total_bytes=2)
         hb = Heartbeat(seq=1, sent_at=datetime.now(UTC), telemetry=telemetry)
         await agents.heartbeat(rt.sessionmaker, rt.cache, rt.settings, agent, hb)
+        window_s = rt.settings.ray_evidence_window_s
+        await evidence.record(rt.cache, [node.id], now=time.time(), window_s=window_s)
 
     # Before: the device heartbeats every 5 s, the sweeper watches, the tick bills.
     for _ in range(3):

@@ -14,7 +14,10 @@ heartbeats, command delivery and the three proof calls. The attacks (``tests.dev
   process, ``--delay`` seconds away);
 - ``replay``: proves once, then answers later challenges with that first proof;
 - ``vram-liar``: claims an H100 with 80 GB while NVML on the host reports 24 GiB;
-- ``honest``: the agent's own CPU prover (the control).
+- ``honest``: the agent's own CPU prover (the control);
+- ``ray-liar``: proves honestly, then answers every ``join_cluster`` with its node running
+  and the whole cluster alive (Ray's count, as the real agent reports it), while it starts no
+  Ray at all; its "dashboard" is ``--dashboard-port`` (default: a port nothing listens on).
 """
 
 from __future__ import annotations
@@ -23,15 +26,26 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from tesai.agent import agent as agent_module
 from tesai.agent.agent import Agent, AgentConfig
 from tesai.agent.proof import HonestProver
 from tesai.agent.telemetry import Sampler
-from tesai.protocol.v1 import GpuSpec, GpuTelemetry, HardwareSpec, NetworkProbe, Telemetry
+from tesai.protocol.v1 import (
+    GpuSpec,
+    GpuTelemetry,
+    HardwareSpec,
+    NetworkProbe,
+    NodeState,
+    Telemetry,
+)
 from tests.devices.proofs import (
     H100,
     FabricatedTimings,
@@ -62,12 +76,59 @@ class SmallGpuSampler(Sampler):
         return t.model_copy(update={"gpus": [gpu]})
 
 
+class NoRay:
+    """The agent's node runtime (``tesai.agent.ray_node``'s command interface) for a liar:
+    every node it is asked to run is reported running, with a head's count of 64 nodes
+    alive; nothing is started."""
+
+    def __init__(self, dashboard_port: int) -> None:
+        self.dashboard_port = dashboard_port
+        self.nodes: dict[tuple[str, int], NodeState] = {}
+        self.lock = threading.Lock()
+
+    def join_cluster(self, args: Mapping[str, Any]) -> NodeState:
+        head = args.get("role") == "head"
+        state = NodeState(
+            cluster_id=UUID(str(args["cluster_id"])),
+            role="head" if head else "worker",
+            state="running",
+            ray_address=f"127.0.0.1:{self.dashboard_port + 1}",
+            dashboard_port=self.dashboard_port if head else None,
+            alive_nodes=64 if head else None,
+        )
+        with self.lock:
+            self.nodes[(str(args["cluster_id"]), int(args.get("node_index", 0)))] = state
+        return state
+
+    def leave_cluster(self, args: Mapping[str, Any]) -> NodeState:
+        with self.lock:
+            mine = [k for k in self.nodes if k[0] == str(UUID(str(args["cluster_id"])))]
+            left = [self.nodes.pop(k) for k in mine]
+        role = left[0].role if left else "worker"
+        return NodeState(cluster_id=UUID(str(args["cluster_id"])), role=role, state="stopped")
+
+    def node_states(self) -> list[NodeState]:
+        with self.lock:
+            return list(self.nodes.values())
+
+    def stop_all(self) -> None:
+        with self.lock:
+            self.nodes.clear()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("attack")
     parser.add_argument("--server", required=True)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--delay", type=float, default=4.0)
+    parser.add_argument("--dashboard-port", type=int, default=0)
     opts = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -82,7 +143,11 @@ def main() -> int:
         "forward-to-helper": lambda: ForwardToHelper(delay_s=opts.delay),
         "replay": ReplayFirstProof,
         "honest": lambda: HonestProver(use_gpu=False),
+        "ray-liar": lambda: HonestProver(use_gpu=False),
     }
+    if opts.attack == "ray-liar":
+        liar = NoRay(opts.dashboard_port or _closed_port())
+        agent_module.load_ray_node = lambda: liar  # type: ignore[attr-defined,assignment,return-value]
     config = AgentConfig(
         server_url=opts.server,
         state_dir=opts.state_dir,

@@ -1,7 +1,9 @@
 """A restart of `tesai up` bills nothing of the time it was down.
 
 `tesai up --no-agent` on an embedded database; this test is the agent of one CPU device,
-over the agent API (join, proof of compute, heartbeats reporting its Ray node running). The
+over the agent API (join, proof of compute, heartbeats reporting its Ray node running), and
+its head's Ray state API (``tests.fixtures.ray_state``: the control plane bills a node only
+once it has seen it alive there itself). The
 device is rented as a one-node cluster; `tesai up` is stopped for longer than the metering
 tick's stall cap and started again on the same data. The node's billed seconds must not
 exceed the seconds its heartbeats were heard (plus the healthy window after the last beat
@@ -10,9 +12,11 @@ and whole-second rounding), and the device must not be marked offline for the ou
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from tesai.protocol.v1 import JoinRequest
 from tests.devices.conftest import beat, hardware
 from tests.devices.proofs import prove_sync
 from tests.embedded.helpers import clean_env, free_port, interrupt, start, wait_ready
+from tests.fixtures.ray_state import fake_ray_head
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +93,13 @@ def _until(fetch: Any, check: Any, timeout: float, log: Path) -> Any:
 
 
 def test_a_restart_of_tesai_up_bills_nothing_of_the_outage(home: Path, tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        _restart_bills_nothing_of_the_outage(home, tmp_path, stack)
+
+
+def _restart_bills_nothing_of_the_outage(
+    home: Path, tmp_path: Path, stack: contextlib.ExitStack
+) -> None:
     log = tmp_path / "up.log"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -98,6 +110,7 @@ def test_a_restart_of_tesai_up_bills_nothing_of_the_outage(home: Path, tmp_path:
     )
     up = ["up", "--no-agent", "--port", str(port)]
     proc = start(up, env, log, tmp_path)
+    head = stack.enter_context(fake_ray_head())
     try:
         wait_ready(proc, f"{base}/readyz", log, timeout=90)
         password = (home / "admin-password").read_text().strip()
@@ -134,13 +147,15 @@ def test_a_restart_of_tesai_up_bills_nothing_of_the_outage(home: Path, tmp_path:
         )
         assert r.status_code == 201, r.text
         cid = r.json()["id"]
+        [node] = api.get(f"/api/v1/clusters/{cid}").json()["nodes"]
+        head.alive = {f"tesai_node_{uuid.UUID(node['id']).hex[:12]}"}
         agent.nodes = [
             {
                 "cluster_id": cid,
                 "role": "head",
                 "state": "running",
                 "ray_address": "127.0.0.1:6379",
-                "dashboard_port": 8265,
+                "dashboard_port": head.port,
                 "alive_nodes": 1,
             }
         ]

@@ -8,6 +8,12 @@ A lost node's replacement is placed in the pass that marks it lost. When no devi
 then, its slot stays open (``OpenSlot``) and is tried again on later passes, backing off
 while nothing turns up (``replacement_due``), and at once when the node's own device is back:
 the pool's only device restarting must not leave its cluster short for good.
+
+A node's own agent says when its Ray node runs: that is a hint, enough to send the workers
+their joins. A cluster runs only once the control plane has itself seen every node alive in
+its head's Ray state (``NodeView.verified``, ``tesai.clusters.evidence``), and a running
+cluster with a node it has not seen for the evidence window turns ``degraded``
+(``node_unverified``) until it sees it again.
 """
 
 from __future__ import annotations
@@ -35,7 +41,13 @@ class NodeView:
     ray_address: str | None = None
     dashboard_port: int | None = None
     alive_nodes: int | None = None
-    """Head only: nodes Ray's state API reports alive."""
+    """Head only: nodes Ray's state API reports alive, in the agent's words (a hint)."""
+    verified: bool = False
+    """The control plane saw this node ALIVE in its head's Ray state within the evidence
+    window (``tesai.clusters.evidence``)."""
+    lapsed: bool = False
+    """The control plane has looked for this node and not seen it for longer than the
+    evidence window."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,8 @@ class ClusterView:
     """Wait after the first replacement try that found no device (doubling after each)."""
     retry_max_s: float = 60.0
     """The longest wait between two replacement tries."""
+    status_reason: str | None = None
+    """Why the cluster is in its status (the reason of the event that put it there)."""
 
 
 @dataclass(frozen=True)
@@ -185,24 +199,36 @@ def next_steps(view: ClusterView) -> Plan:
             if n.join_sent and n.reported == "running" and n.state is not NodeState.running:
                 plan.add("mark_node_running", node_id=n.id)
 
-    all_alive = head_up and head.alive_nodes is not None and head.alive_nodes >= len(nodes)
+    # Alive is what the control plane saw itself, node by node, in the head's Ray state;
+    # the agents' own reports (alive_nodes, their node's state) are hints, never enough.
+    all_alive = head_up and all(n.join_sent and n.verified for n in nodes)
     if all_alive and s is ClusterStatus.degraded:
-        # Ray keeps counting a killed node ALIVE for a while, so after a loss its count can
-        # match before the replacement is up: then every node's own agent must say so too.
+        # Ray keeps listing a killed node ALIVE for a while: after a loss, every node's own
+        # agent must say so too before the cluster counts as whole again.
         all_alive = all(n.join_sent and n.reported == "running" for n in nodes)
     if all_alive:
-        # Ray itself reports every node alive: that is the truth for all of them, even if a
-        # worker's own heartbeat has not said so yet.
+        # The head's Ray state lists every node alive: that is the truth for all of them,
+        # even if a worker's own heartbeat has not said so yet.
         marked = {st.node_id for st in plan.steps if st.kind == "mark_node_running"}
         for n in nodes:
             if n.state is not NodeState.running and n.id not in marked and n.join_sent:
                 plan.add("mark_node_running", node_id=n.id)
+    unseen = [n for n in nodes if n.state is NodeState.running and n.lapsed]
+    if unseen and s is ClusterStatus.running:
+        detail = ", ".join(f"node {n.id} on device {n.device_id}" for n in unseen)
+        plan.add(
+            "set_status", status=ClusterStatus.degraded, reason="node_unverified", detail=detail
+        )
+        return plan
     if all_alive and s in (
         ClusterStatus.provisioning,
         ClusterStatus.degraded,
         ClusterStatus.pending,
     ):
-        reason = "all_nodes_alive" if s is not ClusterStatus.degraded else "node_replaced"
+        reason = "all_nodes_alive"
+        if s is ClusterStatus.degraded:
+            unverified = view.status_reason == "node_unverified"
+            reason = "node_verified" if unverified else "node_replaced"
         plan.add("set_status", status=ClusterStatus.running, reason=reason)
     elif (
         s in (ClusterStatus.provisioning, ClusterStatus.pending)

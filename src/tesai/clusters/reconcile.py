@@ -2,18 +2,22 @@
 
 Each run (every ``cluster_reconcile_interval_s``):
 1. reads live clusters and their nodes in a short transaction;
-2. reads what the nodes' agents last reported from the cache, outside any transaction;
+2. reads what the nodes' agents last reported, and what the control plane itself last saw of
+   each node in its head's Ray state (``tesai.clusters.evidence``), from the cache, outside
+   any transaction;
 3. decides per cluster with the pure ``tesai.clusters.plan.next_steps``;
 4. applies each cluster's steps in its own transaction, taking the cluster row with
    ``FOR UPDATE SKIP LOCKED`` and dropping the plan when the row's ``version`` moved on — so
    two task workers running it at once never apply a step twice.
 
 Metering and settlement are the metering tick's (``tesai.clusters.usage``): the reconciler
-starts a node's meter when the cluster runs, accounts a node's last seconds when it stops
-billing it, shows each node's billed seconds, sets how far the meters may bill (the paid
-end, or where the budget or hold runs out: ``limit_billing``), stops a cluster whose money
-cannot pay another second, and settles a cluster's last usage before it releases the hold.
-Replacements cost no more per hour than the node they replace (docs/money.md).
+starts a node's meter when the cluster runs (which it does only once the control plane has
+seen every node alive itself; a node it has not seen lately is not billed), accounts a
+node's last seconds when it stops billing it, shows each node's billed seconds, sets how
+far the meters may bill (the paid end, or where the budget or hold runs out:
+``limit_billing``), stops a cluster whose money cannot pay another second, and settles a
+cluster's last usage before it releases the hold. Replacements cost no more per hour than
+the node they replace (docs/money.md).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from tesai.billing import service as billing
 from tesai.billing.errors import InsufficientFunds
 from tesai.billing.models import NodeMeter
 from tesai.billing.money import SpendState, accrue, customer_charge, spend_limit, spend_state
+from tesai.clusters import evidence as ray_evidence
 from tesai.clusters.autoscale import ScalingNode, ScalingView, decide
+from tesai.clusters.evidence import Evidence, node_resource_name
 from tesai.clusters.head_address import dashboard_url
 from tesai.clusters.healing import open_slot, read_open_slots
 from tesai.clusters.models import (
@@ -61,7 +67,7 @@ from tesai.clusters.pool import load_pool, to_placement_request
 from tesai.clusters.schemas import ClusterRequest
 from tesai.clusters.service import hold_ref, record_event, secret_box
 from tesai.clusters.states import BILLED
-from tesai.clusters.usage import skip_unobserved, stall_cap
+from tesai.clusters.usage import skip_unobserved, skip_unverified, stall_cap
 from tesai.db import run_after_commit
 from tesai.devices import keys as device_keys
 from tesai.devices.liveness import healthy_window_s
@@ -88,11 +94,6 @@ DEAD_DEVICE = (DeviceStatus.offline, DeviceStatus.disabled, DeviceStatus.rejecte
 def resource_name(cluster_id: uuid.UUID) -> str:
     """The Ray custom resource every node of the cluster carries."""
     return f"tesai_cluster_{cluster_id.hex[:12]}"
-
-
-def node_resource_name(node_id: uuid.UUID) -> str:
-    """The Ray custom resource naming one node, so jobs can spread work by node."""
-    return f"tesai_node_{node_id.hex[:12]}"
 
 
 def join_args(
@@ -180,7 +181,13 @@ def build_view(
     *,
     settings: Settings,
     open_slots: tuple[OpenSlot, ...] = (),
+    evidence: Evidence | None = None,
 ) -> ClusterView:
+    """The plain observations ``next_steps`` decides from. ``evidence``: what the control
+    plane saw of the nodes in their head's Ray state (none: no node counts as seen)."""
+    seen = evidence or Evidence()
+    now_s = now.timestamp()
+    window_s = settings.ray_evidence_window_s
     views = []
     for n in nodes:
         rep = _node_report(reports.get(n.device_id), cluster.id)
@@ -200,6 +207,10 @@ def build_view(
                 ray_address=rep.get("ray_address") if rep else None,
                 dashboard_port=rep.get("dashboard_port") if rep else None,
                 alive_nodes=rep.get("alive_nodes") if rep else None,
+                verified=seen.fresh(n.id, now_s, window_s),
+                lapsed=seen.lapsed(
+                    n.id, now_s, window_s, n.running_at.timestamp() if n.running_at else None
+                ),
             )
         )
     return ClusterView(
@@ -218,6 +229,7 @@ def build_view(
         open_slots=open_slots,
         retry_base_s=settings.replacement_retry_s,
         retry_max_s=settings.replacement_retry_max_s,
+        status_reason=cluster.status_reason,
     )
 
 
@@ -258,6 +270,7 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
         )
         lost = await read_open_slots(session, ids)
     reports = await _reports(ctx, list({*device_ids, *(slot.device_id for slot in lost)}))
+    evidence = await ray_evidence.read(ctx.cache, [n.id for n in nodes])
     by_cluster: dict[uuid.UUID, list[ClusterNode]] = {}
     for n in nodes:
         by_cluster.setdefault(n.cluster_id, []).append(n)
@@ -281,11 +294,12 @@ async def reconcile(ctx: TaskContext) -> dict[str, int]:
             spend,
             settings=ctx.settings,
             open_slots=tuple(slots.get(cluster.id, ())),
+            evidence=evidence,
         )
         plan = next_steps(view)
         try:
             steps += await apply(
-                ctx, cluster.id, cluster.version, plan, view, reports, join_failures
+                ctx, cluster.id, cluster.version, plan, view, reports, join_failures, evidence
             )
         except Exception:
             log.exception("cluster_reconcile_failed", cluster_id=str(cluster.id))
@@ -300,6 +314,7 @@ async def apply(
     view: ClusterView,
     reports: dict[uuid.UUID, dict[str, Any]],
     join_failures: dict[uuid.UUID, JoinFailure] | None = None,
+    evidence: Evidence | None = None,
 ) -> int:
     """Apply one cluster's plan and metering in one transaction, guarded by ``version``."""
     async with ctx.sessionmaker() as session:
@@ -323,7 +338,9 @@ async def apply(
             ).scalars()
         }
         box = secret_box(ctx.settings)
-        applier = _Applier(ctx, session, cluster, nodes, view, reports, box, join_failures)
+        applier = _Applier(
+            ctx, session, cluster, nodes, view, reports, box, join_failures, evidence
+        )
         for step in plan.steps:
             await applier.apply(step)
         await applier.autoscale()
@@ -343,12 +360,15 @@ async def meter_nodes(
     nodes: list[ClusterNode],
     reports: dict[uuid.UUID, dict[str, Any]],
     now: datetime,
+    evidence: Evidence,
 ) -> None:
     """Accrue each running node's time since its meter's watermark (the metering tick's
     work, done here for a node about to stop): healthy (its device heartbeat within 1.5
-    intervals) time is billed from the device's first heartbeat after a gap at the earliest,
-    the rest is not; a stall bills at most a few intervals of the gap nobody observed.
-    A few set-based statements for all the nodes (see ``tesai.clusters.usage``)."""
+    intervals, and the control plane's own sighting of it in its head's Ray state within
+    the evidence window) time is billed from the device's first heartbeat after a gap, and
+    the first sighting after a gap, at the earliest; the rest is not; a stall bills at most
+    a few intervals of the gap nobody observed. A few set-based statements for all the
+    nodes (see ``tesai.clusters.usage``)."""
     cap = stall_cap(settings)
     now_s = now.timestamp()
     running = [n for n in nodes if n.state is NodeState.running]
@@ -364,7 +384,15 @@ async def meter_nodes(
         and float(report.get("since", floor_s)) > floor_s
     }
     await skip_unobserved(session, run_starts, ids)
-    unhealthy = [n.id for n in running if not _fresh(reports.get(n.device_id), settings, now_s)]
+    seen_starts = {n.id: evidence.since[n.id] for n in running if n.id in evidence.since}
+    await skip_unverified(session, {n: at for n, at in seen_starts.items() if at > floor_s})
+    window_s = settings.ray_evidence_window_s
+    unhealthy = [
+        n.id
+        for n in running
+        if not _fresh(reports.get(n.device_id), settings, now_s)
+        or not evidence.fresh(n.id, now_s, window_s)
+    ]
     await metering.meter_nodes(session, now=now, node_ids=ids, unhealthy=unhealthy)
     await show_billed_time(session, running)
 
@@ -405,6 +433,7 @@ async def stop_node_meter(
     node: ClusterNode,
     reports: dict[uuid.UUID, dict[str, Any]],
     now: datetime,
+    evidence: Evidence,
 ) -> None:
     """Account the node's last seconds, then stop billing it.
 
@@ -413,7 +442,7 @@ async def stop_node_meter(
     end settles under it) would deadlock with the tick.
     """
     await metering.settlement_lock(session)
-    await meter_nodes(session, settings, [node], reports, now)
+    await meter_nodes(session, settings, [node], reports, now, evidence)
     await metering.stop_meter(session, node.id)
 
 
@@ -468,6 +497,7 @@ class _Applier:
         reports: dict[uuid.UUID, dict[str, Any]],
         box: SecretBox,
         join_failures: dict[uuid.UUID, JoinFailure] | None = None,
+        evidence: Evidence | None = None,
     ) -> None:
         self.ctx = ctx
         self.session = session
@@ -477,6 +507,8 @@ class _Applier:
         self.reports = reports
         self.box = box
         self.join_failures = join_failures or {}
+        self.evidence = evidence or Evidence()
+        """What the control plane saw of the nodes (none: nothing of theirs is billed)."""
 
     async def _send_leave(self, node: ClusterNode) -> None:
         """Tell the node's agent to stop this cluster's Ray node (applied once, even if late)."""
@@ -546,7 +578,9 @@ class _Applier:
         node = self.nodes.get(step.node_id)  # type: ignore[arg-type]
         if node is None:
             return
-        await stop_node_meter(self.session, self.ctx.settings, node, self.reports, self.view.now)
+        await stop_node_meter(
+            self.session, self.ctx.settings, node, self.reports, self.view.now, self.evidence
+        )
         node.state = NodeState.lost
         node.state_reason = step.reason
         node.lost_at = self.view.now
@@ -785,7 +819,9 @@ class _Applier:
 
     async def _release_node(self, node: ClusterNode, reason: str) -> None:
         """Stop billing one node (paying what it earned), tell its agent, free its device."""
-        await stop_node_meter(self.session, self.ctx.settings, node, self.reports, self.view.now)
+        await stop_node_meter(
+            self.session, self.ctx.settings, node, self.reports, self.view.now, self.evidence
+        )
         await self._send_leave(node)
         node.state = NodeState.released
         node.state_reason = reason
@@ -918,7 +954,9 @@ class _Applier:
             if node.released_at is not None:
                 continue
             # Pay for healthy time up to now before the node stops counting.
-            await stop_node_meter(self.session, self.ctx.settings, node, self.reports, now)
+            await stop_node_meter(
+                self.session, self.ctx.settings, node, self.reports, now, self.evidence
+            )
             node.state = NodeState.released
             node.released_at = now
             device = await self.session.get(Device, node.device_id, with_for_update=True)

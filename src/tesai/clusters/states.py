@@ -25,7 +25,12 @@ BILLED: Final = frozenset({S.running, S.degraded})
 REASONS: Final[dict[str, str]] = {
     "created": "The cluster was created and its devices booked.",
     "provisioning": "Join commands were sent to the nodes' agents.",
-    "all_nodes_alive": "Ray reports every node of the cluster alive.",
+    "all_nodes_alive": "The control plane saw every node alive in the head's Ray state.",
+    "node_unverified": (
+        "The control plane has not seen a node alive in the head's Ray state lately;"
+        " it is not billed until it does."
+    ),
+    "node_verified": "The control plane sees every node alive in the head's Ray state again.",
     "node_lost": "A node's device went offline; a replacement is being placed.",
     "head_lost": "The head node's device went offline; the cluster is re-forming.",
     "job_resubmitted": "A job the lost head ran goes to the new head (its retry policy).",

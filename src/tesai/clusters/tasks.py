@@ -1,10 +1,10 @@
-"""Periodic work of clusters (thin: the logic is in ``reconcile``)."""
+"""Periodic work of clusters (thin: the logic is in ``reconcile``, ``evidence`` and ``usage``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tesai.clusters import jobs, reconcile, usage
+from tesai.clusters import evidence, jobs, reconcile, usage
 from tesai.settings import get_settings
 from tesai.tasks import TaskContext, periodic
 
@@ -18,6 +18,13 @@ async def reconcile_clusters(ctx: TaskContext) -> dict[str, int]:
     result = await reconcile.reconcile(ctx)
     result["resubmitted"] = await jobs.resubmit_jobs(ctx)
     return result
+
+
+@periodic("clusters.ray_evidence", every_s=_settings.ray_evidence_interval_s)
+async def gather_ray_evidence(ctx: TaskContext) -> dict[str, int]:
+    """Read every live head's Ray node list: the control plane's own evidence that a node
+    is alive (what makes a cluster running and a node billed)."""
+    return await evidence.gather(ctx)
 
 
 @periodic("clusters.meter", every_s=_settings.metering_interval_s)

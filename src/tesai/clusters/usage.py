@@ -10,6 +10,11 @@
   (the start of its run of beats, ``tesai.devices.liveness``), so the time the control plane
   or the device was away is never billed, whatever restarts. If the tick itself stalled, at
   most ``stall_cap`` of the gap is billed.
+  A heartbeat is the agent's word; a node is billed only while the control plane's own
+  evidence holds too: its last sighting ALIVE in its head's Ray state is within
+  ``ray_evidence_window_s`` (``tesai.clusters.evidence``), and it is billed from the first
+  sighting after a gap at the earliest, as for heartbeats. A node nobody has seen is billed
+  nothing, whatever its agent reports.
 - ``settle_all`` (every ``settle_interval_s``): the sweep settles what the tick could not (a
   node's last minute, written when the reconciler stops its meter; a hold that could not
   pay) and stops the clusters whose hold cannot pay: they are out of money, not left
@@ -29,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.billing import metering
 from tesai.billing.models import NodeMeter
+from tesai.clusters import evidence as ray_evidence
 from tesai.clusters.models import Cluster, ClusterStatus
 from tesai.clusters.service import record_event
 from tesai.clusters.states import BILLED
@@ -52,23 +58,43 @@ def stall_cap(settings: Settings) -> timedelta:
     return timedelta(seconds=3 * interval + 1)
 
 
-async def unhealthy_devices(ctx: TaskContext, now_s: float) -> list[uuid.UUID]:
-    """The devices of billed nodes not heard within 1.5 heartbeat intervals before
-    ``now_s``, those the liveness set does not know included (see the module docstring)."""
-    async with ctx.sessionmaker() as session:
-        devices = list(
-            (
-                await session.scalars(
-                    select(NodeMeter.device_id).where(NodeMeter.active).distinct()
-                )
-            ).all()
-        )
+async def unhealthy_devices(
+    ctx: TaskContext, now_s: float, meters: Sequence[tuple[uuid.UUID, uuid.UUID]] | None = None
+) -> list[uuid.UUID]:
+    """The devices of billed nodes (of ``meters``, default: every running meter) not heard
+    within 1.5 heartbeat intervals before ``now_s``, those the liveness set does not know
+    included (see the module docstring)."""
+    meters = await active_meters(ctx) if meters is None else meters
+    devices = list({d for _, d in meters})
     heard = await ctx.cache.zscores(device_keys.LIVENESS, [str(d) for d in devices])
     return unhealthy(
         dict(zip(devices, heard, strict=True)),
         now=now_s,
         window_s=healthy_window_s(ctx.settings.heartbeat_interval_s),
     )
+
+
+async def unverified_nodes(
+    ctx: TaskContext, now_s: float, meters: Sequence[tuple[uuid.UUID, uuid.UUID]] | None = None
+) -> list[uuid.UUID]:
+    """The billed nodes (of ``meters``, default: every running meter) the control plane has
+    not seen ALIVE in their head's Ray state within ``ray_evidence_window_s`` before
+    ``now_s``, those never seen included."""
+    meters = await active_meters(ctx) if meters is None else meters
+    nodes = [n for n, _ in meters]
+    seen = await ray_evidence.read(ctx.cache, nodes)
+    return ray_evidence.unverified(
+        seen, nodes, now=now_s, window_s=ctx.settings.ray_evidence_window_s
+    )
+
+
+async def active_meters(ctx: TaskContext) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(node id, device id) of every running meter."""
+    async with ctx.sessionmaker() as session:
+        rows = await session.execute(
+            select(NodeMeter.node_id, NodeMeter.device_id).where(NodeMeter.active)
+        )
+        return list(rows.tuples())
 
 
 async def recent_run_starts(ctx: TaskContext, now_s: float) -> dict[uuid.UUID, float]:
@@ -106,21 +132,38 @@ async def skip_unobserved(
         )
 
 
+async def skip_unverified(session: AsyncSession, run_starts: Mapping[uuid.UUID, float]) -> None:
+    """Move the meters of these nodes up to the start of their run of sightings in their
+    head's Ray state, unbilled: before it, the control plane did not see them alive. Meters
+    already past it stay put. The caller holds the settlement lock."""
+    for second, nodes in sorted(billing_floors(run_starts).items()):
+        await metering.meter_nodes(
+            session, now=datetime.fromtimestamp(second, UTC), node_ids=nodes, unhealthy=nodes
+        )
+
+
 async def meter_all(ctx: TaskContext, now: datetime | None = None) -> dict[str, Any]:
     """The metering tick (see the module docstring), up to ``now`` (default: the clock);
     safe to run twice or concurrently."""
     now = metering.whole_second(now or utcnow())
-    stale = await unhealthy_devices(ctx, now.timestamp())
+    meters = await active_meters(ctx)
+    stale = await unhealthy_devices(ctx, now.timestamp(), meters)
+    unseen = await unverified_nodes(ctx, now.timestamp(), meters)
     run_starts = await recent_run_starts(ctx, now.timestamp())
+    seen_starts = await ray_evidence.recent_run_starts(
+        ctx.cache, now.timestamp() - stall_cap(ctx.settings).total_seconds()
+    )
     async with ctx.sessionmaker() as session, session.begin():
         await metering.settlement_lock(session)  # before any meter (see stop_node_meter)
         await metering.meter_tick(session, now=now - stall_cap(ctx.settings), bill=False)
         await skip_unobserved(session, run_starts)
+        await skip_unverified(session, seen_starts)
         result = await metering.meter_and_settle(
             session,
             now=now,
             fee_bps=ctx.settings.platform_fee_bps,
             idempotency_key=f"meter-settle:{now.isoformat()}",
+            unhealthy=unseen,
             unhealthy_devices=stale,
         )
     if result.short_holds:
@@ -130,6 +173,7 @@ async def meter_all(ctx: TaskContext, now: datetime | None = None) -> dict[str, 
         "nodes": result.moved,
         "settled": result.buckets,
         "stale_devices": len(stale),
+        "unverified_nodes": len(unseen),
         "short_holds": len(result.short_holds),
     }
 

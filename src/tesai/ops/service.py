@@ -27,6 +27,7 @@ from sqlalchemy import and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.audit.service import record as audit
+from tesai.clusters import evidence as ray_evidence
 from tesai.clusters.models import (
     Cluster,
     ClusterEvent,
@@ -247,6 +248,7 @@ async def _applier(
         ).scalars()
     }
     reports = await _reports(ctx, list({n.device_id for n in nodes.values()}))
+    seen = await ray_evidence.read(ctx.cache, list(nodes))
     view = ClusterView(
         id=cluster.id,
         status=cluster.status,
@@ -255,7 +257,9 @@ async def _applier(
         provisioning_deadline=cluster.provisioning_deadline,
         ends_at=cluster.ends_at,
     )
-    return _Applier(ctx, session, cluster, nodes, view, reports, secret_box(ctx.settings))
+    return _Applier(
+        ctx, session, cluster, nodes, view, reports, secret_box(ctx.settings), evidence=seen
+    )
 
 
 async def move_node(
@@ -317,7 +321,7 @@ async def move_node(
             data={"node_id": str(node.id), "device_id": str(node.device_id), "reason": reason},
         )
     else:
-        await stop_node_meter(session, ctx.settings, node, applier.reports, now)
+        await stop_node_meter(session, ctx.settings, node, applier.reports, now, applier.evidence)
         node.state = NodeState.lost
         node.state_reason = MOVED
         record_event(
