@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import text
 
 from tesai.analytics.rollup import rollup
+from tesai.devices.models import DeviceEvent
 from tesai.kit.time import utcnow
 from tesai.runtime import Runtime
 from tesai.task_registry import load_all_tasks
@@ -94,6 +95,29 @@ async def test_market_rollup_matches_hand_figures(runtime: Runtime, market: Mark
     assert ("deposit", "customer_available", 10_000_000, 0) in ledger
     earned = await rows(runtime, "SELECT provider_id, earned_micro FROM analytics_provider_daily")
     assert earned == [(market.provider.id, 2_400_000)]
+
+
+async def test_an_announced_stop_is_not_a_fault(runtime: Runtime, market: Market) -> None:
+    """A device whose agent said it was stopping (drain, Ctrl-C) did not fail: neither the
+    market's faults nor the device's count it, as its reliability score does not."""
+    now = utcnow() + timedelta(hours=1)
+    await rollup(runtime.sessionmaker, now=now, sources=("device_events",))
+    before = await rows(runtime, "SELECT faults, faults_rented FROM analytics_device_daily")
+    at = H0 + timedelta(minutes=50)
+    await add_all(
+        runtime,
+        [
+            DeviceEvent(device_id=market.d3, at=at, from_status="busy", to_status="offline",
+                        reason="agent_left"),
+            DeviceEvent(device_id=market.d3, at=at, from_status="online", to_status="offline",
+                        reason="agent_left"),
+        ],
+    )  # fmt: skip
+    taken = await rollup(runtime.sessionmaker, now=now, sources=("device_events",))
+    assert taken.rows == {"device_events": 2}
+    assert await rows(runtime, "SELECT faults, faults_rented FROM analytics_device_daily") == before
+    market_faults = await rows(runtime, "SELECT sum(faults) FROM analytics_market")
+    assert market_faults == [(4,)]  # the two hand-made faults, by hour and by day
 
 
 async def test_rerun_changes_nothing(runtime: Runtime, market: Market) -> None:

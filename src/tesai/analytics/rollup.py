@@ -28,6 +28,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tesai.devices.liveness import ANNOUNCED_STOPS
 from tesai.kit.time import utcnow
 
 log = structlog.get_logger(__name__)
@@ -138,7 +139,13 @@ WHERE s.id > :lo AND s.id <= :hi
 GROUP BY 1, 2, 3
 {_add("analytics_device_daily", "day, device_id", ["up_s"])}"""  # noqa: S608
 
-_FAULT = "s.to_status = 'offline' AND s.from_status IN ('online', 'busy')"
+# A stop the device's agent announced (drained, Ctrl-C) is not a fault: the same rule as the
+# reliability score (``devices.liveness.rented_failures``).
+_ANNOUNCED = ", ".join(f"'{reason}'" for reason in sorted(ANNOUNCED_STOPS))
+_FAULT = (
+    "s.to_status = 'offline' AND s.from_status IN ('online', 'busy') "
+    f"AND s.reason NOT IN ({_ANNOUNCED})"
+)
 
 _FAULTS_MARKET = f"""
 INSERT INTO analytics_market (grain, start, gpu_model, region, up_device_s, up_gpu_s,
