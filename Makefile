@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements/dev.lock
 
-.PHONY: up test test-fast test-slow lint bench install lock services clean
+.PHONY: up test test-fast test-slow test-containers lint bench install lock services clean docker-engine node-image
 
 # The web console (web/ → src/tesai/console/dist, served by the API at "/").
 WEB_INDEX := src/tesai/console/dist/index.html
@@ -28,6 +28,17 @@ install: $(STAMP)
 ## Regenerate the lock file after changing dependencies in pyproject.toml.
 lock: $(BIN)/uv
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 -o $(LOCK)
+
+## A Docker Engine answering here: installs Debian's docker.io when dockerd is missing (apt-get,
+## as root) and starts dockerd in the background when none answers (scripts/docker_engine.sh).
+docker-engine:
+	scripts/docker_engine.sh
+
+## The node image tesai/ray-node:<Ray version> (src/tesai/agent/node_image.py), built with no
+## registry: a Debian root filesystem (mmdebstrap), wheels pip downloads on this host, docker build
+## --network none (deploy/node-image/Dockerfile). Seconds when nothing changed.
+node-image: $(BIN)/uv
+	PYTHON=$(BIN)/python scripts/build_node_image.sh
 
 ## Run TES AI on this machine: embedded PostgreSQL, in-process cache and tasks, a local agent.
 up: install web-if-missing
@@ -57,13 +68,18 @@ chromium:
 ## Every test (real PostgreSQL, Redis, RabbitMQ at 127.0.0.1; see tests/conftest.py).
 test: install chromium web web-test
 	@command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not containers"
 
 test-fast: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not containers"
 
 test-slow: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "slow and not containers"
+
+## Cluster nodes in containers on a real Docker Engine (issue 17): the engine, the node image,
+## then the tests marked containers.
+test-containers: install docker-engine node-image
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m containers
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -17,18 +17,24 @@ heartbeats, command delivery and the three proof calls. The attacks (``tests.dev
 - ``honest``: the agent's own CPU prover (the control);
 - ``ray-liar``: proves honestly, then answers every ``join_cluster`` with its node running
   and the whole cluster alive (Ray's count, as the real agent reports it), while it starts no
-  Ray at all; its "dashboard" is ``--dashboard-port`` (default: a port nothing listens on).
+  Ray at all; its "dashboard" is ``--dashboard-port`` (default: a port nothing listens on);
+- ``ray-sharer``: proves honestly; as a cluster's head it starts one real Ray node that also
+  claims the node resources listed in ``--share-file`` (the other nodes', which colluding
+  agents would pass along; the test writes them), so that one Ray node stands in for all; as a
+  worker it starts nothing and reports its node running.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -77,9 +83,11 @@ class SmallGpuSampler(Sampler):
 
 
 class NoRay:
-    """The agent's node runtime (``tesai.agent.ray_node``'s command interface) for a liar:
+    """The agent's node runtime (``tesai.agent.node_runtime.NodeRuntime``) for a liar:
     every node it is asked to run is reported running, with a head's count of 64 nodes
     alive; nothing is started."""
+
+    isolation = "process"
 
     def __init__(self, dashboard_port: int) -> None:
         self.dashboard_port = dashboard_port
@@ -115,6 +123,51 @@ class NoRay:
         with self.lock:
             self.nodes.clear()
 
+    def set_hardware(self, hardware: object) -> None:
+        pass
+
+    def recover(self) -> list[NodeState]:
+        return []
+
+
+class OneRayForAll:
+    """The ``ray-sharer`` runtime: the real node runtime for the head, whose ``ray start`` also
+    claims the node resources in ``share_file`` (waited for); a ``NoRay`` for workers."""
+
+    def __init__(self, real: Any, share_file: Path) -> None:
+        self.real = real
+        self.share_file = share_file
+        self.liar = NoRay(_closed_port())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def _shared(self) -> dict[str, float]:
+        for _ in range(600):
+            if self.share_file.exists():
+                return {r: 1.0 for r in json.loads(self.share_file.read_text())}
+            time.sleep(0.1)
+        return {}
+
+    def join_cluster(self, args: Mapping[str, Any]) -> NodeState:
+        if args.get("role") != "head":
+            return self.liar.join_cluster(args)
+        resources = {**dict(args.get("resources") or {}), **self._shared()}
+        state: NodeState = self.real.join_cluster({**args, "resources": resources})
+        return state
+
+    def leave_cluster(self, args: Mapping[str, Any]) -> NodeState:
+        self.liar.leave_cluster(args)
+        state: NodeState = self.real.leave_cluster(args)
+        return state
+
+    def node_states(self) -> list[NodeState]:
+        return [*self.real.node_states(), *self.liar.node_states()]
+
+    def stop_all(self) -> None:
+        self.liar.stop_all()
+        self.real.stop_all()
+
 
 def _closed_port() -> int:
     with socket.socket() as s:
@@ -129,6 +182,7 @@ def main() -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--delay", type=float, default=4.0)
     parser.add_argument("--dashboard-port", type=int, default=0)
+    parser.add_argument("--share-file", type=Path)
     opts = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -144,10 +198,16 @@ def main() -> int:
         "replay": ReplayFirstProof,
         "honest": lambda: HonestProver(use_gpu=False),
         "ray-liar": lambda: HonestProver(use_gpu=False),
+        "ray-sharer": lambda: HonestProver(use_gpu=False),
     }
     if opts.attack == "ray-liar":
         liar = NoRay(opts.dashboard_port or _closed_port())
-        agent_module.load_ray_node = lambda: liar  # type: ignore[attr-defined,assignment,return-value]
+        agent_module.load_node_runtime = lambda **_: liar  # type: ignore[attr-defined,assignment,return-value]
+    if opts.attack == "ray-sharer":
+        real_runtime = agent_module.load_node_runtime  # type: ignore[attr-defined]
+        agent_module.load_node_runtime = lambda **kw: OneRayForAll(  # type: ignore[attr-defined]
+            real_runtime(**kw), opts.share_file
+        )
     config = AgentConfig(
         server_url=opts.server,
         state_dir=opts.state_dir,

@@ -31,7 +31,7 @@ import httpx
 
 from tesai.agent import AGENT_VERSION
 from tesai.agent.backoff import BACKOFF_CAP_S, backoff_delay, retry_after_s, retry_delay
-from tesai.agent.commands import CommandHandlers, load_ray_node
+from tesai.agent.commands import CommandHandlers, load_node_runtime
 from tesai.agent.http import agent_client
 from tesai.agent.metrics import AgentMetrics, MetricsServer, find_dcgm_exporter
 from tesai.agent.netprobe import BANDWIDTH_BYTES, probe_network
@@ -152,7 +152,10 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.state = AgentState(config.state_dir)
-        self.handlers = CommandHandlers(self._verify, load_ray_node())
+        # Containers of this agent carry its instance id: several agents may share a host.
+        self.handlers = CommandHandlers(
+            self._verify, load_node_runtime(owner=self.state.instance_id())
+        )
         self.prover: Prover = HonestProver(use_gpu=config.use_gpu_proof)
         self.hardware: HardwareSpec | None = None
         self.credential: Credential | None = None
@@ -250,6 +253,10 @@ class Agent:
                 self.hardware.probe_status,
                 f" ({self.hardware.probe_reason})" if self.hardware.probe_reason else "",
             )
+            self.handlers.set_hardware(self.hardware)
+            self.nodes = await self.handlers.recover()
+            if self.nodes:
+                log.info("kept %d node(s) this agent ran before its restart", len(self.nodes))
             self._sampler = await asyncio.to_thread(Sampler)
             self.metrics.set_hardware(self.hardware)
             if self.config.metrics_port:

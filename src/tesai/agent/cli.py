@@ -92,7 +92,7 @@ def doctor(
     server: str | None = ServerOption,
     state_dir: Path | None = StateDirOption,
 ) -> None:
-    """Check driver/NVML, Ray, ports, connectivity, clock skew and the state dir."""
+    """Check driver/NVML, Ray, ports, containers, connectivity, clock skew and the state dir."""
     from tesai.agent.doctor import run_checks
     from tesai.agent.state import default_state_dir
 

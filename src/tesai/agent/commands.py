@@ -1,8 +1,9 @@
 """Command handlers: what the agent does for each ``Command.kind``.
 
 Every handler returns a ``CommandResult`` and never raises: a failure is a result with
-``ok=False`` and a reason code in ``detail``. Cluster commands go to ``tesai.agent.ray_node``
-when that module is installed; without it they fail with ``ray_node_unavailable``.
+``ok=False`` and a reason code in ``detail``. Cluster commands go to the agent's node runtime
+(``tesai.agent.node_runtime``: containers or host processes); without one they fail with
+``ray_node_unavailable``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tesai.agent.node_runtime import NodeRuntime, runtime_for
 from tesai.protocol.v1 import (
     MAX_NODES,
     MAX_STR,
@@ -26,6 +28,7 @@ from tesai.protocol.v1 import (
     Command,
     CommandResult,
     DeviceStatus,
+    HardwareSpec,
     NodeState,
     VerifyArgs,
 )
@@ -44,15 +47,25 @@ def load_ray_node() -> ModuleType | None:
         return None
 
 
+def load_node_runtime(owner: str, setting: str | None = None) -> NodeRuntime | None:
+    """The node runtime the agent's setting names (``tesai.agent.node_runtime.runtime_for``);
+    None when the setting is not one we know (logged: no node runs rather than a guess)."""
+    try:
+        return runtime_for(setting, owner=owner)
+    except ValueError as exc:
+        log.error("no cluster nodes will run here: %s", exc)
+        return None
+
+
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a ray_node function, sync (in a thread: it may run `ray start`) or async."""
+    """Call a runtime's method, sync (in a thread: it may run `ray start`) or async."""
     if inspect.iscoroutinefunction(fn):
         return await fn(*args)
     return await asyncio.to_thread(fn, *args)
 
 
 def _result_from(command: Command, value: Any) -> CommandResult:
-    """A CommandResult from whatever the ray_node function returned."""
+    """A CommandResult from whatever the runtime returned."""
     if isinstance(value, CommandResult):
         return value.model_copy(update={"id": command.id})
     if isinstance(value, NodeState):
@@ -66,11 +79,12 @@ def _result_from(command: Command, value: Any) -> CommandResult:
 
 
 class CommandHandlers:
-    """Dispatch by kind. ``status`` is the device status heartbeats report (drain/undrain)."""
+    """Dispatch by kind. ``status`` is the device status heartbeats report (drain/undrain);
+    ``runtime`` runs the cluster nodes (None: this agent runs none)."""
 
-    def __init__(self, verifier: Verifier, ray_node: ModuleType | None = None) -> None:
+    def __init__(self, verifier: Verifier, runtime: NodeRuntime | None = None) -> None:
         self._verifier = verifier
-        self.ray_node = ray_node
+        self.runtime = runtime
         self.status: DeviceStatus = "ready"
 
     async def handle(self, command: Command) -> CommandResult:
@@ -96,30 +110,48 @@ class CommandHandlers:
             return _failed(command, "command_failed", f"{type(exc).__name__}: {exc}")
 
     async def _cluster(self, command: Command) -> CommandResult:
-        fn = getattr(self.ray_node, command.kind, None) if self.ray_node else None
-        if fn is None:
+        if self.runtime is None:
             return _failed(command, REASON_RAY_NODE_UNAVAILABLE, "this agent cannot run Ray nodes")
+        fn = (
+            self.runtime.join_cluster
+            if command.kind == "join_cluster"
+            else self.runtime.leave_cluster
+        )
         return _result_from(command, await _call(fn, command.args))
 
-    async def node_states(self) -> list[NodeState]:
-        """The Ray nodes this agent runs (empty without ray_node)."""
-        fn = getattr(self.ray_node, "node_states", None) if self.ray_node else None
-        if fn is None:
+    def set_hardware(self, hardware: HardwareSpec) -> None:
+        """Tell the runtime the device's declared resources (after the probe)."""
+        if self.runtime is not None:
+            self.runtime.set_hardware(hardware)
+
+    async def recover(self) -> list[NodeState]:
+        """Nodes this agent ran before a restart, still there (kept running); best effort."""
+        if self.runtime is None:
             return []
         try:
-            states = await _call(fn)
+            states = await _call(self.runtime.recover)
         except Exception:
-            log.exception("ray_node.node_states failed")
+            log.exception("recovering this agent's nodes failed")
+            return []
+        return [NodeState.model_validate(s) for s in list(states)[:MAX_NODES]]
+
+    async def node_states(self) -> list[NodeState]:
+        """The Ray nodes this agent runs (empty without a runtime)."""
+        if self.runtime is None:
+            return []
+        try:
+            states = await _call(self.runtime.node_states)
+        except Exception:
+            log.exception("reading node states failed")
             return []
         return [NodeState.model_validate(s) for s in list(states)[:MAX_NODES]]
 
     async def stop_all(self) -> None:
         """Stop every cluster node (SIGTERM path); best effort."""
-        fn = getattr(self.ray_node, "stop_all", None) if self.ray_node else None
-        if fn is None:
+        if self.runtime is None:
             return
         try:
-            await _call(fn)
+            await _call(self.runtime.stop_all)
         except Exception:
             log.exception("stopping Ray nodes failed")
 

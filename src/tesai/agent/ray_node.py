@@ -24,8 +24,10 @@ writes into the GCS (``/api/cluster_status``) — best effort, ``None`` when Ray
 Idle nodes are nodes whose resources are all available (nothing scheduled on them), read from
 the same report's per-node usage when present.
 
-The agent's command handlers call the module-level ``join_cluster``/``leave_cluster``/
-``node_states``/``stop_all`` (see ``tesai.agent.commands``).
+This is the ``process`` node runtime: ``tesai.agent.node_runtime.ProcessRuntime`` delegates
+to the module-level ``join_cluster``/``leave_cluster``/``node_states``/``stop_all``. The
+``ray start`` argv is built by ``tesai.agent.node_spec.ray_start_argv``, shared with the
+container runtime (``tesai.agent.container_node``); ports and temp dirs are this module's.
 
 Imports: stdlib, psutil, httpx and tesai.protocol only (no ray import: the installed Ray is
 driven through its CLI and HTTP APIs, so one agent can serve clusters with different tokens).
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import json
 import logging
 import os
 import re
@@ -50,13 +51,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 from uuid import UUID
 
 import httpx
 import psutil
 
 from tesai.agent import ray_failures
+from tesai.agent.node_spec import NodeSpec, Role, ray_start_argv
+from tesai.agent.node_spec import cluster_resource as cluster_resource
+from tesai.agent.node_spec import node_marker as node_marker
+from tesai.agent.node_spec import node_resource as node_resource
 from tesai.agent.port_locks import HostPortClaims, host_ports
 from tesai.agent.ray_failures import REASON_RAY_AUTH_FAILED as REASON_RAY_AUTH_FAILED
 from tesai.agent.ray_failures import REASON_RAY_DASHBOARD_FAILED as REASON_RAY_DASHBOARD_FAILED
@@ -88,8 +93,6 @@ NODE_IP_ENV: Final = "TESAI_RAY_NODE_IP"
 DEFAULT_WORKER_PORTS: Final = 32
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NODE_IP = re.compile(r"Local node IP:\s*([0-9a-fA-F.:]+)")
-
-Role = Literal["head", "worker"]
 
 log = logging.getLogger(__name__)
 
@@ -329,21 +332,6 @@ class RayNode:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def node_marker(cluster_id: str, node_index: int) -> str:
-    """The ``TESAI_RAY_NODE`` value of one node's processes."""
-    return f"{cluster_id}/{node_index}"
-
-
-def cluster_resource(cluster_id: str) -> str:
-    """Custom resource naming the cluster (one unit per node)."""
-    return f"tesai_cluster_{cluster_id.replace('-', '')}"
-
-
-def node_resource(node_index: int) -> str:
-    """Custom resource naming one node of a cluster (one unit): spread tasks with it."""
-    return f"tesai_node_{node_index}"
-
-
 RAY_SITE_DIR: Final = Path(__file__).with_name("ray_site")
 """Holds the ``sitecustomize`` that closes what Ray serves without the token (metrics,
 health checks, the dashboard's open pages): first on the node's ``PYTHONPATH``."""
@@ -443,38 +431,34 @@ def _start(
     check_temp_dir(temp_dir, role)
     ports = NodePorts.from_block(role, allocator.allocate(ports_needed(role, worker_ports)))
     _fresh_dir(temp_dir)
-    all_resources = {cluster_resource(cluster_id): 1.0, node_resource(node_index): 1.0}
-    all_resources.update(resources or {})
-    all_labels = {"tesai.io/cluster": cluster_id, "tesai.io/node": str(node_index)}
-    all_labels.update(labels or {})
-    head: list[str] = [ray_executable(), "start"]
-    if role == "head":
-        head += ["--head", f"--dashboard-host={dashboard_host}", "--include-dashboard=true"]
-    else:
-        assert head_address is not None
-        head.append(f"--address={head_address}")
-    rest: list[str] = []
-    if node_ip:
-        rest.append(f"--node-ip-address={node_ip}")
-    if num_cpus is not None:
-        rest.append(f"--num-cpus={num_cpus}")
-    if num_gpus is not None:
-        rest.append(f"--num-gpus={num_gpus}")
-    if object_store_memory is not None:
-        rest.append(f"--object-store-memory={object_store_memory}")
-    rest += [
-        f"--resources={json.dumps(all_resources, sort_keys=True)}",
-        "--labels=" + ",".join(f"{k}={v}" for k, v in sorted(all_labels.items())),
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-        "--log-style=record",
-        "--log-color=false",
-    ]
+    spec = NodeSpec(
+        cluster_id=cluster_id,
+        node_index=node_index,
+        role=role,
+        token=token,
+        head_address=head_address,
+        ray_version=required_ray_version,
+        resources=dict(resources or {}),
+        labels=dict(labels or {}),
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        object_store_memory=object_store_memory,
+        node_ip=node_ip,
+        dashboard_host=dashboard_host,
+    )
+    executable = ray_executable()
     started = time.monotonic()
     attempts = 0
     while True:
         attempts += 1
-        cmd = head + ports.args() + rest
+        cmd = ray_start_argv(
+            spec,
+            executable=executable,
+            port_args=ports.args(),
+            temp_dir=str(temp_dir),
+            node_ip=node_ip,
+            dashboard_host=dashboard_host,
+        )
         # The first two runs get the whole timeout each; later ones (an overloaded host
         # missing Ray's fixed 30 s raylet wait again) only what is left of the first.
         run_s = timeout_s if attempts <= 2 else started + timeout_s - time.monotonic()

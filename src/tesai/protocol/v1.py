@@ -96,6 +96,18 @@ REASON_RAY_NODE_UNAVAILABLE: Final = "ray_node_unavailable"
 """The agent has no Ray node support installed; join/leave_cluster fail with this."""
 REASON_UNKNOWN_COMMAND: Final = "unknown_command"
 REASON_BAD_ARGS: Final = "bad_args"
+REASON_NODE_EXITED: Final = "node_exited"
+"""A container node's container exited (its exit code in ``NodeState.message``)."""
+REASON_OOM_KILLED: Final = "oom_killed"
+"""A container node was killed by the kernel for passing its memory limit."""
+REASON_CONTAINER_RUNTIME_UNAVAILABLE: Final = "container_runtime_unavailable"
+"""The agent runs nodes in containers but no Docker Engine (or Podman socket) answers."""
+REASON_IMAGE_NOT_FOUND: Final = "image_not_found"
+"""The node image for the cluster's Ray version is not on this host."""
+REASON_IMAGE_RAY_MISMATCH: Final = "image_ray_mismatch"
+"""The node image's Ray version is not the cluster's; the node is not started."""
+REASON_CONTAINER_START_FAILED: Final = "container_start_failed"
+"""The Docker Engine refused to create or start the node's container (its words follow)."""
 
 
 class WireModel(BaseModel):
