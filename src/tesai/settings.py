@@ -195,10 +195,12 @@ class Settings(BaseSettings):
     proof_checked_entries: int = 64
     """Entries the server recomputes per proof (O(n) each), spread over the opened blocks, at
     least two per block: a commitment to guesses passes with probability about 2^-64."""
-    proof_review_failures: int = 3
-    """This many failed proofs within `proof_review_window_s` disable a device until an admin
-    reviews it (`proof_failures_review`)."""
-    proof_review_window_s: float = 7 * 24 * 3600
+    offence_review_count: int = 3
+    """This many offences (failed proofs, failed canaries, nodes its agent reported that the
+    control plane did not find: ``tesai.devices.reputation``) within `offence_review_window_s`
+    disable a device until an admin reviews it (`offences_review`, or
+    `proof_failures_review` when every one was a failed proof)."""
+    offence_review_window_s: float = 7 * 24 * 3600
     price_min_micro: int = 10_000
     """Lowest price a provider may set per priced unit-hour (GPU-hour, or device-hour on CPU)."""
     price_max_micro: int = 100_000_000
@@ -297,6 +299,16 @@ class Settings(BaseSettings):
     running cluster turns ``degraded`` (``node_unverified``)."""
     ray_evidence_timeout_s: float = 5.0
     """Timeout of one read of a head's Ray node list."""
+    canary_interval_s: float = 600.0
+    """Mean time between two canary rounds of one running cluster (``tesai.clusters.canary``:
+    a task pinned to each node must return a value only that run can produce). Each wait is
+    drawn at random (exponential: when the next round comes cannot be told from the last),
+    between a tenth and five times the mean; while a node of the cluster has failed, rounds
+    come ten times as often, so a node that recovers is billed again soon."""
+    canary_timeout_s: float = 60.0
+    """How long a canary round's tasks have to answer once its driver runs on the head; the
+    whole round, the job's start included, gets twice this. A node without an answer then
+    fails the round (``canary_failed``): it is not billed until a later round passes."""
     ray_proxy_timeout_s: float = 60.0
     """Timeout of a request proxied to a cluster's Ray dashboard."""
     ray_upload_max_bytes: int = 100 * 1024 * 1024
@@ -307,7 +319,10 @@ class Settings(BaseSettings):
     """Development only: let the Ray proxy connect to heads on loopback, private and
     link-local addresses and the control plane's own networks (never the cloud metadata
     address). `tesai up` and the tests, where every node runs on this machine, set it; in
-    production a head there is refused (``tesai.clusters.head_address``)."""
+    production a head there is refused (``tesai.clusters.head_address``). It also lets a
+    device whose agent connects over loopback run its Ray node at any address: otherwise a
+    Ray node counts only at the address its agent connects from (``tesai.clusters.evidence``,
+    ``node_address_mismatch``)."""
     ray_proxy_denied_networks: list[str] = Field(default_factory=list)
     """More networks (CIDR) the Ray proxy never connects to, beside the control plane's own
     interfaces' networks: e.g. its public addresses behind NAT."""

@@ -11,16 +11,30 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
+from ipaddress import ip_address
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select, update
 
 from tesai.clusters import evidence
-from tesai.clusters.evidence import Evidence, alive_resources, node_resource_name
+from tesai.clusters.evidence import (
+    NODE_ADDRESS_MISMATCH,
+    NODE_RESOURCE_SHARED,
+    Evidence,
+    ExpectedNode,
+    Matched,
+    alive_ray_nodes,
+    match_nodes,
+    node_resource_name,
+    same_host,
+)
 from tesai.clusters.models import ClusterEvent, ClusterNode, ClusterStatus, NodeState
 from tesai.clusters.reconcile import reconcile
 from tesai.clusters.service import secret_box
+from tesai.devices.models import DeviceEvent
+from tesai.devices.reputation import OFFENCES
 from tesai.runtime import Runtime
 from tests.clusters.conftest import AddDevice, Grant
 from tests.clusters.test_reconcile import beat, cluster_row, meter, node_rows
@@ -29,19 +43,84 @@ from tests.fixtures.ray_state import FakeRayHead, fake_ray_head
 U1, U2 = uuid.uuid4(), uuid.uuid4()
 
 
-def test_the_alive_nodes_of_a_ray_state_answer_are_read_by_their_resources() -> None:
+A, B, C = (node_resource_name(uuid.uuid4()) for _ in range(3))
+HERE, THERE = ip_address("203.0.113.7"), ip_address("198.51.100.9")
+
+
+def _answer(*rows: dict[str, Any]) -> dict[str, Any]:
+    return {"data": {"result": {"result": list(rows)}}}
+
+
+def _row(ip: str, *resources: str, state: str = "ALIVE") -> dict[str, Any]:
+    return {
+        "state": state,
+        "node_ip": ip,
+        "resources_total": {"CPU": 4.0, "tesai_node_0": 1.0, **dict.fromkeys(resources, 1.0)},
+    }
+
+
+def test_the_alive_nodes_of_a_ray_state_answer_are_read_with_their_node_resources() -> None:
     head = FakeRayHead()
-    head.alive = {"tesai_node_a", "tesai_node_b"}
-    head.dead = {"tesai_node_c"}
-    assert alive_resources(head.node_list()) >= {"tesai_node_a", "tesai_node_b", "CPU"}
-    assert "tesai_node_c" not in alive_resources(head.node_list())
+    head.alive = {A, B}
+    head.dead = {C}
+    listed = alive_ray_nodes(head.node_list())
     head.stop()
-    # A resource a node has none of is not one it carries.
-    rows = [{"state": "ALIVE", "resources_total": {"tesai_node_d": 0.0, "tesai_node_e": 1}}]
-    assert alive_resources({"data": {"result": {"result": rows}}}) == {"tesai_node_e"}
+    assert len(listed) == 2
+    assert {n.claims for n in listed} == {frozenset({A}), frozenset({B})}
+    assert {n.ip for n in listed} == {ip_address("127.0.0.1")}
+    # A resource a node has none of is not one it claims; the agent's own
+    # tesai_node_<index> and other resources are no node resources.
+    rows = [{"state": "ALIVE", "node_ip": "::ffff:10.0.0.1", "resources_total": {A: 0.0, B: 1}}]
+    [node] = alive_ray_nodes(_answer(*rows))
+    assert (node.claims, node.ip) == (frozenset({B}), ip_address("10.0.0.1"))
+    [odd] = alive_ray_nodes(_answer({"state": "ALIVE", "node_ip": "nonsense"}))
+    assert (odd.claims, odd.ip) == (frozenset(), None)
     for nonsense in ({}, {"data": {"result": {"result": "x"}}}, [], None, {"data": None}):
         with pytest.raises(ValueError, match="node list"):
-            alive_resources(nonsense)
+            alive_ray_nodes(nonsense)
+
+
+def test_a_node_counts_only_held_by_a_ray_node_of_its_own_at_its_agents_address() -> None:
+    n1, n2, n3 = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    expected = {
+        n1: ExpectedNode(A, HERE),
+        n2: ExpectedNode(B, THERE),
+        n3: ExpectedNode(C, HERE),
+    }
+
+    def match(*rows: dict[str, Any], allow_internal: bool = False) -> Matched:
+        return match_nodes(expected, alive_ray_nodes(_answer(*rows)), allow_internal=allow_internal)
+
+    honest = match(_row("203.0.113.7", A), _row("198.51.100.9", B))
+    assert (honest.seen, honest.refused) == ([n1, n2], {})
+    # One Ray node claiming two nodes' resources verifies neither.
+    shared = match(_row("203.0.113.7", A, B))
+    assert shared.seen == []
+    assert shared.refused == {n1: NODE_RESOURCE_SHARED, n2: NODE_RESOURCE_SHARED}
+    # Even claiming a node of another cluster (any tesai_node_<12 hex>).
+    other = node_resource_name(uuid.uuid4())
+    assert match(_row("203.0.113.7", A, other)).refused == {n1: NODE_RESOURCE_SHARED}
+    # At an address the device's agent does not connect from: not seen.
+    moved = match(_row("198.51.100.9", A), _row("198.51.100.9", B))
+    assert (moved.seen, moved.refused) == ([n2], {n1: NODE_ADDRESS_MISMATCH})
+    # Two Ray nodes of one host, each with its own resource: both seen.
+    assert match(_row("203.0.113.7", A), _row("203.0.113.7", C)).seen == [n1, n3]
+    # A Ray node of its own beside a sharing one: the own one counts.
+    assert match(_row("203.0.113.7", A, B), _row("203.0.113.7", A)).seen == [n1]
+    # A dead node and an unknown agent address count for nothing.
+    assert match(_row("203.0.113.7", A, state="DEAD")) == Matched()
+    unknown = match_nodes({n1: ExpectedNode(A, None)}, alive_ray_nodes(_answer(_row("::1", A))))
+    assert unknown.refused == {n1: NODE_ADDRESS_MISMATCH}
+
+
+def test_in_development_an_agent_on_loopback_may_run_its_ray_node_at_any_address() -> None:
+    loopback, lan = ip_address("127.0.0.1"), ip_address("192.168.1.20")
+    assert same_host(loopback, loopback, allow_internal=False)
+    assert not same_host(lan, loopback, allow_internal=False)
+    assert same_host(lan, loopback, allow_internal=True)
+    # Only for an agent on loopback: one on another host is held to its own address.
+    assert not same_host(THERE, HERE, allow_internal=True)
+    assert not same_host(None, loopback, allow_internal=True)
 
 
 def test_a_sighting_counts_within_the_window_and_silence_only_once_somebody_looked() -> None:
@@ -155,6 +234,18 @@ async def test_a_cluster_runs_and_is_billed_only_on_what_the_control_plane_sees_
         assert later[worker.id] == billed[worker.id]
         assert later[headnode.id] >= billed[headnode.id] + 4
 
+        # Its agent still says it runs, and the head's Ray state answers without it: a
+        # caught lie, charged to the worker's device once however many runs find it.
+        said = {"cluster_id": str(cid), "role": "worker", "state": "running"}
+        for _ in range(3):
+            await beat(runtime, worker.device_id, [said], peer="127.0.0.1")
+            await evidence.gather(ctx)
+        caught = await offences(runtime, worker.device_id)
+        assert [e.reason for e in caught] == ["node_unverified"]
+        assert str(worker.id) in caught[0].message
+        assert (caught[0].from_status, caught[0].to_status) == ("busy", "busy")
+        assert await offences(runtime, headnode.device_id) == []
+
         # Seen again: running again, and billed again from the first sighting.
         head.dead.clear()
         head.alive.add(node_resource_name(worker.id))
@@ -177,3 +268,15 @@ async def test_a_cluster_runs_and_is_billed_only_on_what_the_control_plane_sees_
             ).all()
         )
     assert reasons[-3:] == ["all_nodes_alive", "node_unverified", "node_verified"]
+    # Seen again: that episode is over, and no other began.
+    assert len(await offences(runtime, worker.device_id)) == 1
+
+
+async def offences(runtime: Runtime, device_id: uuid.UUID) -> list[DeviceEvent]:
+    async with runtime.sessionmaker() as s:
+        rows = await s.scalars(
+            select(DeviceEvent)
+            .where(DeviceEvent.device_id == device_id, DeviceEvent.reason.in_(OFFENCES))
+            .order_by(DeviceEvent.id)
+        )
+        return list(rows.all())

@@ -32,7 +32,8 @@ from tesai.clusters.models import ClusterNode, ClusterStatus, NodeRole
 from tesai.clusters.reconcile import reconcile
 from tesai.devices import agents, keys
 from tesai.devices.deps import DeviceAuth
-from tesai.devices.models import Device
+from tesai.devices.models import Device, DeviceEvent
+from tesai.devices.reputation import OFFENCES
 from tesai.runtime import Runtime
 from tesai.settings import Settings
 from tests.clusters.conftest import AddDevice, Grant
@@ -199,6 +200,29 @@ async def test_agent_reporting_loopback_head_address_is_refused(
     # The control plane's own reading of the head's Ray state refuses it too.
     assert await evidence.gather(runtime.task_context) == {"heads": 1, "seen": 0}
     await asyncio.sleep(0.2)
+    assert listener.connections == 0
+
+    # Unseen for the window while its agent says it runs: the refused address is on its
+    # device's record, once however many readings refuse it.
+    long_ago = time.time() - runtime.settings.ray_evidence_window_s - 1
+    async with runtime.sessionmaker.begin() as s:
+        head = await s.scalar(select(ClusterNode).where(ClusterNode.cluster_id == cid))
+        assert head is not None
+        head.running_at = datetime.fromtimestamp(long_ago, UTC)
+    await runtime.cache.zadd(evidence.RAY_SEEN, {str(head.id): long_ago})
+    await runtime.cache.set(evidence.WATCHED_SINCE, repr(long_ago))
+    for _ in range(3):
+        assert await evidence.gather(runtime.task_context) == {"heads": 1, "seen": 0}
+    async with runtime.sessionmaker() as s:
+        caught = (
+            await s.execute(
+                select(DeviceEvent.reason, DeviceEvent.message).where(
+                    DeviceEvent.device_id == head.device_id, DeviceEvent.reason.in_(OFFENCES)
+                )
+            )
+        ).all()
+    assert [reason for reason, _ in caught] == ["head_address_refused"]
+    assert caught[0][1].endswith(f"{cid}: head_address_loopback.")
     assert listener.connections == 0
 
 

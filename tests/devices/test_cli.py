@@ -1,4 +1,4 @@
-"""`tesai device add`, `list` and `show` against a real server, with a stored login."""
+"""`tesai device add`, `list`, `show` and `events` against a real server, with a stored login."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tesai.app import create_app
 from tesai.cli.main import app as cli
 from tesai.client import Credentials, save_credentials
 from tesai.devices.models import Device, DeviceUptimeMinute
+from tesai.devices.reputation import record_offence
 from tesai.kit.time import utcnow
 from tesai.runtime import Runtime
 from tesai.settings import Settings
@@ -92,3 +93,41 @@ async def test_device_show_says_over_how_long_uptime_was_measured(
     assert shown.exit_code == 0, shown.output
     assert "uptime over 6 min: 100.00 %" in shown.output
     assert "30 d" not in shown.output
+
+
+async def test_device_show_says_why_a_device_was_disabled_and_lists_its_failed_checks(
+    server_url: str, make_user: MakeUser, runtime: Runtime
+) -> None:
+    """Three caught lies disable a device for review: `show` says so in words and lists the
+    failed checks with their reason codes and numbers; `events` has them too."""
+    _, headers = await make_user(roles=("provider",))
+    token = headers["Authorization"].removeprefix("Bearer ")
+    save_credentials(
+        Credentials(
+            server=server_url, access_token=token, refresh_token="", expires_at=time.time() + 600
+        )
+    )
+    runner = CliRunner()
+    assert runner.invoke(cli, ["device", "add", "--name", "rig-1"]).exit_code == 0
+    [device] = json.loads(runner.invoke(cli, ["device", "list", "--json"]).output)
+    device_id = uuid.UUID(device["id"])
+    for code, detail in [
+        ("node_unverified", "Worker node n1 of cluster c1."),
+        ("node_resource_shared", "Head node n2 of cluster c2."),
+        ("canary_failed", "Node n3."),
+    ]:
+        async with runtime.sessionmaker.begin() as s:
+            await record_offence(s, runtime.settings, device_id, code, detail)
+
+    shown = runner.invoke(cli, ["device", "show", device["id"]])
+    assert shown.exit_code == 0, shown.output
+    assert "disabled (offences_review)" in shown.output
+    assert "an admin must review it before it can be enabled" in shown.output
+    assert "reliability: 0.51" in shown.output
+    assert "failed checks in the last 30 days: 3" in shown.output
+    assert "node_resource_shared: One Ray node claimed" in shown.output
+    assert "Worker node n1 of cluster c1." in shown.output
+
+    listed = runner.invoke(cli, ["device", "events", device["id"], "--json"])
+    offences = [e["reason"] for e in json.loads(listed.output) if e["offence"]]
+    assert offences == ["canary_failed", "node_resource_shared", "node_unverified"]

@@ -3,23 +3,31 @@
 A provider's four machines are four agent processes on this host, each with its own state dir
 and Ray port range, talking HTTP to a real `tesai server` process. A customer rents a 3-node
 cluster, runs a job on every node (plain `ray job submit` through our proxy, and our own jobs
-API), loses a worker to SIGKILL, gets the fourth machine as a replacement, and terminates.
+API), sees every node pass the control plane's canary rounds and a worker whose Ray is frozen
+fail them (not billed, the cluster degraded, an offence of its device) until it thaws, loses a
+worker to SIGKILL, gets the fourth machine as a replacement, and terminates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
+from sqlalchemy import select
 
 from tesai.agent.ray_node import find_processes, node_marker
+from tesai.clusters import canary
+from tesai.devices.models import DeviceEvent
 from tesai.runtime import Runtime
 from tests.fixtures.auth import MakeUser
 from tests.fixtures.cluster import Pool, funded_customer, job_done, until
@@ -50,9 +58,14 @@ def server_env() -> dict[str, str]:
         "TESAI_PROVISIONING_DEADLINE_S": "240",
         "TESAI_AUTOSCALE_UP_AFTER_S": "2",
         "TESAI_AUTOSCALE_IDLE_TIMEOUT_S": "5",
+        # Canary rounds every few seconds (production: 10 minutes on average).
+        "TESAI_CANARY_INTERVAL_S": "4",
+        "TESAI_CANARY_TIMEOUT_S": "15",
+        "TESAI_METERING_INTERVAL_S": "2",
     }
 
 
+@pytest.mark.timeout(420)  # the canary's part adds about a minute to the bring-up's
 async def test_rent_run_heal_and_terminate_a_three_node_cluster(
     server: ServerProcess,
     pool: Pool,
@@ -124,6 +137,7 @@ async def test_rent_run_heal_and_terminate_a_three_node_cluster(
     ] == "SUCCEEDED"
     logs_r = await api.get(f"/api/v1/clusters/{cluster_id}/jobs/{job_id}/logs")
     assert "hello from tesai" in logs_r.text
+    await canary_catches_a_frozen_worker(api, runtime, pool, cluster_id, nodes, explain)
 
     # A worker's machine dies: its agent and its Ray processes are SIGKILLed.
     victim = next(n for n in nodes if n["role"] == "worker")
@@ -158,6 +172,67 @@ async def test_rent_run_heal_and_terminate_a_three_node_cluster(
         assert time.monotonic() < deadline, f"Ray processes left: {left}"
         await asyncio.sleep(1)
     await api.aclose()
+
+
+async def canary_catches_a_frozen_worker(
+    api: httpx.AsyncClient,
+    runtime: Runtime,
+    pool: Pool,
+    cluster_id: str,
+    nodes: list[dict[str, Any]],
+    explain: Callable[[], str],
+) -> None:
+    """Every node passes the canary rounds; a worker whose Ray processes are frozen (SIGSTOP:
+    its head's Ray state lists it ALIVE until Ray's health checks give up, about a minute
+    for a node that does not answer) fails them: not billed, the cluster degraded, an
+    offence of its device; thawed, it passes and the cluster runs again."""
+
+    async def detail() -> dict[str, Any]:
+        body: dict[str, Any] = (await api.get(f"/api/v1/clusters/{cluster_id}")).json()
+        return body
+
+    def billed(d: dict[str, Any]) -> dict[str, int]:
+        return {n["id"]: n["healthy_seconds"] for n in d["nodes"] if n["state"] == "running"}
+
+    ids = [n["id"] for n in nodes]
+    since = time.time()
+    await until(
+        lambda: runtime.cache.zscores(canary.PASSED, ids),
+        lambda at: all(a is not None and a > since for a in at),
+        90,
+        explain,
+    )
+    assert (await detail())["status"] == "running"
+    # The round's job is the control plane's, not the customer's.
+    listed = (await api.get(f"/api/v1/clusters/{cluster_id}/jobs")).json()
+    assert not [j for j in listed if j["submission_id"].startswith(canary.SUBMISSION_PREFIX)]
+
+    frozen = next(n for n in nodes if n["role"] == "worker")
+    procs = pool.ray_processes(frozen["device_id"])
+    assert procs
+    for p in procs:
+        p.suspend()
+    try:
+        degraded = await until(detail, lambda d: d["status"] == "degraded", 60, explain)
+        assert "canary_failed" in [e["reason"] for e in degraded["events"]], degraded
+        await asyncio.sleep(3)  # the metering tick's interval in progress
+        before = billed(await detail())
+        await asyncio.sleep(6)
+        after = billed(await detail())
+    finally:
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.resume()
+    assert after[frozen["id"]] == before[frozen["id"]], (before, after)
+    assert all(after[i] > before[i] for i in ids if i != frozen["id"]), (before, after)
+    async with runtime.sessionmaker() as s:
+        offences = list(
+            await s.scalars(select(DeviceEvent).where(DeviceEvent.reason == "canary_failed"))
+        )
+    assert [str(e.device_id) for e in offences] == [frozen["device_id"]]
+
+    back = await until(detail, lambda d: d["status"] == "running", 90, explain)
+    assert [e["reason"] for e in back["events"]][-2:] == ["canary_failed", "canary_passed"]
 
 
 DEMAND_JOB = textwrap.dedent(

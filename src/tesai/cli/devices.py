@@ -102,10 +102,15 @@ def show(device_id: str, as_json: JsonOpt = False) -> None:
         return
     d = data["device"]
     console.print(f"[bold]{d['name']}[/] {d['id']}: {d['status']} ({d['status_reason'] or '-'})")
+    rows = _call("GET", f"{BASE}/{device_id}/events")
+    why = next((e for e in rows if e["reason"] == d["status_reason"]), None)
+    if why is not None and why["message"]:
+        console.print(f"  {why['message']}", markup=False, soft_wrap=True)
     console.print(
         f"{_uptime(data['uptime_30d_pct'], d['created_at'])}   "
-        f"last heartbeat: {data['last_heartbeat_at']}"
+        f"reliability: {d['reliability']:.2f}   last heartbeat: {data['last_heartbeat_at']}"
     )
+    _print_offences(rows)
     if data["last_verification"]:
         v = data["last_verification"]
         console.print(f"last verification: {v['outcome'] or 'running'} {v['reason'] or ''}")
@@ -118,16 +123,36 @@ def show(device_id: str, as_json: JsonOpt = False) -> None:
             console.print(f"  {v['detail']}")
 
 
+OFFENCE_DAYS = 30
+"""Offences count against reliability this long (``tesai.devices.liveness.UPTIME_WINDOW_S``)."""
+
+
+def _print_offences(rows: list[dict[str, Any]]) -> None:
+    """The device's failed checks of the last 30 days (they lower its reliability, and
+    repeated ones disable it for an admin's review), newest first."""
+    since = time.time() - OFFENCE_DAYS * 86400
+    recent = [
+        e for e in rows if e.get("offence") and datetime.fromisoformat(e["at"]).timestamp() >= since
+    ]
+    if not recent:
+        return
+    console.print(f"failed checks in the last {OFFENCE_DAYS} days: {len(recent)}")
+    for e in recent:
+        console.print(f"  {e['at']}  {e['reason']}: {e['message']}", markup=False, soft_wrap=True)
+
+
 @app.command("events")
 def events(device_id: str, as_json: JsonOpt = False) -> None:
-    """Status changes of a device, newest first, with reasons."""
+    """Status changes and failed checks of a device, newest first, with reasons."""
     rows = _call("GET", f"{BASE}/{device_id}/events")
     if as_json:
         typer.echo(dumps(rows))
         return
     table = Table("at", "from", "to", "reason", "message")
     for e in rows:
-        table.add_row(e["at"], e["from_status"] or "", e["to_status"], e["reason"], e["message"])
+        # A failed check (an offence) lowers reliability: it stands out.
+        reason = f"[red]{e['reason']}[/]" if e.get("offence") else e["reason"]
+        table.add_row(e["at"], e["from_status"] or "", e["to_status"], reason, e["message"])
     console.print(table)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tesai.errors import BadRequest, Conflict, NotFound
+from tesai.errors import BadRequest, Conflict, Forbidden, NotFound
 
 
 class ClusterNotFound(NotFound):
@@ -40,3 +40,10 @@ class ClusterNotReady(Conflict):
     """The cluster's head is not up yet (proxy and jobs need it)."""
 
     code = "cluster_not_ready"
+
+
+class CanaryJobProtected(Forbidden):
+    """The control plane's own canary jobs (``tesai.clusters.canary``) are not the customer's
+    to stop or delete: a stopped round would fail honest nodes and leave them unbilled."""
+
+    code = "canary_job_protected"

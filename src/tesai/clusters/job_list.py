@@ -3,8 +3,9 @@
 Jobs submitted through TES AI (CLI, console, jobs API) have a row of ours; jobs submitted
 with Ray's own tooling through the proxy (``ray job submit``, the Job SDK) or drivers started
 on the cluster live only in Ray. ``merge`` lists both, ours first by identity
-(``submission_id``), each marked by how it was submitted. Pure: the caller reads our rows and
-Ray's ``GET /api/jobs/`` (``ray_api.list_jobs``), either of which may be missing.
+(``submission_id``), each marked by how it was submitted; the control plane's own canary jobs
+(``tesai.clusters.canary``) are never the customer's and never listed. Pure: the caller reads
+our rows and Ray's ``GET /api/jobs/`` (``ray_api.list_jobs``), either of which may be missing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from tesai.clusters.canary import SUBMISSION_PREFIX as CANARY_PREFIX
 from tesai.clusters.models import Job, JobStatus
 from tesai.clusters.schemas import JobListItem
 
@@ -37,7 +39,9 @@ def merge(
 ) -> list[JobListItem]:
     """Every job, newest first: our rows (with Ray's current status while ours is not final)
     and the jobs only Ray knows (``submitted_via="ray"``, no ``id``)."""
-    by_id = {i: row for row in ray if (i := _ray_id(row)) is not None}
+    by_id = {
+        i: row for row in ray if (i := _ray_id(row)) is not None and not i.startswith(CANARY_PREFIX)
+    }
     items: list[JobListItem] = []
     for job in ours:
         live = by_id.pop(job.submission_id, None)

@@ -13,7 +13,8 @@ A node's own agent says when its Ray node runs: that is a hint, enough to send t
 their joins. A cluster runs only once the control plane has itself seen every node alive in
 its head's Ray state (``NodeView.verified``, ``tesai.clusters.evidence``), and a running
 cluster with a node it has not seen for the evidence window turns ``degraded``
-(``node_unverified``) until it sees it again.
+(``node_unverified``) until it sees it again; one with a node that failed its canary round
+turns ``degraded`` (``canary_failed``) until a round passes (``canary_passed``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from tesai.clusters.models import ClusterStatus, NodeRole, NodeState
+
+RESTORED: dict[str, str] = {"node_unverified": "node_verified", "canary_failed": "canary_passed"}
+"""The reason a degraded cluster runs again, by the reason it was degraded for."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class NodeView:
     lapsed: bool = False
     """The control plane has looked for this node and not seen it for longer than the
     evidence window."""
+    canary_failed: bool = False
+    """The node failed its latest canary round (``tesai.clusters.canary``): not verified
+    until a round passes."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +220,11 @@ def next_steps(view: ClusterView) -> Plan:
         for n in nodes:
             if n.state is not NodeState.running and n.id not in marked and n.join_sent:
                 plan.add("mark_node_running", node_id=n.id)
+    failed = [n for n in nodes if n.state is NodeState.running and n.canary_failed]
+    if failed and s is ClusterStatus.running:
+        detail = ", ".join(f"node {n.id} on device {n.device_id}" for n in failed)
+        plan.add("set_status", status=ClusterStatus.degraded, reason="canary_failed", detail=detail)
+        return plan
     unseen = [n for n in nodes if n.state is NodeState.running and n.lapsed]
     if unseen and s is ClusterStatus.running:
         detail = ", ".join(f"node {n.id} on device {n.device_id}" for n in unseen)
@@ -227,8 +239,7 @@ def next_steps(view: ClusterView) -> Plan:
     ):
         reason = "all_nodes_alive"
         if s is ClusterStatus.degraded:
-            unverified = view.status_reason == "node_unverified"
-            reason = "node_verified" if unverified else "node_replaced"
+            reason = RESTORED.get(view.status_reason or "", "node_replaced")
         plan.add("set_status", status=ClusterStatus.running, reason=reason)
     elif (
         s in (ClusterStatus.provisioning, ClusterStatus.pending)

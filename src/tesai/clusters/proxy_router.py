@@ -42,7 +42,8 @@ from tesai.auth.principal import (
 )
 from tesai.auth.tokens import runtime_signing_key
 from tesai.clusters import dashboard, ray_api, service
-from tesai.clusters.errors import ClusterNotReady
+from tesai.clusters.canary import SUBMISSION_PREFIX as CANARY_PREFIX
+from tesai.clusters.errors import CanaryJobProtected, ClusterNotReady
 from tesai.clusters.schemas import DashboardSessionOut
 from tesai.errors import AppError, TokenInvalid, Unauthorized, problem_response
 from tesai.kit.time import utcnow
@@ -201,6 +202,8 @@ async def ray_proxy(
     if ticket is not None and request.method == "GET":
         return await _redeem_ticket(request, runtime, cluster_id, path, ticket)
     user_id = await _proxy_user(request, runtime, principal, cluster_id)
+    if request.method not in ("GET", "HEAD") and CANARY_PREFIX in path:
+        raise CanaryJobProtected("The control plane's canary jobs cannot be stopped or deleted")
     up = await ray_api.find_upstream(runtime, user_id, cluster_id)
     client = ray_api.http_client(runtime)
     headers = ray_api.forward_headers(request.headers.items(), up.token)

@@ -211,6 +211,7 @@ def build_view(
                 lapsed=seen.lapsed(
                     n.id, now_s, window_s, n.running_at.timestamp() if n.running_at else None
                 ),
+                canary_failed=n.id in seen.canary_failed,
             )
         )
     return ClusterView(

@@ -31,6 +31,11 @@ REASONS: Final[dict[str, str]] = {
         " it is not billed until it does."
     ),
     "node_verified": "The control plane sees every node alive in the head's Ray state again.",
+    "canary_failed": (
+        "A node did not answer its canary task (a task pinned to it that must return a value"
+        " only that run can produce); it is not billed until a later round passes."
+    ),
+    "canary_passed": "Every node answered its canary task again.",
     "node_lost": "A node's device went offline; a replacement is being placed.",
     "head_lost": "The head node's device went offline; the cluster is re-forming.",
     "job_resubmitted": "A job the lost head ran goes to the new head (its retry policy).",

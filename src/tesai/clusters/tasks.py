@@ -1,12 +1,14 @@
-"""Periodic work of clusters (thin: the logic is in ``reconcile``, ``evidence`` and ``usage``)."""
+"""Periodic work of clusters (thin: the logic is in ``reconcile``, ``evidence``, ``canary`` and
+``usage``)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from tesai.clusters import evidence, jobs, reconcile, usage
+from tesai.clusters import canary, evidence, jobs, reconcile, usage
 from tesai.settings import get_settings
-from tesai.tasks import TaskContext, periodic
+from tesai.tasks import TaskContext, periodic, task
 
 _settings = get_settings()
 
@@ -25,6 +27,19 @@ async def gather_ray_evidence(ctx: TaskContext) -> dict[str, int]:
     """Read every live head's Ray node list: the control plane's own evidence that a node
     is alive (what makes a cluster running and a node billed)."""
     return await evidence.gather(ctx)
+
+
+@periodic("clusters.canary", every_s=1.0)
+async def schedule_canaries(ctx: TaskContext) -> dict[str, int]:
+    """Start the canary rounds that are due, at random times per running cluster: the
+    control plane's own evidence that each node runs tasks."""
+    return await canary.schedule(ctx)
+
+
+@task("clusters.canary_round")
+async def canary_round(ctx: TaskContext, cluster_id: str) -> dict[str, Any]:
+    """One canary round of a cluster (a job on its head, answers judged per node)."""
+    return await canary.run_round(ctx, uuid.UUID(cluster_id))
 
 
 @periodic("clusters.meter", every_s=_settings.metering_interval_s)

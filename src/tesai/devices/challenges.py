@@ -8,12 +8,12 @@ the ``blocks`` asked for, and on failure a ``detail`` people read. The seed is a
 leaves the server only in the answer to ``start``, which a rented device does not get (a proof
 would compete with the customer's work).
 
-Failures all go through ``record_failure``: the device is ``rejected`` with the reason code,
-its reliability drops, its last accepted proof stops counting (``verified_at`` cleared, so
-enabling it again means proving again), and ``proof_review_failures`` failures within
-``proof_review_window_s`` disable it until an admin reviews it (``proof_failures_review``). A
-device that was not answering for itself at the time (rented, draining, offline, disabled)
-gets the failure recorded on the challenge only: customer work skews its timing.
+Failures all go through ``record_failure``: an offence (``tesai.devices.reputation``) that
+makes the device ``rejected`` with the reason code, lowers its reliability and counts toward an
+admin's review (``proof_failures_review`` when only proofs failed); and its last accepted proof
+stops counting (``verified_at`` cleared, so enabling it again means proving again). A device
+that was not answering for itself at the time (rented, draining, offline, disabled) gets the
+failure recorded on the challenge only: customer work skews its timing.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ import asyncio
 import random
 import time
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tesai.devices import keys
@@ -39,6 +38,7 @@ from tesai.devices.errors import (
     ProofVersionUnsupported,
 )
 from tesai.devices.models import Device, DeviceEvent, DeviceStatus, VerificationChallenge
+from tesai.devices.reputation import record_offence
 from tesai.devices.service import get_device, issue_challenge, record_transition
 from tesai.devices.verification import (
     ChallengePlan,
@@ -47,7 +47,6 @@ from tesai.devices.verification import (
     judge_commitment,
     pick_blocks,
     pick_checks,
-    reliability_after_failures,
 )
 from tesai.kit.cache import Cache
 from tesai.kit.time import utcnow
@@ -316,24 +315,5 @@ async def record_failure(
     if device.status not in (DeviceStatus.verifying, DeviceStatus.online):
         return
     challenge.params = params | {"penalized": True}
-    device.reliability = reliability_after_failures(device.reliability, 1)
     device.verified_at = None
-    record_transition(session, device, DeviceStatus.rejected, reason, detail)
-    since = utcnow() - timedelta(seconds=settings.proof_review_window_s)
-    await session.flush()
-    failures = await session.scalar(
-        select(func.count()).where(
-            VerificationChallenge.device_id == device.id,
-            VerificationChallenge.completed_at >= since,
-            VerificationChallenge.params["penalized"].astext == "true",
-        )
-    )
-    if (failures or 0) >= settings.proof_review_failures:
-        days = settings.proof_review_window_s / 86400
-        record_transition(
-            session,
-            device,
-            DeviceStatus.disabled,
-            "proof_failures_review",
-            f"{failures} failed proofs in {days:g} days; the last: {reason}.",
-        )
+    await record_offence(session, settings, device, reason, detail, status=DeviceStatus.rejected)

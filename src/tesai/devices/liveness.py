@@ -489,12 +489,26 @@ def rented_failures(offline_while_rented: Mapping[str, int]) -> int:
     return sum(n for reason, n in offline_while_rented.items() if reason not in ANNOUNCED_STOPS)
 
 
-def reliability_score(uptime: float, failures_while_rented: int) -> float:
+OFFENCE_FACTOR = 0.8
+"""Each offence of the last 30 days (a failed proof, a failed canary, a caught lie:
+``tesai.devices.reputation``) multiplies reliability by this."""
+
+
+def reliability_score(uptime: float, failures_while_rented: int, offences: int = 0) -> float:
     """Reliability in [0, 1]: uptime (``uptime_span``), discounted 20 % per failure while
-    rented (``rented_failures``).
+    rented (``rented_failures``), then multiplied by ``OFFENCE_FACTOR`` per offence.
 
     A failure while rented costs a customer a node (and a self-healing round), so it weighs
     far more than idle downtime: one failure takes a 100 %-up device to 0.83, three to 0.625.
+    An offence is worse than bad luck, so it weighs more than a failure while rented, and
+    k offences more than k such failures (0.8, 0.64, 0.512 against 0.83, 0.71, 0.625).
     """
     uptime = max(0.0, min(1.0, uptime))
-    return round(uptime / (1.0 + 0.2 * max(0, failures_while_rented)), 4)
+    score = uptime / (1.0 + 0.2 * max(0, failures_while_rented))
+    return round(score * OFFENCE_FACTOR ** max(0, offences), 4)
+
+
+def reliability_after_offences(reliability: float, offences: int) -> float:
+    """``reliability`` lowered at once for ``offences`` new ones (the hourly recomputation,
+    ``reliability_score``, counts them again from the events)."""
+    return round(max(0.0, reliability) * OFFENCE_FACTOR ** max(0, offences), 4)

@@ -45,12 +45,9 @@ from tesai.devices.models import (
     DeviceUptimeMinute,
     VerificationChallenge,
 )
+from tesai.devices.reputation import OFFENCES
 from tesai.devices.service import issue_challenge, uptime_settle
-from tesai.devices.verification import (
-    reliability_after_failures,
-    reverification_chance,
-    reverification_window,
-)
+from tesai.devices.verification import reverification_chance, reverification_window
 from tesai.kit.time import utcnow
 from tesai.tasks import TaskContext
 
@@ -188,8 +185,9 @@ async def _copy_last_seen(ctx: TaskContext) -> None:
 
 async def update_reliability(ctx: TaskContext) -> int:
     """Recompute every joined device's reliability from its uptime over the last 30 days (or
-    its life, if shorter: ``liveness.uptime_span``) and its failures while rented (a stop
-    its agent announced is none: ``liveness.rented_failures``)."""
+    its life, if shorter: ``liveness.uptime_span``), its failures while rented (a stop its
+    agent announced is none: ``liveness.rented_failures``) and its offences in that time
+    (``tesai.devices.reputation``)."""
     now = utcnow()
     since = now - timedelta(seconds=UPTIME_WINDOW_S)
     settle_s = uptime_settle(ctx.settings)
@@ -229,15 +227,12 @@ async def update_reliability(ctx: TaskContext) -> int:
             )
         ).tuples():
             offline_while_rented.setdefault(device_id, {})[reason] = int(count)
-        failed_proofs = dict(
+        offences = dict(
             (
                 await session.execute(
-                    select(VerificationChallenge.device_id, func.count())
-                    .where(
-                        VerificationChallenge.completed_at >= since,
-                        VerificationChallenge.params["penalized"].astext == "true",
-                    )
-                    .group_by(VerificationChallenge.device_id)
+                    select(DeviceEvent.device_id, func.count())
+                    .where(DeviceEvent.at >= since, DeviceEvent.reason.in_(OFFENCES))
+                    .group_by(DeviceEvent.device_id)
                 )
             ).all()
         )
@@ -256,9 +251,10 @@ async def update_reliability(ctx: TaskContext) -> int:
                 else uptime_fraction(int(up.get(device_id, 0) or 0), span[1] - span[0])
             )
             score = reliability_score(
-                uptime, rented_failures(offline_while_rented.get(device_id, {}))
+                uptime,
+                rented_failures(offline_while_rented.get(device_id, {})),
+                int(offences.get(device_id, 0)),
             )
-            score = reliability_after_failures(score, int(failed_proofs.get(device_id, 0)))
             params.append({"id": device_id, "reliability": score})
         if params:
             await session.execute(update(Device), params)

@@ -6,9 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from tesai.devices.models import DeviceStatus
+from tesai.devices.reputation import OFFENCES
 from tesai.kit.money import Micro
 
 _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
@@ -73,8 +74,16 @@ class DeviceEventOut(BaseModel):
     at: datetime
     from_status: str | None
     to_status: str
+    """The same as ``from_status`` for an offence that left the device where it was."""
     reason: str
     message: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def offence(self) -> bool:
+        """A check of the control plane's the device failed (``tesai.devices.reputation``):
+        it lowered its reliability and counts toward an admin's review."""
+        return self.reason in OFFENCES
 
 
 class TelemetryPoint(BaseModel):

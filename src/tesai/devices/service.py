@@ -49,7 +49,7 @@ from tesai.protocol.v1 import VerifyArgs
 from tesai.settings import Settings
 
 JOIN_TOKEN_PREFIX = "tesai_join_"  # noqa: S105 - a prefix, not a secret
-ADMIN_ONLY_ENABLE = frozenset({"disabled_by_admin", "proof_failures_review"})
+ADMIN_ONLY_ENABLE = frozenset({"disabled_by_admin", "proof_failures_review", "offences_review"})
 """Reasons for ``disabled`` that only an admin may lift."""
 
 
@@ -221,8 +221,8 @@ async def enable_device(
         raise StatusConflict(f"Device is {device.status.value}, not disabled")
     if device.status_reason in ADMIN_ONLY_ENABLE and not by_admin:
         raise DisabledByAdmin(
-            "An admin disabled this device, or must review it after repeated failed proofs "
-            "of compute; only an admin can enable it again"
+            "An admin disabled this device, or must review it after repeated failed checks "
+            f"({device.status_reason}); only an admin can enable it again"
         )
     reason = "enabled_by_admin" if by_admin else "enabled_by_provider"
     live = await is_live(cache, settings, device.id)

@@ -55,6 +55,28 @@ REASONS: Final[dict[str, str]] = {
         "Proofs of compute failed repeatedly; an admin must review the device before it "
         "can be enabled."
     ),
+    "offences_review": (
+        "Checks of the device failed repeatedly (proofs of compute, canary tasks, nodes the "
+        "control plane did not find); an admin must review it before it can be enabled."
+    ),
+    "node_unverified": (
+        "A Ray node the agent reported running was not in its head's Ray state as the "
+        "control plane read it."
+    ),
+    "node_resource_shared": (
+        "One Ray node claimed the node resources of several cluster nodes: none of them counts "
+        "as alive."
+    ),
+    "node_address_mismatch": (
+        "The Ray node claiming this device's cluster node runs at an address the device's "
+        "agent does not connect from."
+    ),
+    "head_address_refused": (
+        "The control plane does not connect to the address this device's head would be reached at."
+    ),
+    "canary_failed": (
+        "A canary task did not return the value only a run on this device's node can produce."
+    ),
     "missed_heartbeats": "No heartbeats arrived within the grace period.",
     "heartbeat_resumed": "Heartbeats arrived again.",
     "agent_left": "The agent shut down cleanly.",
@@ -102,5 +124,13 @@ def check_transition(current: S | None, target: S, reason: str, detail: str = ""
             raise InvalidTransition(f"a new device starts as pending, not {target.value}")
     elif not can_transition(current, target):
         raise InvalidTransition(f"{current.value} → {target.value} is not allowed")
+    return Transition(current, target, reason, event_message(reason, detail))
+
+
+def event_message(reason: str, detail: str = "") -> str:
+    """The sentence a device event stores: the reason's, then ``detail``; at most 512
+    characters. Raises ``InvalidTransition`` for an unknown reason code."""
+    if reason not in REASONS:
+        raise InvalidTransition(f"unknown reason code {reason!r}")
     message = (REASONS[reason] + (f" {detail}" if detail else "")).replace("\x00", "")
-    return Transition(current, target, reason, message[:512])
+    return message[:512]

@@ -51,8 +51,6 @@ REPORTED_MAX_FACTOR = 1.5
 CPU_MAX_GFLOPS_PER_CORE = 256.0
 MAX_ROUNDS = 1000
 """The wire limit on rounds (``ProofChallenge.rounds``)."""
-PROOF_FAILURE_FACTOR = 0.8
-"""Each failed proof in the last 30 days multiplies a device's reliability by this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,12 +415,7 @@ def check_openings(
     return Verdict(None, plan.work_ops / max(measured_s, 1e-9) / 1e9)
 
 
-# --- reputation and scheduling ------------------------------------------------------------------
-
-
-def reliability_after_failures(reliability: float, failures: int) -> float:
-    """Reliability discounted for ``failures`` failed proofs (30 days)."""
-    return round(max(0.0, reliability) * PROOF_FAILURE_FACTOR ** max(failures, 0), 4)
+# --- re-verification ---------------------------------------------------------------------------
 
 
 def reverification_window(interval_s: float) -> tuple[float, float]:

@@ -67,6 +67,11 @@ DEVICE_TRANSITIONS = Counter(
     "Device status changes, by target status and reason code.",
     ["to_state", "reason"],
 )
+DEVICE_OFFENCES = Counter(
+    "tesai_device_offences",
+    "Failed checks recorded against devices (tesai.devices.reputation), by reason code.",
+    ["reason"],
+)
 PLACEMENT_DURATION = Histogram(
     "tesai_placement_duration_seconds",
     "Time the placement engine took to answer one cluster request (quotes and replacements).",

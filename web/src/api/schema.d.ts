@@ -2307,6 +2307,12 @@ export interface components {
             from_status: string | null;
             /** Message */
             message: string;
+            /**
+             * Offence
+             * @description A check of the control plane's the device failed (``tesai.devices.reputation``):
+             *     it lowered its reliability and counts toward an admin's review.
+             */
+            readonly offence: boolean;
             /** Reason */
             reason: string;
             /** To Status */
