@@ -57,7 +57,16 @@ def settings(settings: Settings) -> Settings:
 def server(
     settings: Settings, runtime: Runtime, tmp_path: Path, console_built: Path
 ) -> Iterator[ServerProcess]:
-    srv = ServerProcess(settings, tmp_path / "server.log", TESAI_PROVISIONING_DEADLINE_S="240")
+    # A GPU proof sized for the CPU (tests/web/hosts.py declares GPUs it proves on the CPU), and
+    # room for a proof answered from a CPU shared with the browser, the server and Ray.
+    proof = {
+        "TESAI_PROOF_MATRIX_N_GPU": "128",
+        "TESAI_PROOF_MAX_ROUNDS": "2",
+        "TESAI_PROOF_LATENCY_ALLOWANCE_S": "5",
+    }
+    srv = ServerProcess(
+        settings, tmp_path / "server.log", TESAI_PROVISIONING_DEADLINE_S="240", **proof
+    )
     srv.env["TESAI_PUBLIC_URL"] = srv.url
     srv.env["TESAI_SIWS_DOMAIN"] = srv.url.removeprefix("http://")
     # Deposits need a treasury to name in Solana Pay requests (no chain is contacted).
@@ -138,7 +147,9 @@ OVERFLOW_JS = """
     return false;
   };
   const name = (el) => {
-    const text = (el.innerText || el.getAttribute("aria-label") || "").trim().slice(0, 60);
+    const text = (el.innerText || el.textContent || el.getAttribute("aria-label") || "")
+      .trim()
+      .slice(0, 60);
     const cls = typeof el.className === "string" ? el.className.split(" ").slice(0, 4) : [];
     return `<${[el.tagName.toLowerCase(), ...cls].join(".")}> ${JSON.stringify(text)}`;
   };
@@ -162,6 +173,21 @@ OVERFLOW_JS = """
     const at = `${Math.round(box.left)}–${Math.round(box.right)} px`;
     if (spills || outside) bad.push(`${name(el)}: ${at}`);
   }
+  // A chart's text (axis ticks, labels) is drawn in an SVG that clips at its edges: text that
+  // reaches past the drawing is cut off, whatever the boxes around it say.
+  for (const text of document.body.querySelectorAll("svg text")) {
+    const box = text.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0) continue;
+    let svg = text.ownerSVGElement;
+    while (svg && svg.ownerSVGElement) svg = svg.ownerSVGElement;
+    const frame = svg.getBoundingClientRect();
+    const cut =
+      box.left < frame.left - 1 || box.right > frame.right + 1 ||
+      box.top < frame.top - 1 || box.bottom > frame.bottom + 1;
+    const at = `${Math.round(box.left)}–${Math.round(box.right)} px in a chart drawn at ` +
+      `${Math.round(frame.left)}–${Math.round(frame.right)} px`;
+    if (cut || box.right > viewport + 1) bad.push(`${name(text)}: ${at}`);
+  }
   return bad.slice(0, 12);
 }
 """
@@ -169,8 +195,8 @@ OVERFLOW_JS = """
 
 async def assert_fits(page: Page, name: str) -> None:
     """No element's text or box runs past its parent's box or the viewport on the current
-    page (Playwright's layout, not a screenshot by eye); overflow inside a box that scrolls
-    or clips is fine."""
+    page, and no chart's text past its drawing (Playwright's layout, not a screenshot by
+    eye); overflow inside a box that scrolls or clips is fine."""
     await page.wait_for_load_state("networkidle")
     bad: list[str] = await page.evaluate(OVERFLOW_JS)
     assert not bad, f"text or boxes overflow on {name}:\n" + "\n".join(bad)

@@ -24,7 +24,7 @@ from tesai.settings import Settings
 from tests.auth.oidc_provider import CLIENT_ID, CLIENT_SECRET, serve_oidc_provider
 from tests.fixtures.auth import MakeUser
 from tests.fixtures.processes import ServerProcess
-from tests.web.conftest import axe_check, screenshot
+from tests.web.conftest import assert_fits, axe_check, screenshot
 
 PASSWORD = "correct horse battery staple"
 
@@ -125,6 +125,7 @@ async def test_admin_pages_through_the_console(
     await expect(page.get_by_text(re.compile(r", by (hour|day); \d+ rows\."))).to_be_visible()
     await page.wait_for_load_state("networkidle")
     await axe_check(page, "admin analytics")
+    await assert_fits(page, "admin analytics")
     await screenshot(page, "admin-analytics")
 
     # --- Audit log: the role change is there; filtering by action keeps only that action.
@@ -133,6 +134,7 @@ async def test_admin_pages_through_the_console(
     await expect(table.get_by_text("admin.roles_changed")).to_be_visible()
     await expect(table.get_by_text("ops.device_drain")).to_be_visible()
     await axe_check(page, "admin audit")
+    await assert_fits(page, "admin audit")
     await page.get_by_label("Action").fill("drop table;")
     await expect(page.get_by_role("button", name="Apply filters")).to_be_disabled()
     await page.get_by_label("Action").fill("admin.roles_changed")

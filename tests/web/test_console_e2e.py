@@ -19,10 +19,12 @@ from playwright.async_api import Browser, Page, expect
 from solders.keypair import Keypair
 
 from tesai.agent.local import start_local_agent
+from tesai.runtime import Runtime
 from tests.fixtures.auth import MakeUser
 from tests.fixtures.cluster import Pool
 from tests.fixtures.processes import ServerProcess
 from tests.web.conftest import assert_fits, axe_check, screenshot
+from tests.web.hosts import Hosts, seed_history
 
 WALLET_JS = """
 (address) => {
@@ -165,7 +167,9 @@ async def sign_up(page: Page, email: str, *, provider: bool) -> None:
     await page.get_by_label("Email").fill(email)
     await page.get_by_label("Password").fill("correct horse battery staple")
     await page.get_by_role("button", name="Create account").click()
-    await expect(page).to_have_url(re.compile(r"/provider$" if provider else r"/app$"))
+    # Signing up then in hashes the password twice: seconds each on a busy machine.
+    landing = re.compile(r"/provider$" if provider else r"/app$")
+    await expect(page).to_have_url(landing, timeout=20_000)
 
 
 async def access_token(page: Page) -> str:
@@ -175,16 +179,96 @@ async def access_token(page: Page) -> str:
     return token
 
 
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+async def test_gpu_and_cpu_offers_are_worded_by_kind_and_fit_a_phone(
+    page: Page, server: ServerProcess, make_user: MakeUser, runtime: Runtime
+) -> None:
+    """A pool of one GPU machine and one CPU machine: GPUs are counted and priced as GPUs, CPU
+    machines as nodes, and neither page runs past its boxes, charts' axes included."""
+    _, provider = await make_user(roles=("provider",))
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        hosts = Hosts(client, provider)
+        gpu = await hosts.join("gpu-01", gpus=1, gpu_model=H100, price_micro=2_500_000)
+        await hosts.join("cpu-01", region="eu-west", country="DE", price_micro=1_000_000)
+        hosts.start_beating(2.0)
+        try:
+            # Two days of history in which the GPU was up 15 minutes a day: 0.01 GPUs online,
+            # ticks like "0.0025" that a fixed-width y-axis cut off.
+            await seed_history(runtime, gpu.device_id)
+            await _read_a_mixed_pool(page)
+        finally:
+            await hosts.stop_beating()
+
+
+async def _read_a_mixed_pool(page: Page) -> None:
+    await page.goto("/")
+    await expect(page.get_by_test_id("landing-gpus")).to_have_text("1")
+    await expect(page.get_by_test_id("landing-from")).to_have_text("$2.50")
+    await expect(page.get_by_test_id("landing-from-unit")).to_contain_text("per GPU·h")
+
+    await page.goto("/pool")
+    await expect(page.get_by_test_id("stat-gpus-online")).to_have_text("1")
+    await expect(page.get_by_test_id("stat-cpu-machines")).to_have_text("1")
+    by_model = page.get_by_role("region", name="GPUs online by model and region")
+    await expect(by_model.get_by_role("row").filter(has_text=H100)).to_contain_text("$2.50/GPU·h")
+    bookable = page.get_by_role("region", name="Machines bookable now")
+    gpu_row = bookable.get_by_role("row").filter(has_text="us-east · US")
+    await expect(gpu_row).to_contain_text(f"1 × {H100}")
+    await expect(gpu_row).to_contain_text("$2.50/GPU·h")
+    cpu_row = bookable.get_by_role("row").filter(has_text="eu-west · DE")
+    await expect(cpu_row).to_contain_text("$1.00/node·h")
+    await expect(cpu_row).not_to_contain_text("GPU")
+    # 0.01 GPUs online a day: the CPU machine's days are not plotted as fractions of a GPU.
+    history = page.get_by_role("img", name="GPUs online and rented over time")
+    await expect(history).to_contain_text("0.0025")
+    await page.wait_for_timeout(5500)  # a second live sample: the live charts are drawn
+    await expect(page.get_by_role("img", name=re.compile("^GPU utilisation"))).to_be_visible()
+    await assert_fits(page, "pool explorer with GPUs and CPUs at 1280 px")
+
+    await sign_up(page, "gpu-customer@example.com", provider=False)
+    await page.goto("/app/deploy")
+    await expect(page.get_by_test_id(f"bookable-{H100}")).to_contain_text("1 GPU bookable")
+    await expect(page.get_by_test_id(f"bookable-{H100}")).to_contain_text("/GPU·h")
+    await expect(page.get_by_test_id("bookable-__cpu__")).to_contain_text("1 CPU node bookable")
+    await page.get_by_label(re.compile(H100)).check()
+    await expect(page.get_by_label("Number of GPUs", exact=True)).to_be_visible()
+    await page.get_by_role("button", name="Get a quote").click()
+    await expect(page.get_by_test_id("quote-hardware")).to_have_text(f"1 × {H100}")
+    await expect(page.get_by_test_id("quote")).to_contain_text("1 GPU")
+    await assert_fits(page, "deploy wizard with a GPU quote at 1280 px")
+    # Picked CPU: the size and the quote say nodes, never GPUs.
+    await page.get_by_label(re.compile("CPU only")).check()
+    size = page.locator("section").filter(has=page.get_by_role("heading", name="2. Size"))
+    await expect(size.get_by_label("Number of CPU nodes", exact=True)).to_be_visible()
+    await expect(size).not_to_contain_text("GPU")
+    await page.get_by_role("button", name="Get a quote").click()
+    await expect(page.get_by_test_id("quote-hardware")).to_have_text("1 CPU node")
+    await expect(page.get_by_test_id("quote")).not_to_contain_text("GPU")
+
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await assert_fits(page, "deploy wizard with a CPU quote at 390 px")
+    for path in ("/", "/pool"):
+        await page.goto(path)
+        if path == "/pool":
+            await expect(history).to_contain_text("0.0025")
+            await page.wait_for_timeout(5500)
+        await assert_fits(page, f"{path} with GPUs and CPUs at 390 px")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(480)
 async def test_provider_and_customer_through_the_console(
     browser: Browser,
     server: ServerProcess,
     make_user: MakeUser,
+    runtime: Runtime,
     tmp_path: Path,
 ) -> None:
     pool = Pool()
     contexts = []
+    hosts: Hosts | None = None
 
     async def new_page() -> Page:
         ctx = await browser.new_context(
@@ -234,28 +318,43 @@ async def test_provider_and_customer_through_the_console(
         except AssertionError as exc:
             raise AssertionError(explain()) from exc
 
-        # --- The public site now shows the machine.
+        # --- A GPU machine of the same provider joins beside it (declared, proven on the CPU:
+        # tests/web/hosts.py), with two days of history.
+        hosts = Hosts(
+            httpx.AsyncClient(base_url=server.url, timeout=30),
+            {"Authorization": f"Bearer {await access_token(prov)}"},
+        )
+        gpu = await hosts.join("gpu-01", gpus=2, gpu_model=H100, price_micro=2_500_000)
+        hosts.start_beating(2.0)
+        await seed_history(runtime, gpu.device_id)
+
+        # --- The public site now shows both machines, each in its own words.
         pub = await new_page()
         await pub.goto("/")
+        await expect(pub.get_by_test_id("landing-gpus")).to_have_text("2")
+        await expect(pub.get_by_test_id("landing-from-unit")).to_contain_text("per GPU·h")
         await pub.wait_for_load_state("networkidle")
         await screenshot(pub, "landing")
         await pub.goto("/pool")
         await expect(pub.get_by_test_id("stat-cpu-machines")).to_have_text("1")
-        await expect(pub.get_by_role("region", name="Machines bookable now")).to_contain_text(
-            "eu-west · DE"
-        )
+        await expect(pub.get_by_test_id("stat-gpus-online")).to_have_text("2")
+        bookable = pub.get_by_role("region", name="Machines bookable now")
+        cpu_row = bookable.get_by_role("row").filter(has_text="eu-west · DE")
+        await expect(cpu_row).to_contain_text("/node·h")
+        await expect(cpu_row).not_to_contain_text("GPU")
+        gpu_row = bookable.get_by_role("row").filter(has_text="us-east · US")
+        await expect(gpu_row).to_contain_text(f"2 × {H100}")
+        await expect(gpu_row).to_contain_text("$2.50/GPU·h")
         await pub.wait_for_timeout(5500)  # a second live sample for the trend chart
         await screenshot(pub, "pool-explorer")
-        await axe_check(pub, "pool explorer (one machine)")
-        # A CPU machine alone: priced per node-hour, with the fee said beside the prices.
+        await axe_check(pub, "pool explorer (two machines)")
+        # Listed prices, with the fee said beside them.
         await expect(pub.get_by_test_id("fee-note")).to_contain_text("platform fee")
-        await assert_fits(pub, "pool explorer (one machine)")
-        await pub.goto("/")
-        await expect(pub.get_by_test_id("landing-from-unit")).to_contain_text("per node·h")
+        await assert_fits(pub, "pool explorer (two machines)")
         await pub.set_viewport_size({"width": 390, "height": 844})
         for path in ("/", "/pool"):
             await pub.goto(path)
-            await assert_fits(pub, f"{path} at 390 px (one machine)")
+            await assert_fits(pub, f"{path} at 390 px (two machines)")
 
         # --- A customer signs up and an admin grants credit.
         cust = await new_page()
@@ -287,6 +386,8 @@ async def test_provider_and_customer_through_the_console(
         await expect(cust.get_by_test_id("quote")).to_contain_text(
             re.compile(r"(?<!\d)1 machine(?!s)")
         )
+        await expect(cust.get_by_test_id("quote-hardware")).to_have_text("1 CPU node")
+        await expect(cust.get_by_test_id("quote")).not_to_contain_text("GPU")
         await assert_fits(cust, "deploy wizard with a quote")
         await screenshot(cust, "deploy-wizard")
         await axe_check(cust, "deploy wizard with a quote")
@@ -311,6 +412,9 @@ async def test_provider_and_customer_through_the_console(
         await cust.get_by_role("button", name="Check the dashboard").click()
         await expect(cust.get_by_text(re.compile(r"Dashboard up · Ray 2\."))).to_be_visible()
         await expect(cust.get_by_test_id("stat-hardware")).to_have_text("1 CPU node")
+        await expect(cust.get_by_role("region", name="Nodes", exact=True)).not_to_contain_text(
+            "GPU"
+        )
         await screenshot(cust, "cluster-detail")
         await axe_check(cust, "cluster detail")
         await assert_fits(cust, "cluster detail")
@@ -363,14 +467,22 @@ async def test_provider_and_customer_through_the_console(
         # --- The provider sees the device and the earnings.
         await prov.goto("/provider")
         await expect(prov.get_by_test_id("devices-table")).to_contain_text("rig-01")
+        await expect(prov.get_by_test_id("devices-table")).to_contain_text("gpu-01")
         await screenshot(prov, "provider-devices")
         await axe_check(prov, "provider devices")
+        # The device's page: its history of events and its telemetry charts fit their boxes.
+        await prov.get_by_role("link", name="rig-01").click()
+        await expect(prov.get_by_role("heading", name="rig-01", level=1)).to_be_visible()
+        await assert_fits(prov, "provider device page")
         await prov.goto("/provider/earnings")
         await expect(prov.get_by_test_id("earnings-page")).to_be_visible()
         await prov.wait_for_load_state("networkidle")
         await screenshot(prov, "provider-earnings")
         await axe_check(prov, "provider earnings")
     finally:
+        if hosts is not None:
+            await hosts.stop_beating()
+            await hosts.client.aclose()
         for ctx in contexts:
             await ctx.close()
         for agent in pool.agents.values():

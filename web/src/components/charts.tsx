@@ -19,6 +19,8 @@ export interface TimeSeriesProps {
   unit?: string;
   xFormat?: (value: number | string) => string;
   stacked?: boolean;
+  /** The values are counts of things (machines, GPUs): no fractional ticks on the y-axis. */
+  counts?: boolean;
 }
 
 export interface BarChartProps {

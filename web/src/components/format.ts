@@ -30,6 +30,15 @@ export function uptimeLabel(listedSince: string | null | undefined, now: number 
   return `Uptime (since listed ${formatDuration(age)} ago)`;
 }
 
+const AXIS = new Intl.NumberFormat("en-US", { notation: "compact", maximumSignificantDigits: 3 });
+
+/** A chart axis's tick: three significant digits at most, large values compact ("0.0025",
+ *  "1.5", "12K"), so a label is short enough for the axis that measures it. */
+export function formatAxisNumber(value: number | string): string {
+  const n = typeof value === "number" ? value : Number(value);
+  return Number.isFinite(n) ? AXIS.format(n) : String(value);
+}
+
 export function formatPercent(value: number | null | undefined, digits = 0): string {
   return value === null || value === undefined || !Number.isFinite(value) ? "—" : `${value.toFixed(digits)}%`;
 }

@@ -28,11 +28,16 @@ const quote = {
   total_micro: 1_100_000,
   reasons: [],
 };
+const gpuQuote = {
+  ...quote,
+  shape: "1×2",
+  devices: [{ device_id: "d2", region: "eu", gpu_count: 2, price_per_gpu_hour_micro: 2_000_000, hourly_micro: 4_000_000, score: 1 }],
+};
 const answer = (data: unknown) => ({ data, response: new Response(null, { status: 200 }) }) as never;
 
-function renderIt() {
+function renderIt(quoted: unknown = quote) {
   vi.spyOn(api, "GET").mockResolvedValue(answer(offers));
-  vi.spyOn(api, "POST").mockResolvedValue(answer(quote));
+  vi.spyOn(api, "POST").mockResolvedValue(answer(quoted));
   const client = new QueryClient({ defaultOptions: { queries: { retry: false } } });
   render(
     <QueryClientProvider client={client}>
@@ -69,5 +74,19 @@ describe("Deploy", () => {
     expect(q).toHaveTextContent("Platform fee per hour$0.10");
     expect(q).toHaveTextContent("Per hour, with the fee$1.10");
     expect(within(q).getByText("1 machine")).toBeInTheDocument();
+    expect(within(q).getByTestId("quote-hardware")).toHaveTextContent(/^1 CPU node$/);
+    expect(q).not.toHaveTextContent(/GPU/);
+  });
+
+  it("counts a GPU cluster in GPUs of the model picked, priced per GPU-hour", async () => {
+    renderIt(gpuQuote);
+    await userEvent.click(await screen.findByRole("radio", { name: /NVIDIA A100/ }));
+    expect(screen.getByLabelText("Number of GPUs")).toBeInTheDocument();
+    expect(screen.getByLabelText("Max listed price per GPU·h (USDC)")).toBeInTheDocument();
+    expect(screen.getByTestId("bookable-NVIDIA A100")).toHaveTextContent("from $2.00/GPU·h + 10% fee");
+    await userEvent.click(screen.getByRole("button", { name: "Get a quote" }));
+    const q = await screen.findByTestId("quote");
+    expect(within(q).getByTestId("quote-hardware")).toHaveTextContent(/^2 × NVIDIA A100$/);
+    expect(q).not.toHaveTextContent(/CPU/);
   });
 });

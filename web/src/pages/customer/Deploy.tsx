@@ -5,7 +5,7 @@ import { api, unwrap, type Schemas } from "@/api/client";
 import { Button } from "@/components/Button";
 import { Card, PageHeader } from "@/components/Card";
 import { SelectField, TextField } from "@/components/Field";
-import { plural, rateUnit, unitName } from "@/components/hardware";
+import { clusterHardware, plural, rateUnit, unitName } from "@/components/hardware";
 import { feeNote, formatFeeBps, formatRate, formatUsdc, parseUsdc } from "@/components/money";
 import { formatDuration, formatPercent, shortId } from "@/components/format";
 import { EmptyState, ErrorState, Loading, Notice } from "@/components/States";
@@ -243,7 +243,7 @@ export default function Deploy() {
             {!quote ? (
               <EmptyState title="No quote yet">Choose hardware and size, then “Get a quote”. Prices hold for a few minutes.</EmptyState>
             ) : (
-              <QuoteView quote={quote} left={left} hours={Number(hours)} />
+              <QuoteView quote={quote} gpuModel={isCpu ? null : filters.hardware} left={left} hours={Number(hours)} />
             )}
             {quote && (
               <div className="mt-4 space-y-3">
@@ -269,11 +269,14 @@ export default function Deploy() {
   );
 }
 
-function QuoteView({ quote, left, hours }: { quote: Quote; left: number | null; hours: number }) {
+/** A quote for the hardware picked (`gpuModel`, null on CPU): the quote itself names only its
+ *  shape ("1×CPU"), so what it buys is said in the picker's words. */
+function QuoteView({ quote, gpuModel, left, hours }: { quote: Quote; gpuModel: string | null; left: number | null; hours: number }) {
+  const units = gpuModel ? quote.devices.reduce((n, d) => n + d.gpu_count, 0) : quote.devices.length;
   return (
     <div className="space-y-3 text-sm" data-testid="quote">
       <p className="text-slate-700">
-        {quote.shape}
+        <span data-testid="quote-hardware">{clusterHardware({ gpu_model: gpuModel, gpus: units })}</span>
         {quote.region ? ` in ${quote.region}` : ""} · {formatDuration(hours * 3600)}
       </p>
       <dl className="grid grid-cols-2 gap-x-3 gap-y-1">

@@ -106,8 +106,8 @@ export default function PoolExplorer() {
         ) : (
           <div className="grid gap-6 lg:grid-cols-2">
             <div>
-              <h3 className="mb-2 text-sm font-medium text-slate-800">Machines online</h3>
-              <TimeSeriesChart label="Machines online over the last minutes" height={200} data={samples} series={[{ key: "gpus", label: "GPUs online" }, { key: "cpus", label: "CPU machines" }]} />
+              <h3 className="mb-2 text-sm font-medium text-slate-800">GPUs and CPU machines online</h3>
+              <TimeSeriesChart label="GPUs and CPU machines online over the last minutes" height={200} counts data={samples} series={[{ key: "gpus", label: "GPUs online" }, { key: "cpus", label: "CPU machines" }]} />
             </div>
             <div>
               <h3 className="mb-2 text-sm font-medium text-slate-800">GPU utilisation (%)</h3>
@@ -148,13 +148,13 @@ function aggregateModels(groups: { gpu_model: string; gpus: number }[]) {
   return [...m].map(([model, gpus]) => ({ model, gpus }));
 }
 
-/** Rows per period with `keys` summed over models and regions. */
 /** The rows of GPU models only. The analytics reports count a CPU device as one unit under the
  *  model "cpu", which a "GPUs online" chart would plot as fractions of a GPU. */
 export function gpuRows(rows: Row[]): Row[] {
   return rows.filter((r) => r.gpu_model !== "cpu");
 }
 
+/** Rows per period with `keys` summed over models and regions. */
 export function sumByPeriod(rows: Row[], keys: string[]): Row[] {
   const by = new Map<string, Row>();
   for (const r of rows) {
