@@ -68,7 +68,7 @@ chromium:
 ## Every test (real PostgreSQL, Redis, RabbitMQ at 127.0.0.1; see tests/conftest.py).
 test: install chromium web web-test
 	@command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not containers"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not containers" --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not containers"
