@@ -59,8 +59,10 @@ describe("Deploy", () => {
     expect(screen.getByTestId("bookable-NVIDIA A100")).toHaveTextContent("1 GPU bookable");
     // Before a pick the size is not called GPUs.
     expect(screen.getByLabelText("Number of GPUs or CPU nodes")).toBeInTheDocument();
+    expect(screen.getByLabelText(/GPU memory/)).toBeInTheDocument();
     await userEvent.click(screen.getByRole("radio", { name: /CPU only/ }));
     expect(screen.getByLabelText("Number of CPU nodes")).toBeInTheDocument();
+    expect(screen.queryByLabelText(/GPU memory/)).not.toBeInTheDocument();
     expect(screen.queryByText(/GPUs/)).not.toBeInTheDocument();
   });
 

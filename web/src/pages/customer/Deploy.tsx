@@ -59,7 +59,8 @@ export default function Deploy() {
   // Live bookable counts for the current filters (all models: the model picker shows them).
   const offerQuery = {
     region: filters.region || undefined,
-    min_vram_mb: filters.minVramGb ? Math.round(Number(filters.minVramGb) * 1024) : undefined,
+    // GPU memory means nothing for a CPU node: a value typed before picking CPU must not hide CPU offers.
+    min_vram_mb: !isCpu && filters.minVramGb ? Math.round(Number(filters.minVramGb) * 1024) : undefined,
     max_price_per_gpu_hour_micro: filters.maxPrice ? (parseUsdc(filters.maxPrice) ?? undefined) : undefined,
     min_reliability: Number(filters.minReliability) || undefined,
     min_verified_score: Number(filters.minVerified) || undefined,
@@ -142,7 +143,9 @@ export default function Deploy() {
                   </option>
                 ))}
               </SelectField>
-              <TextField label="Min GPU memory (GB)" inputMode="numeric" value={filters.minVramGb} onChange={set("minVramGb")} placeholder="any" />
+              {!isCpu && (
+                <TextField label="Min GPU memory (GB)" inputMode="numeric" value={filters.minVramGb} onChange={set("minVramGb")} placeholder="any" />
+              )}
               <TextField label={`Max listed price per ${rateUnit(isCpu ? null : "gpu")} (USDC)`} inputMode="decimal" value={filters.maxPrice} onChange={set("maxPrice")} placeholder="any" />
               <SelectField label="Min reliability" value={filters.minReliability} onChange={set("minReliability")}>
                 <option value="0">Any</option>
