@@ -32,7 +32,7 @@ export function DevicesTable({ devices, linkTo = (d) => `/provider/devices/${d.i
       ),
     },
     { key: "hw", header: "Hardware", render: (d) => hardwareSummary(d) },
-    { key: "price", header: "Price", render: (d) => formatRate(d.price_per_gpu_hour_micro, d.gpu_count > 0 ? "GPU·h" : "h") },
+    { key: "price", header: "Price", render: (d) => formatRate(d.price_per_gpu_hour_micro, d.gpu_count > 0 ? "GPU·h" : "node·h") },
     { key: "score", header: "Verified score", render: (d) => (d.verified_score === null ? "—" : d.verified_score.toFixed(2)) },
     { key: "reliability", header: "Reliability", render: (d) => formatPercent(d.reliability * 100, 1) },
     { key: "seen", header: "Last seen", render: (d) => formatDateTime(d.last_seen_at) },

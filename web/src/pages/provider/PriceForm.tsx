@@ -29,7 +29,7 @@ export function PriceForm({ device }: { device: Device }) {
   return (
     <form onSubmit={submit} className="space-y-3" aria-label="Price">
       <p className="text-sm text-slate-700">
-        Current price: <strong>{formatRate(device.price_per_gpu_hour_micro, device.gpu_count > 0 ? "GPU·h" : "h")}</strong>
+        Current price: <strong>{formatRate(device.price_per_gpu_hour_micro, device.gpu_count > 0 ? "GPU·h" : "node·h")}</strong>
         {device.gpu_count > 1 && <> ({formatRate(device.price_per_gpu_hour_micro * device.gpu_count)} for the whole device)</>}
       </p>
       <TextField
